@@ -1,0 +1,3 @@
+from autobill.cli import main
+
+main()

@@ -1,0 +1,365 @@
+"""The one YAML configuration file, validated by pydantic at start.
+
+Why strict models: a billing run that starts with a typo in a tariff path or an unknown
+server id must stop before it touches money, and say which field is wrong. Every model
+forbids unknown keys, so a misspelt key is an error, not a silently ignored setting.
+
+Secrets are never values here: a password or API secret is a `SecretRef` (an environment
+variable or a Prefect Secret block name), resolved only when a connector needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autobill.secrets import SecretRef
+
+DEFAULT_CONFIG_PATH = "autobill.yaml"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA timezone {value!r}") from exc
+    return value
+
+
+Timezone = Annotated[str, Field(description="IANA timezone name, e.g. America/Toronto")]
+Money = Annotated[Decimal, Field(description="decimal amount; write it as a string in YAML")]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+Digits = Annotated[str, Field(pattern=r"^[0-9]*$")]
+
+
+class Numbering(_Strict):
+    """How a server writes numbers (RATING.md "Number normalisation")."""
+
+    country_code: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,2}$")] = "1"
+    intl_prefix: Digits | None = None  # default: 011 for country code 1, else 00
+    trunk_prefix: Digits | None = None  # default: empty for country code 1, else 0
+
+    @property
+    def effective_intl_prefix(self) -> str:
+        if self.intl_prefix is not None:
+            return self.intl_prefix
+        return "011" if self.country_code == "1" else "00"
+
+    @property
+    def effective_trunk_prefix(self) -> str:
+        if self.trunk_prefix is not None:
+            return self.trunk_prefix
+        return "" if self.country_code == "1" else "0"
+
+
+class _ServerBase(_Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    numbering: Numbering = Numbering()
+    enabled: bool = True
+    # Late rows: re-read this much before the watermark on every run (duplicates are removed by key).
+    overlap_minutes: Annotated[int, Field(ge=0, le=7 * 24 * 60)] = 120
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+
+class FusionPBXServer(_ServerBase):
+    kind: Literal["fusionpbx"]
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 5432
+    database: str = "fusionpbx"
+    user: str = "fusionpbx"
+    password: SecretRef | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")] = "v_xml_cdr"
+    bill_local: bool = False
+    # FreeSWITCH event socket, used by autosuspend to make a gateway/extension change live.
+    esl_host: str | None = None
+    esl_port: Annotated[int, Field(ge=1, le=65535)] = 8021
+    esl_password: SecretRef | None = None
+    sip_profile: str = "external"
+
+
+class VodiaServer(_ServerBase):
+    kind: Literal["vodia"]
+    url: str
+    username: str
+    password: SecretRef
+    domains: list[str] = []  # empty: every domain the account can see
+    verify_tls: bool = True
+
+
+class LesNetFormat(_Strict):
+    """LesNet's column layout is unconfirmed, so the parser is configurable (domain.md §4)."""
+
+    delimiter: str | None = None  # None: detect among , ; | and tab
+    has_header: bool = True
+    columns: dict[str, str] = {}  # canonical name -> header name (or 0-based index as a string)
+    timestamp_format: str = "%Y-%m-%d %H:%M:%S"
+    timezone: str = "America/Toronto"
+
+    _tz = field_validator("timezone")(_check_timezone)
+
+
+class LesNetServer(_ServerBase):
+    kind: Literal["lesnet"]
+    url: str
+    account: str = ""  # Peer ID / account the file belongs to; the tenant of its CDRs
+    format: LesNetFormat = LesNetFormat()
+    verify_tls: bool = True
+
+
+class FileDropServer(_ServerBase):
+    kind: Literal["file"]
+    path: Path
+    pattern: str = "*.csv"
+    settle_seconds: Annotated[float, Field(ge=0)] = 5.0  # a file younger than this may be half-written
+
+
+Server = Annotated[FusionPBXServer | VodiaServer | LesNetServer | FileDropServer, Field(discriminator="kind")]
+
+
+class Tariff(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    path: Path  # .csv or .parquet, RATING.md tariff columns (+ optional days/hours bands)
+    currency: CurrencyCode = "USD"
+    timezone: str | None = None  # for time-of-day bands; default: the billing timezone
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        return None if value is None else _check_timezone(value)
+
+
+class Plan(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    tariff: str
+    inbound_tariff: str | None = None  # default: the plan's tariff
+    included_minutes: Annotated[int, Field(ge=0)] = 0
+    markup_percent: Money = Decimal("0")
+    currency: CurrencyCode = "USD"
+    bill_inbound: bool = False
+    bill_local: bool = False
+    # Billing period for included minutes: the calendar month in the billing timezone,
+    # starting on this day of the month.
+    period_anchor_day: Annotated[int, Field(ge=1, le=28)] = 1
+
+    @field_validator("markup_percent")
+    @classmethod
+    def _markup(cls, value: Decimal) -> Decimal:
+        if value < Decimal("-100"):
+            raise ValueError("markup below -100 % would make calls pay the client")
+        return value
+
+
+class Service(_Strict):
+    """One WHMCS service (hosting id) and what on the PBX belongs to it."""
+
+    client_id: Annotated[int, Field(ge=1)]
+    service_id: Annotated[int, Field(ge=1)]
+    server: str
+    tenant: str  # FusionPBX domain_name, Vodia domain, LesNet Peer ID, file-drop tenant
+    extensions: list[str] = []  # empty: the whole tenant
+    dids: list[str] = []  # for inbound billing and LesNet
+    plan: str
+    suspend_mode: Literal["gateway", "extension", "module", "none"] = "none"
+    gateway_uuids: list[str] = []  # gateway mode: the tenant's gateways
+    low_balance_threshold: Money | None = None
+    postpaid: bool = False
+    credit_limit: Money = Decimal("0")
+
+
+class WHMCS(_Strict):
+    url: str  # https://whmcs.example.com/includes/api.php
+    identifier: SecretRef
+    secret: SecretRef
+    accesskey: SecretRef | None = None
+    verify_tls: bool = True
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 4
+    # WHMCS < 8.2 takes `hours` instead of `unit`/`quantity` (domain.md §2.2).
+    legacy_hours: bool = False
+    page_size: Annotated[int, Field(ge=1, le=1000)] = 250
+
+
+class Autosuspend(_Strict):
+    enabled: bool = True
+    # Unsuspend only once credit is at least this much above zero (hysteresis against flapping).
+    unsuspend_margin: Money = Decimal("1.00")
+    low_balance_threshold: Money = Decimal("5.00")  # default when a service sets none
+    low_balance_hysteresis: Money = Decimal("1.00")
+    stale_after_seconds: Annotated[int, Field(ge=10)] = 600
+
+
+class Validation(_Strict):
+    lookback_days: Annotated[int, Field(ge=1, le=400)] = 35
+    future_tolerance_seconds: Annotated[int, Field(ge=0)] = 300
+    max_bad_row_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
+    volume_drop_fraction: Annotated[float, Field(ge=0, le=1)] = 0.9
+    volume_history_days: Annotated[int, Field(ge=1, le=90)] = 14
+
+
+class Settings(_Strict):
+    timezone: str = "UTC"
+    data_dir: Path = Path("data")
+    ledger_url: str = "sqlite:///data/ledger.db"
+    currency: CurrencyCode = "USD"
+    # currency_rates[FROM][TO] = how many TO one FROM buys, as decimal strings.
+    currency_rates: dict[CurrencyCode, dict[CurrencyCode, Money]] = {}
+    servers: list[Server] = []
+    tariffs: list[Tariff] = []
+    plans: list[Plan] = []
+    services: list[Service] = []
+    whmcs: WHMCS | None = None
+    autosuspend: Autosuspend = Autosuspend()
+    validation: Validation = Validation()
+    nightly_budget_minutes: Annotated[int, Field(ge=1)] = 45
+    dask_address: str | None = None
+    # Where the file was read from, for resolving relative paths; not a YAML key.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    _tz = field_validator("timezone")(_check_timezone)
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        """Cross-references are checked here so a typo fails at start, not at 01:00."""
+        errors: list[str] = []
+        self._unique(errors, "servers", [s.id for s in self.servers])
+        self._unique(errors, "tariffs", [t.name for t in self.tariffs])
+        self._unique(errors, "plans", [p.name for p in self.plans])
+        self._unique(errors, "services", [str(s.service_id) for s in self.services])
+        server_ids = {s.id for s in self.servers}
+        tariff_names = {t.name for t in self.tariffs}
+        plan_names = {p.name for p in self.plans}
+        for i, plan in enumerate(self.plans):
+            for field in ("tariff", "inbound_tariff"):
+                name = getattr(plan, field)
+                if name is not None and name not in tariff_names:
+                    errors.append(f"plans.{i}.{field}: unknown tariff {name!r} (known: {sorted(tariff_names)})")
+            for t in self.tariffs:
+                if t.name in (plan.tariff, plan.inbound_tariff) and self.rate(t.currency, plan.currency) is None:
+                    errors.append(f"plans.{i}.currency: no currency_rates entry from {t.currency} to {plan.currency}")
+        for i, svc in enumerate(self.services):
+            if svc.server not in server_ids:
+                errors.append(f"services.{i}.server: unknown server {svc.server!r} (known: {sorted(server_ids)})")
+            if svc.plan not in plan_names:
+                errors.append(f"services.{i}.plan: unknown plan {svc.plan!r} (known: {sorted(plan_names)})")
+            if svc.suspend_mode == "gateway" and not svc.gateway_uuids:
+                errors.append(f"services.{i}.gateway_uuids: gateway suspend mode needs at least one gateway uuid")
+            if svc.suspend_mode == "extension" and not svc.extensions:
+                errors.append(f"services.{i}.extensions: extension suspend mode needs the service's extensions")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    @staticmethod
+    def _unique(errors: list[str], field: str, keys: list[str]) -> None:
+        seen: set[str] = set()
+        for i, key in enumerate(keys):
+            if key in seen:
+                errors.append(f"{field}.{i}: duplicate {key!r}")
+            seen.add(key)
+
+    # -- lookups -------------------------------------------------------------------------
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def server(self, server_id: str) -> Server:
+        for s in self.servers:
+            if s.id == server_id:
+                return s
+        raise KeyError(f"unknown server {server_id!r}")
+
+    def tariff(self, name: str) -> Tariff:
+        for t in self.tariffs:
+            if t.name == name:
+                return t
+        raise KeyError(f"unknown tariff {name!r}")
+
+    def plan(self, name: str) -> Plan:
+        for p in self.plans:
+            if p.name == name:
+                return p
+        raise KeyError(f"unknown plan {name!r}")
+
+    def resolve_path(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve_path(self.data_dir)
+
+    @property
+    def ledger(self) -> str:
+        """The ledger URL with a relative SQLite path made relative to the config file."""
+        prefix = "sqlite:///"
+        if self.ledger_url.startswith(prefix) and not self.ledger_url.startswith(prefix + "/"):
+            rel = self.ledger_url[len(prefix) :]
+            if rel and rel != ":memory:":
+                return prefix + str(self.resolve_path(Path(rel)).absolute())
+        return self.ledger_url
+
+    def rate(self, from_ccy: str, to_ccy: str) -> Decimal | None:
+        """How many `to_ccy` one `from_ccy` buys; the inverse entry is used when only it exists."""
+        if from_ccy == to_ccy:
+            return Decimal(1)
+        direct = self.currency_rates.get(from_ccy, {}).get(to_ccy)
+        if direct is not None:
+            return direct
+        inverse = self.currency_rates.get(to_ccy, {}).get(from_ccy)
+        if inverse:
+            return Decimal(1) / inverse
+        return None
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt?)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate the config file named by `path`, $AUTOBILL_CONFIG or ./autobill.yaml."""
+    path = Path(path or os.environ.get("AUTOBILL_CONFIG") or DEFAULT_CONFIG_PATH)
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: configuration file not found (set AUTOBILL_CONFIG, or copy autobill.example.yaml to {path})"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, not {type(raw).__name__}")
+    return settings_from_dict(raw, base_dir=path.parent, source=path)
+
+
+def settings_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | str = "<config>") -> Settings:
+    try:
+        return Settings.model_validate({**raw, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(Path(str(source)), exc)) from None
