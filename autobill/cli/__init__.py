@@ -24,6 +24,11 @@ COMMAND_MODULES = [
     "autobill.cli.config_cmd",
     "autobill.cli.db_cmd",
     "autobill.cli.demo_cmd",
+    "autobill.cli.rate_cmd",
+    "autobill.cli.generate_cmd",
+    "autobill.cli.quarantine_cmd",
+    "autobill.cli.sandbox_cmd",
+    "autobill.cli.suspend_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,9 @@
+"""Commands of issue #4; this module registers nothing until they land."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to `app`."""
