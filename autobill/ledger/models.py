@@ -71,7 +71,9 @@ class ExtractionBatch(Base):
     window_end: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     rows: Mapped[int] = mapped_column(Integer, default=0)
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="extracted")  # extracted|rejected|billed
+    status: Mapped[str] = mapped_column(String(16), default="extracted")  # extracted|committed|rejected
+    proposed_watermark: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    proposed_cursor: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
 
@@ -135,6 +137,7 @@ class UnratedCDR(Base):
     billing_date: Mapped[date] = mapped_column(Date)
     rate_number: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str] = mapped_column(Text)
+    row: Mapped[str | None] = mapped_column(Text, nullable=True)  # canonical CDR as JSON, to rate again
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
@@ -154,7 +157,7 @@ class QuarantinedRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     row: Mapped[str] = mapped_column(Text)  # the original row as JSON
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="held")  # held | released
+    status: Mapped[str] = mapped_column(String(16), default="held")  # held | released | requeued
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     released_by: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 22:37:59.734346
+Create Date: 2026-11-21 22:40:28.181723
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def upgrade() -> None:
         sa.Column("billing_date", sa.Date(), nullable=False),
         sa.Column("rate_number", sa.String(length=32), nullable=True),
         sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("row", sa.Text(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("first_seen", autobill.ledger.types.UTCDateTime(), nullable=False),
         sa.Column("last_seen", autobill.ledger.types.UTCDateTime(), nullable=False),
@@ -126,6 +127,8 @@ def upgrade() -> None:
         sa.Column("rows", sa.Integer(), nullable=False),
         sa.Column("path", sa.Text(), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("proposed_watermark", autobill.ledger.types.UTCDateTime(), nullable=True),
+        sa.Column("proposed_cursor", sa.Text(), nullable=True),
         sa.Column("created_at", autobill.ledger.types.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["run_id"],

@@ -1,0 +1,35 @@
+"""What every CDR source gives the extraction step.
+
+A connector only talks to the outside: it reads one server's CDRs for a window and returns
+canonical rows (`autobill.cdr.CDR_SCHEMA`) plus the state to remember *if* the batch is kept.
+It never writes the ledger or moves a watermark itself: `tasks/extract.py` writes the batch to
+the lake durably, and the watermark / cursor / processed files are committed only after the
+batch passed validation (DESIGN.md invariant 5: a failed server is simply retried next run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import polars as pl
+
+
+@dataclass
+class Extracted:
+    cdrs: pl.DataFrame  # canonical columns, conformed with autobill.cdr.conform
+    watermark: datetime | None  # new high-water mark (UTC) to store once the batch is kept
+    cursor: dict[str, Any] | None = None  # connector state to store with it (ETag, Last-Modified, ...)
+    files: list[tuple[str, str]] = field(default_factory=list)  # (name, content sha256) consumed
+    notes: list[str] = field(default_factory=list)  # human-readable remarks for the run report
+
+
+class Connector(Protocol):
+    def extract(self, since: datetime | None, until: datetime, cursor: dict[str, Any] | None) -> Extracted:
+        """CDRs that ended in [since - overlap, until) (the connector applies the server's overlap)."""
+        ...
+
+
+class SourceError(Exception):
+    """A source that could not be read (down, refused, malformed as a whole); retried next run."""
