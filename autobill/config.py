@@ -100,6 +100,11 @@ class VodiaServer(_ServerBase):
     password: SecretRef
     domains: list[str] = []  # empty: every domain the account can see
     verify_tls: bool = True
+    # The CDR listing's path and field names are partly unconfirmed (domain.md §5): both can be
+    # overridden here; the defaults and what is assumed are documented in connectors/vodia.py.
+    cdr_path: str = "/rest/domain/{domain}/cdr"
+    cdr_fields: dict[str, str] = {}  # canonical key -> Vodia field name, over connectors.vodia.DEFAULT_FIELDS
+    page_size: Annotated[int, Field(ge=1, le=10000)] = 500
 
 
 class LesNetFormat(_Strict):
@@ -110,6 +115,7 @@ class LesNetFormat(_Strict):
     columns: dict[str, str] = {}  # canonical name -> header name (or 0-based index as a string)
     timestamp_format: str = "%Y-%m-%d %H:%M:%S"
     timezone: str = "America/Toronto"
+    directions: dict[str, str] = {}  # file value (case-insensitive) -> inbound|outbound; {}: in/out
 
     _tz = field_validator("timezone")(_check_timezone)
 
