@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "autobill.cli.quarantine_cmd",
     "autobill.cli.sandbox_cmd",
     "autobill.cli.suspend_cmd",
+    "autobill.cli.charges_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,25 @@
+-- charge_lines: one charge line per client / service / billing date / class / currency / tariff version.
+--
+-- input  `rated`  one row per CDR that reached outcome 'billed' this run, with
+--                 client_id, service_id, billing_date (local date), charge_class, currency,
+--                 tariff_version, cost (decimal text, 6 places, already rounded once per call),
+--                 charged_seconds, cdr_key
+-- output  client_id, service_id, billing_date, charge_class, currency, tariff_version,
+--         exact_amount DECIMAL(38,6)  exact sum of the per-call costs (rounded later, once, to the
+--                                     currency's minor unit),
+--         charged_seconds, cdr_count,
+--         cdr_keys                    sorted list: the content the idempotency key is derived from
+select
+    client_id,
+    service_id,
+    billing_date,
+    charge_class,
+    currency,
+    tariff_version,
+    sum(cast(cost as decimal(38, 6))) as exact_amount,
+    sum(charged_seconds) as charged_seconds,
+    count(*) as cdr_count,
+    list(cdr_key order by cdr_key) as cdr_keys
+from rated
+group by all
+order by client_id, service_id, billing_date, charge_class, currency, tariff_version

@@ -1,0 +1,304 @@
+"""Aggregate rated CDRs into charge lines and record them in the ledger, exactly once.
+
+The one transaction in `record_billing` is the heart of invariant 1: the `charges` rows and the
+`billed_cdrs` rows that mark their CDRs billed commit together (or not at all), with the
+unrated CDRs to rate again and, when given, the extraction batches whose watermarks may now move.
+A CDR already final in the ledger is never billed again: it is filtered inside the transaction,
+and the primary key on `billed_cdrs.cdr_key` stops a concurrent run that raced past the filter
+(its transaction rolls back and is recomputed).
+
+Idempotency key: derived from (client, service, billing date, class, currency, tariff version)
+plus a digest of the exact set of CDR keys in the line. The same CDRs always give the same key
+(a crashed run recomputed cannot create a second charge), while late CDRs for an already billed
+date form a different set and so a new charge line, never an edit of the posted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+import duckdb
+import polars as pl
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import sql
+from autobill.cdr import CDR_SCHEMA, conform, empty_cdrs
+from autobill.config import Settings
+from autobill.ledger.db import session_scope
+from autobill.ledger.models import BilledCDR, Charge, ExtractionBatch, ServerWatermark, UnratedCDR
+from autobill.money import round_minor
+from autobill.timeutil import utc_now
+
+FINAL_OUTCOMES = ("billed", "included", "zero_cost")
+OUTCOMES = (*FINAL_OUTCOMES, "unrated")
+REQUIRED = (
+    "cdr_key", "server", "client_id", "service_id", "outcome", "charge_class", "cost", "currency",
+    "tariff_version", "charged_seconds", "billable_seconds", "included_seconds", "billing_date",
+)
+_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class ChargeLine:
+    client_id: int
+    service_id: int
+    billing_date: date
+    charge_class: str
+    currency: str
+    tariff_version: str
+    exact_amount: Decimal
+    amount: Decimal
+    charged_seconds: int
+    cdr_count: int
+    idempotency_key: str
+    description: str
+    cdr_keys: tuple[str, ...] = field(repr=False)
+
+
+@dataclass
+class BillingRecord:
+    """What one `record_billing` call did (or, in a dry run, would do)."""
+
+    outcomes: dict[str, int]
+    lines: list[ChargeLine]
+    already_final: int = 0
+    charge_ids: list[int] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def amount_by_currency(self) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for line in self.lines:
+            totals[line.currency] = totals.get(line.currency, Decimal(0)) + line.amount
+        return totals
+
+
+def idempotency_key(
+    client_id: int, service_id: int, billing_date: date, charge_class: str, currency: str,
+    tariff_version: str, cdr_keys: Iterable[str],
+) -> str:
+    digest = hashlib.sha256("\n".join(sorted(cdr_keys)).encode()).hexdigest()[:16]
+    head = f"{client_id}-{service_id}-{billing_date:%Y%m%d}-{charge_class}-{currency}-{tariff_version[:12]}"
+    return f"ab-{head}-{digest}"
+
+
+def describe(line_class: str, billing_date: date, cdr_count: int, seconds: int, key: str) -> str:
+    """The WHMCS invoice line: what, for which period, and the key an operator can search for."""
+    minutes = Decimal(seconds) / 60
+    return (
+        f"VoIP {line_class} calls {billing_date:%Y-%m-%d}: {cdr_count} call(s), "
+        f"{minutes.quantize(Decimal('0.1'))} min [{key}]"
+    )
+
+
+def charge_lines(billed: pl.DataFrame) -> list[ChargeLine]:
+    """One line per client/service/date/class/currency/tariff version (sql/charge_lines.sql)."""
+    if billed.height == 0:
+        return []
+    rated = billed.select(  # noqa: F841 - read by DuckDB through the replacement scan
+        "client_id", "service_id", "billing_date", "charge_class", "currency", "tariff_version",
+        pl.col("cost").cast(pl.String), "charged_seconds", "cdr_key",
+    )
+    con = duckdb.connect()
+    try:
+        rows = con.execute(sql.load("charge_lines")).fetchall()
+    finally:
+        con.close()
+    lines = []
+    for client_id, service_id, day, cls, ccy, version, exact, seconds, count, keys in rows:
+        exact = Decimal(exact)
+        key = idempotency_key(client_id, service_id, day, cls, ccy, version, keys)
+        lines.append(
+            ChargeLine(
+                client_id=int(client_id), service_id=int(service_id), billing_date=day, charge_class=cls,
+                currency=ccy, tariff_version=version, exact_amount=exact, amount=round_minor(exact, ccy),
+                charged_seconds=int(seconds), cdr_count=int(count), idempotency_key=key,
+                description=describe(cls, day, int(count), int(seconds), key), cdr_keys=tuple(keys),
+            )
+        )
+    return lines
+
+
+def with_billing_date(cdrs: pl.DataFrame, timezone: str) -> pl.DataFrame:
+    """The billing date of a call is the local calendar date of its start in the billing timezone."""
+    return cdrs.with_columns(
+        pl.col("start_utc").dt.convert_time_zone(timezone).dt.date().alias("billing_date")
+    )
+
+
+def _final_keys(session: Session, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(keys), _CHUNK):
+        chunk = keys[i : i + _CHUNK]
+        found.update(session.scalars(select(BilledCDR.cdr_key).where(BilledCDR.cdr_key.in_(chunk))))
+    return found
+
+
+def _check(rated: pl.DataFrame) -> None:
+    missing = [c for c in REQUIRED if c not in rated.columns]
+    if missing:
+        raise ValueError(f"rated CDRs lack columns {missing}")
+    bad = rated.filter(~pl.col("outcome").is_in(OUTCOMES))
+    if bad.height:
+        raise ValueError(f"unknown outcome(s) {bad['outcome'].unique().to_list()} (known: {OUTCOMES})")
+    dup = rated.filter(pl.col("cdr_key").is_duplicated())
+    if dup.height:
+        raise ValueError(f"{dup.height} rated rows share a cdr_key (e.g. {dup['cdr_key'][0]!r}); dedupe first")
+
+
+def record_billing(
+    settings: Settings,
+    rated: pl.DataFrame,
+    run_id: int | None = None,
+    batch_ids: Iterable[int] = (),
+    dry_run: bool = False,
+    attempts: int = 3,
+) -> BillingRecord:
+    """Create the charge lines and mark every final CDR in one ledger transaction."""
+    _check(rated)
+    batch_ids = list(batch_ids)
+    for attempt in range(1, attempts + 1):
+        try:
+            return _record_once(settings, rated, run_id, batch_ids, dry_run)
+        except IntegrityError:
+            # A concurrent run marked some of these CDRs first; our transaction rolled back whole.
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _record_once(
+    settings: Settings, rated: pl.DataFrame, run_id: int | None, batch_ids: list[int], dry_run: bool
+) -> BillingRecord:
+    with session_scope(settings.ledger) as session:
+        already = _final_keys(session, rated["cdr_key"].to_list())
+        todo = rated.filter(~pl.col("cdr_key").is_in(list(already))) if already else rated
+        counts = {o: 0 for o in OUTCOMES}
+        counts.update(dict(todo.group_by("outcome").len().iter_rows()))
+        lines = charge_lines(todo.filter(pl.col("outcome") == "billed"))
+        record = BillingRecord(outcomes=counts, lines=lines, already_final=len(already), dry_run=dry_run)
+        if dry_run:
+            session.rollback()
+            return record
+        now = utc_now()
+        charge_of: dict[str, int] = {}
+        for line in lines:
+            charge = Charge(
+                idempotency_key=line.idempotency_key, client_id=line.client_id, service_id=line.service_id,
+                billing_date=line.billing_date, charge_class=line.charge_class, currency=line.currency,
+                amount=line.amount, exact_amount=line.exact_amount, billable_seconds=line.charged_seconds,
+                cdr_count=line.cdr_count, tariff_version=line.tariff_version, description=line.description,
+                state="pending" if line.amount != 0 else "zero", run_id=run_id, created_at=now,
+            )
+            session.add(charge)
+            session.flush()
+            record.charge_ids.append(charge.id)
+            for key in line.cdr_keys:
+                charge_of[key] = charge.id
+        final = todo.filter(pl.col("outcome").is_in(FINAL_OUTCOMES))
+        rows = [
+            {
+                "cdr_key": r["cdr_key"], "server": r["server"], "client_id": r["client_id"],
+                "service_id": r["service_id"], "billing_date": r["billing_date"], "outcome": r["outcome"],
+                "charge_id": charge_of.get(r["cdr_key"]), "cost": Decimal(str(r["cost"] or 0)),
+                "billable_seconds": int(r["billable_seconds"] or 0),
+                "included_seconds": int(r["included_seconds"] or 0), "run_id": run_id, "created_at": now,
+            }
+            for r in final.select(
+                "cdr_key", "server", "client_id", "service_id", "billing_date", "outcome", "cost",
+                "billable_seconds", "included_seconds",
+            ).iter_rows(named=True)
+        ]
+        for i in range(0, len(rows), _CHUNK):
+            session.execute(BilledCDR.__table__.insert(), rows[i : i + _CHUNK])
+        _resolve_unrated(session, final["cdr_key"].to_list(), now)
+        _upsert_unrated(session, todo.filter(pl.col("outcome") == "unrated"), now)
+        _commit_batches(session, batch_ids)
+        return record
+
+
+def _resolve_unrated(session: Session, keys: list[str], now) -> None:
+    for i in range(0, len(keys), _CHUNK):
+        session.execute(
+            update(UnratedCDR)
+            .where(UnratedCDR.cdr_key.in_(keys[i : i + _CHUNK]), UnratedCDR.resolved_at.is_(None))
+            .values(resolved_at=now)
+        )
+
+
+def _upsert_unrated(session: Session, unrated: pl.DataFrame, now) -> None:
+    if unrated.height == 0:
+        return
+    existing = {
+        u.cdr_key: u
+        for i in range(0, unrated.height, _CHUNK)
+        for u in session.scalars(
+            select(UnratedCDR).where(UnratedCDR.cdr_key.in_(unrated["cdr_key"][i : i + _CHUNK].to_list()))
+        )
+    }
+    row_cols = [c for c in CDR_SCHEMA if c in unrated.columns]
+    for r in unrated.iter_rows(named=True):
+        reason = r.get("unrated_reason") or "no_rate"
+        prior = existing.get(r["cdr_key"])
+        if prior is not None:
+            prior.attempts += 1
+            prior.last_seen = now
+            prior.reason = reason
+            continue
+        session.add(
+            UnratedCDR(
+                cdr_key=r["cdr_key"], server=r["server"], billing_date=r["billing_date"],
+                rate_number=r.get("rate_number"), reason=reason,
+                row=_row_json(r, row_cols), first_seen=now, last_seen=now,
+            )
+        )
+
+
+def _row_json(row: dict, columns: list[str]) -> str:
+    return json.dumps({c: row[c].isoformat() if isinstance(row[c], datetime) else row[c] for c in columns})
+
+
+def _commit_batches(session: Session, batch_ids: list[int]) -> None:
+    """Move the watermarks of the batches billed in this transaction (never before)."""
+    for batch in session.scalars(select(ExtractionBatch).where(ExtractionBatch.id.in_(batch_ids))):
+        if batch.status == "committed":
+            continue
+        mark = session.get(ServerWatermark, batch.server)
+        if mark is None:
+            mark = ServerWatermark(server=batch.server)
+            session.add(mark)
+        if batch.proposed_watermark is not None and (
+            mark.watermark_utc is None or batch.proposed_watermark > mark.watermark_utc
+        ):
+            mark.watermark_utc = batch.proposed_watermark
+        if batch.proposed_cursor is not None:
+            mark.cursor = batch.proposed_cursor
+        batch.status = "committed"
+
+
+def unrated_rows(settings: Settings, billing_date: date) -> pl.DataFrame:
+    """Canonical rows of still-unrated CDRs up to `billing_date`, to rate again (a tariff fix bills them)."""
+    with session_scope(settings.ledger) as session:
+        rows = session.scalars(
+            select(UnratedCDR.row).where(
+                UnratedCDR.resolved_at.is_(None), UnratedCDR.billing_date <= billing_date,
+                UnratedCDR.row.is_not(None),
+            )
+        ).all()
+    if not rows:
+        return empty_cdrs()
+    frame = pl.DataFrame([json.loads(r) for r in rows], schema={c: pl.String for c in CDR_SCHEMA})
+    return conform(
+        frame.with_columns(
+            [pl.col(c).str.to_datetime(time_zone="UTC") for c in ("start_utc", "answer_utc", "end_utc")]
+            + [pl.col("billsec").cast(pl.Int64)]
+        )
+    )
+
