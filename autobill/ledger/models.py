@@ -74,6 +74,8 @@ class ExtractionBatch(Base):
     status: Mapped[str] = mapped_column(String(16), default="extracted")  # extracted|committed|rejected
     proposed_watermark: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     proposed_cursor: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    files: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON [[name, sha256, rows]]: processed at commit
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of remarks for the run report
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
 
