@@ -216,6 +216,12 @@ class Validation(_Strict):
     max_bad_row_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
     volume_drop_fraction: Annotated[float, Field(ge=0, le=1)] = 0.9
     volume_history_days: Annotated[int, Field(ge=1, le=90)] = 14
+    # data_quality: a call longer than this is a stuck channel (quarantined, rule call_too_long).
+    max_call_seconds: Annotated[int, Field(ge=60)] = 86400
+    # Fewer quarantined rows than this never reject a batch, whatever the fraction (tiny servers).
+    min_bad_rows: Annotated[int, Field(ge=1)] = 5
+    # A volume drop is a flagged warning by default; true makes it stop the server's batch.
+    volume_drop_blocks: bool = False
 
 
 class Settings(_Strict):
