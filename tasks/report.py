@@ -1,0 +1,193 @@
+"""The run report: a summary that must balance, per-client totals, unrated destinations.
+
+Invariant 2 (nothing disappears) is checked here, per server: every CDR that entered the run
+(extracted this run, or carried in: still unrated from earlier runs, or released from
+quarantine) ends in exactly one of billed, included, zero-cost, unrated, quarantined, duplicate:
+
+    extracted + carried_in = billed + included + zero_cost + unrated + quarantined + duplicates
+
+A summary that does not balance is reported as such (and fails the run): it means a bug lost
+or invented a CDR, which is exactly what an operator must not have to find by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+
+INPUTS = ("extracted", "carried_in")
+OUTPUTS = ("billed", "included", "zero_cost", "unrated", "quarantined", "duplicates")
+
+
+@dataclass
+class ServerLine:
+    server: str
+    status: str = "ok"  # ok | failed | rejected
+    error: str | None = None
+    extracted: int = 0
+    carried_in: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    unrated: int = 0
+    included: int = 0
+    zero_cost: int = 0
+    billed: int = 0
+    already_billed: int = 0  # rated again but already final in the ledger: counted once, as billed earlier
+    amount: dict[str, Decimal] = field(default_factory=dict)  # exact sum of billed calls' costs
+
+    @property
+    def balanced(self) -> bool:
+        return sum(getattr(self, k) for k in INPUTS) == sum(getattr(self, k) for k in OUTPUTS) + self.already_billed
+
+
+@dataclass
+class RunSummary:
+    billing_date: date
+    dry_run: bool
+    servers: list[ServerLine]
+    charges_created: int = 0
+    charges_posted: int = 0
+    amount_posted: dict[str, Decimal] = field(default_factory=dict)
+    amount_billed: dict[str, Decimal] = field(default_factory=dict)  # charge lines created (rounded)
+    uncertain: list[str] = field(default_factory=list)
+    failed_posts: list[str] = field(default_factory=list)
+    preview: list[dict[str, Any]] = field(default_factory=list)  # dry run: the lines that would be posted
+
+    def total(self, key: str) -> int:
+        return sum(getattr(s, key) for s in self.servers)
+
+    @property
+    def failed_servers(self) -> list[str]:
+        return [s.server for s in self.servers if s.status != "ok"]
+
+    @property
+    def balanced(self) -> bool:
+        return all(s.balanced for s in self.servers)
+
+    @property
+    def status(self) -> str:
+        if not self.balanced:
+            return "failed"
+        if self.failed_servers or self.uncertain or self.failed_posts:
+            return "partial"
+        return "completed"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"billing_date": self.billing_date.isoformat(), "dry_run": self.dry_run,
+                               "status": self.status, "balanced": self.balanced}
+        for key in (*INPUTS, *OUTPUTS, "already_billed"):
+            out[key] = self.total(key)
+        out.update({
+            "charges_created": self.charges_created,
+            "charges_posted": self.charges_posted,
+            "amount_billed": {k: str(v) for k, v in sorted(self.amount_billed.items())},
+            "amount_posted": {k: str(v) for k, v in sorted(self.amount_posted.items())},
+            "uncertain": list(self.uncertain),
+            "failed_posts": list(self.failed_posts),
+            "failed_servers": self.failed_servers,
+            "servers": {
+                s.server: {**{k: v for k, v in asdict(s).items() if k not in ("server", "amount")},
+                           "amount": {c: str(a) for c, a in s.amount.items()}, "balanced": s.balanced}
+                for s in self.servers
+            },
+        })
+        if self.dry_run:
+            out["preview"] = self.preview
+        return out
+
+
+def count_outcomes(line: ServerLine, rated: pl.DataFrame) -> None:
+    """Add one server's rating outcomes (and billed amounts per currency) to its line."""
+    if rated.height == 0:
+        return
+    for outcome, n in rated.group_by("outcome").len().iter_rows():
+        setattr(line, outcome, getattr(line, outcome) + n)
+    billed = rated.filter(pl.col("outcome") == "billed")
+    for ccy, costs in billed.group_by("currency").agg(pl.col("cost").cast(pl.String)).iter_rows():
+        line.amount[ccy] = line.amount.get(ccy, Decimal(0)) + sum((Decimal(c) for c in costs), Decimal(0))
+
+
+def markdown(summary: RunSummary) -> str:
+    cols = ("extracted", "carried_in", "quarantined", "duplicates", "unrated", "included", "zero_cost", "billed")
+    head = "| server | status | " + " | ".join(cols) + " | amount | balances |"
+    rows = [head, "|" + "---|" * (len(cols) + 4)]
+    for s in summary.servers:
+        amount = ", ".join(f"{v:.2f} {k}" for k, v in sorted(s.amount.items())) or "0"
+        rows.append(
+            f"| {s.server} | {s.status}{' (' + s.error + ')' if s.error else ''} | "
+            + " | ".join(str(getattr(s, c)) for c in cols)
+            + f" | {amount} | {'yes' if s.balanced else '**NO**'} |"
+        )
+    posted = ", ".join(f"{v} {k}" for k, v in sorted(summary.amount_posted.items())) or "nothing"
+    lines = [
+        f"# Autobill {'dry run (nothing posted)' if summary.dry_run else 'run'} for {summary.billing_date}",
+        "",
+        f"**Status:** {summary.status}. Charges created: {summary.charges_created}; "
+        f"posted: {summary.charges_posted} ({posted}).",
+        "",
+        *rows,
+    ]
+    if summary.uncertain:
+        lines += ["", f"**{len(summary.uncertain)} uncertain charge(s)** — run `autobill charges reconcile`:", ""]
+        lines += [f"- `{k}`" for k in summary.uncertain]
+    if summary.failed_posts:
+        lines += ["", "**Not posted (WHMCS error; retried next run):**", ""]
+        lines += [f"- {e}" for e in summary.failed_posts]
+    if summary.failed_servers:
+        lines += ["", f"**Servers not billed this run:** {', '.join(summary.failed_servers)} — their watermarks did "
+                  "not move; their CDRs are billed by the next run."]
+    return "\n".join(lines)
+
+
+def client_totals(lines: list) -> list[dict[str, Any]]:
+    """Per-client totals of the charge lines created this run (strings: artifacts are plain JSON)."""
+    totals: dict[tuple[int, str], dict[str, Any]] = {}
+    for ln in lines:
+        key = (ln.client_id, ln.currency)
+        t = totals.setdefault(key, {"client_id": ln.client_id, "currency": ln.currency, "lines": 0, "calls": 0,
+                                    "minutes": Decimal(0), "amount": Decimal(0)})
+        t["lines"] += 1
+        t["calls"] += ln.cdr_count
+        t["minutes"] += Decimal(ln.charged_seconds) / 60
+        t["amount"] += ln.amount
+    return [
+        {**t, "minutes": str(t["minutes"].quantize(Decimal("0.1"))), "amount": str(t["amount"])}
+        for _, t in sorted(totals.items())
+    ]
+
+
+def unrated_destinations(rated: pl.DataFrame, top: int = 50) -> list[dict[str, Any]]:
+    """The destinations that found no rate (by their first 6 digits), most frequent first."""
+    if rated.height == 0 or "outcome" not in rated.columns:
+        return []
+    unrated = rated.filter(pl.col("outcome") == "unrated")
+    if unrated.height == 0:
+        return []
+    reason = pl.col("unrated_reason") if "unrated_reason" in unrated.columns else pl.lit("no_rate")
+    return (
+        unrated.with_columns(pl.col("rate_number").str.slice(0, 6).fill_null("(none)").alias("destination"),
+                             reason.fill_null("no_rate").alias("reason"))
+        .group_by("destination", "reason")
+        .agg(pl.len().alias("calls"), pl.col("server").unique().sort().str.join(",").alias("servers"))
+        .sort("calls", "destination", descending=[True, False])
+        .head(top)
+        .to_dicts()
+    )
+
+
+def publish(summary: RunSummary, clients: list[dict[str, Any]], unrated: list[dict[str, Any]]) -> None:
+    """Prefect artifacts for the run (keys let the UI keep a history per artifact)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(markdown(summary), key="autobill-run-summary",
+                             description=f"Autobill summary for {summary.billing_date}")
+    if clients:
+        create_table_artifact(clients, key="autobill-client-totals",
+                              description=f"Per-client totals for {summary.billing_date}")
+    create_table_artifact(unrated or [{"destination": "-", "reason": "-", "calls": 0, "servers": "-"}],
+                          key="autobill-unrated-destinations",
+                          description=f"Destinations without a rate ({summary.billing_date})")
