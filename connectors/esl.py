@@ -114,6 +114,27 @@ class EslClient:
             raise EslCommandError(command, body)
         return body
 
+    def sendevent(self, name: str, headers: dict[str, str]) -> str:
+        """Fire an event (e.g. FusionPBX's CUSTOM `fusion::file` cache-delete); returns Reply-Text."""
+        lines = [f"sendevent {name}", *(f"{k}: {v}" for k, v in headers.items())]
+        if any("\n" in line or "\r" in line for line in lines):
+            raise ValueError("event headers are single lines")
+        if self._sock is None:
+            raise EslError(f"{self}: not connected")
+        try:
+            self._send("\n".join(lines))
+            reply, _ = self._read_message(("command/reply",))
+        except OSError as exc:
+            self.close()
+            raise EslError(f"{self}: sendevent {name}: {type(exc).__name__}: {exc}") from None
+        except EslError:
+            self.close()
+            raise
+        text = reply.get("Reply-Text", "")
+        if not text.startswith("+OK"):
+            raise EslCommandError(f"sendevent {name}", text)
+        return text
+
     # -- protocol -------------------------------------------------------------------------------
 
     def _send(self, line: str) -> None:

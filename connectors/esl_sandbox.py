@@ -28,7 +28,7 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(head.encode() + data)
         self.wfile.flush()
 
-    def _read_command(self) -> str | None:
+    def _read_command(self) -> list[str] | None:
         lines: list[str] = []
         while True:
             raw = self.rfile.readline()
@@ -37,7 +37,7 @@ class _Handler(socketserver.StreamRequestHandler):
             line = raw.decode().rstrip("\r\n")
             if not line:
                 if lines:
-                    return lines[0]
+                    return lines
                 continue
             lines.append(line)
 
@@ -53,9 +53,10 @@ class _Handler(socketserver.StreamRequestHandler):
         self._write({"Content-Type": "auth/request"})
         authed = False
         while True:
-            cmd = self._read_command()
-            if cmd is None:
+            lines = self._read_command()
+            if lines is None:
                 return
+            cmd = lines[0]
             if cmd.startswith("auth "):
                 if cmd[5:] == sandbox.password and not sandbox.refuse_auth:
                     authed = True
@@ -78,6 +79,12 @@ class _Handler(socketserver.StreamRequestHandler):
                 if reply is None:  # simulated drop
                     return
                 self._write({"Content-Type": "api/response"}, reply)
+                continue
+            if cmd.startswith("sendevent "):
+                headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+                sandbox.events.append({"Event-Name": cmd[10:], **headers})
+                sandbox._event(headers)
+                self._write({"Content-Type": "command/reply", "Reply-Text": "+OK 5f3f2e0c-sandbox"})
                 continue
             self._write({"Content-Type": "command/reply", "Reply-Text": "-ERR command not found"})
 
@@ -106,6 +113,8 @@ class EslSandbox:
         self.cache: set[str] = set(cache_keys)
         self.rescan_source = rescan_source
         self.commands: list[str] = []
+        self.events: list[dict[str, str]] = []  # sendevent: {"Event-Name": ..., headers...}
+        self.file_cache: set[str] = set()  # FusionPBX file-cache entries (keys with "." for ":")
         self.refuse_auth = False
         self.faults: dict[str, str] = {}  # command prefix -> canned reply body
         self.drop_on: set[str] = set()  # command prefixes that drop the connection
@@ -153,6 +162,13 @@ class EslSandbox:
 
     def _match(self, command: str, table: Iterable[str]) -> str | None:
         return next((p for p in table if command.startswith(p)), None)
+
+    def _event(self, headers: dict[str, str]) -> None:
+        """FusionPBX's cache listener: a CUSTOM fusion::file "delete <key>" removes a file entry."""
+        arg = headers.get("API-Command-Argument", "")
+        if headers.get("Event-Subclass") == "fusion::file" and arg.startswith("delete "):
+            with self._lock:
+                self.file_cache.discard(arg[7:])
 
     def _reply(self, command: str) -> str | None:
         if (p := self._match(command, self.delay_on)) is not None:

@@ -96,3 +96,18 @@ def test_unknown_command_and_injection_guard(esl: EslSandbox) -> None:
 def test_api_before_connect_is_an_error() -> None:
     with pytest.raises(EslError, match="not connected"):
         EslClient("127.0.0.1", 1, PW).api("hostname")
+
+
+def test_sendevent_reaches_the_switch(esl: EslSandbox) -> None:
+    esl.file_cache.add("fs1.example.configuration.sofia.conf")
+    with client(esl) as c:
+        reply = c.sendevent(
+            "CUSTOM",
+            {"Event-Subclass": "fusion::file", "API-Command": "cache", "API-Command-Argument": "delete fs1.example.configuration.sofia.conf"},
+        )
+        assert reply.startswith("+OK")
+        with pytest.raises(ValueError):
+            c.sendevent("CUSTOM", {"X": "a\nb"})
+        assert c.api("hostname") == "fs1.example"
+    assert esl.events[0]["Event-Name"] == "CUSTOM"
+    assert esl.file_cache == set()
