@@ -91,6 +91,9 @@ class FusionPBXServer(_ServerBase):
     esl_port: Annotated[int, Field(ge=1, le=65535)] = 8021
     esl_password: SecretRef | None = None
     sip_profile: str = "external"
+    # Where FusionPBX caches sofia.conf / directory entries: memcache, or files (fusionpbx_switch.py).
+    cache_method: Literal["memcache", "file"] = "memcache"
+    cache_dir: Path = Path("/var/cache/fusionpbx")
 
 
 class VodiaServer(_ServerBase):
@@ -208,6 +211,9 @@ class Autosuspend(_Strict):
     low_balance_threshold: Money = Decimal("5.00")  # default when a service sets none
     low_balance_hysteresis: Money = Decimal("1.00")
     stale_after_seconds: Annotated[int, Field(ge=10)] = 600
+    # WHMCS products (pid) whose services are VoIP: for clients with "Has VoIP Service" = Yes they
+    # are autosuspended through ModuleSuspend/ModuleUnsuspend when `services` does not map them.
+    voip_product_ids: list[Annotated[int, Field(ge=1)]] = []
 
 
 class Validation(_Strict):
