@@ -133,7 +133,9 @@ class FusionPBXSwitch:
 
     # -- public ---------------------------------------------------------------------------------
 
-    def suspend_gateways(self, gateway_uuids: Iterable[str]) -> SwitchResult:
+    def suspend_gateways(self, gateway_uuids: Iterable[str], adopt: bool = False) -> SwitchResult:
+        """Disable the gateways and stop them. `adopt`: completing an interrupted suspension of
+        ours, so rows already disabled count as switched off by us (restored later)."""
         wanted = sorted({u.strip().lower() for u in gateway_uuids})
         if not wanted:
             raise SwitchError("gateway mode needs at least one gateway uuid")
@@ -148,8 +150,8 @@ class FusionPBXSwitch:
         result.detail = {
             "kind": "gateway",
             "server": self.server_id,
-            "gateways": [{"uuid": r[0], "profile": r[2]} for r in rows if r[0] in changed],
-            "already_disabled": [r[0] for r in rows if r[0] not in changed],
+            "gateways": [{"uuid": r[0], "profile": r[2]} for r in rows if adopt or r[0] in changed],
+            "already_disabled": [] if adopt else [r[0] for r in rows if r[0] not in changed],
         }
 
         # killgw all of them: a row an operator disabled may still be running
@@ -157,7 +159,8 @@ class FusionPBXSwitch:
         self._make_live(esl, live, result, "v_gateways", "gateway_uuid", changed, True, self._rescan(profiles))
         return result
 
-    def suspend_extensions(self, domain: str, extensions: Iterable[str]) -> SwitchResult:
+    def suspend_extensions(self, domain: str, extensions: Iterable[str], adopt: bool = False) -> SwitchResult:
+        """Disable the tenant's extensions and drop their cached directory entries (`adopt`: as above)."""
         wanted = sorted({e.strip() for e in extensions})
         if not wanted:
             raise SwitchError("extension mode needs the service's extensions")
@@ -175,9 +178,11 @@ class FusionPBXSwitch:
             "server": self.server_id,
             "domain": domain,
             "extensions": [
-                {"uuid": r[0], "extension": r[2], "number_alias": r[3], "context": r[4]} for r in rows if r[0] in changed
+                {"uuid": r[0], "extension": r[2], "number_alias": r[3], "context": r[4]}
+                for r in rows
+                if adopt or r[0] in changed
             ],
-            "already_disabled": [r[2] for r in rows if r[0] not in changed],
+            "already_disabled": [] if adopt else [r[2] for r in rows if r[0] not in changed],
         }
         clear = self._directory(rows)
         self._make_live(esl, clear, result, "v_extensions", "extension_uuid", changed, True, clear)

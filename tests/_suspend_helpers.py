@@ -149,3 +149,34 @@ class _Closing:
     def __exit__(self, *exc) -> None:
         self.cur.close()
         self.conn.close()
+
+
+# -- settings and wiring for autosuspend cycles ---------------------------------------------------
+
+WHMCS_IDENT, WHMCS_SECRET = "as-ident", "as-secret-7c1"
+
+
+def settings_for(ledger_url: str, whmcs_url: str, services: list[dict], **autosuspend):
+    """A validated Settings with one FusionPBX server `pbx1`, the given services and WHMCS."""
+    from autobill.config import settings_from_dict
+    from connectors.whmcs_sandbox.store import CUSTOM_FIELDS
+
+    return settings_from_dict(
+        {
+            "ledger_url": ledger_url,
+            "timezone": "America/Toronto",
+            "servers": [{"id": "pbx1", "kind": "fusionpbx", "esl_password": {"env": "AUTOBILL_TEST_ESL_PW"}}],
+            "tariffs": [{"name": "t", "path": "tariff.csv"}],
+            "plans": [{"name": "p", "tariff": "t"}],
+            "services": [{"server": "pbx1", "plan": "p", "tenant": "acme.example", **s} for s in services],
+            "whmcs": {
+                "url": whmcs_url,
+                "identifier": {"env": "AUTOBILL_TEST_WHMCS_ID"},
+                "secret": {"env": "AUTOBILL_TEST_WHMCS_SECRET"},
+                "retries": 1,
+                "timeout_seconds": 5,
+                "custom_field_ids": dict(CUSTOM_FIELDS),
+            },
+            "autosuspend": autosuspend,
+        }
+    )
