@@ -134,17 +134,9 @@ def _records(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
     """(1-based line number, fields) of every non-blank record."""
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     for fields in reader:
-        if not fields or all(not f.strip() for f in fields):
+        if not any(fields) or (len(fields) == 1 and not fields[0].strip()):  # a blank line
             continue
         yield reader.line_num, fields
-
-
-def _row_key(server_id: str, values: dict[str, str | None]) -> str:
-    call_id = (values.get("call_id") or "").strip()
-    if call_id:
-        return cdr_key(server_id, call_id)
-    content = "\x1f".join((values.get(k) or "").strip() for k in _HASHED_KEYS)
-    return cdr_key(server_id, "row-" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:24])
 
 
 def _duration_expr(raw: pl.Expr) -> pl.Expr:
@@ -196,30 +188,94 @@ def parse_lesnet(text: str, fmt: LesNetFormat | None, server_cfg: LesNetServer) 
     positions = _resolve_positions(cmap, header, server_cfg)
     width = len(header) if header is not None else max(positions.values()) + 1
 
-    raw: dict[str, list[str | None]] = {key: [] for key in KNOWN_KEYS}
-    keys: list[str] = []
-    sources: list[str] = []
+    good: list[list[str]] = []
+    good_lines: list[int] = []
+    bad: list[tuple[int, list[str]]] = []
     for line_no, fields in records:
         if header is not None and len(fields) > width and not any(f.strip() for f in fields[width:]):
             fields = fields[:width]  # a trailing delimiter is not a misaligned row
-        fits = len(fields) == width if header is not None else len(fields) >= width
-        values = {key: (fields[pos] if fits else None) for key, pos in positions.items()}
-        for key in KNOWN_KEYS:
-            raw[key].append(values.get(key))
-        keys.append(_row_key(server_cfg.id, values if fits else {"start": "\x1e".join(fields)}))
-        if header is not None and fits:
-            row: dict[str, Any] = {h.strip().lstrip("\ufeff"): v for h, v in zip(header, fields, strict=True)}
+        if len(fields) == width or (header is None and len(fields) > width):
+            good.append(fields)
+            good_lines.append(line_no)
         else:
-            row = {"_fields": fields}
-        if not fits:
-            row["_error"] = f"{len(fields)} fields, expected {width}"
-        row["_line"] = line_no
-        sources.append(json.dumps(row, ensure_ascii=False))
-
-    frame = pl.DataFrame(
-        {**raw, "cdr_key": keys, "source_row": sources}, schema_overrides=dict.fromkeys(raw, pl.String)
-    )
+            bad.append((line_no, fields))
+    frames = [_good_rows(good, good_lines, header, width, positions, server_cfg.id)] if good else []
+    if bad:
+        frames.append(_bad_rows(bad, width, server_cfg.id))
+    if not frames:
+        return conform(pl.DataFrame(schema=CDR_SCHEMA))
+    frame = pl.concat(frames, how="vertical").sort("_line").drop("_line")
     return _canonical(frame, fmt, dmap, server_cfg)
+
+
+def _good_rows(
+    rows: list[list[str]],
+    lines: list[int],
+    header: list[str] | None,
+    width: int,
+    positions: dict[str, int],
+    server_id: str,
+) -> pl.DataFrame:
+    """Rows with the expected number of fields, vectorised: raw mapped values, key, source_row."""
+    columns = list(zip(*rows, strict=False))[:width]
+    frame = pl.DataFrame(
+        {f"f{i}": pl.Series(col, dtype=pl.String) for i, col in enumerate(columns)}
+        | {"_line": pl.Series(lines, dtype=pl.Int64)}
+    )
+    if header is not None:
+        names = _unique_names(header)
+        source = pl.struct([pl.col(f"f{i}").alias(n) for i, n in enumerate(names)] + [pl.col("_line")])
+    else:
+        frame = frame.with_columns(_fields=pl.Series(rows, dtype=pl.List(pl.String)))
+        source = pl.struct(pl.col("_fields"), pl.col("_line"))
+    raw = {
+        key: pl.col(f"f{positions[key]}") if key in positions else pl.lit(None, pl.String)
+        for key in KNOWN_KEYS
+    }
+    content = pl.concat_str([raw[k].fill_null("").str.strip_chars() for k in _HASHED_KEYS], separator="\x1f")
+    frame = frame.with_columns(
+        **raw, source_row=source.struct.json_encode(), _cid=raw["call_id"].str.strip_chars(), _content=content
+    )
+    keys = [
+        cdr_key(server_id, cid) if cid else _hash_key(server_id, text)
+        for cid, text in zip(
+            frame.get_column("_cid").to_list(), frame.get_column("_content").to_list(), strict=True
+        )
+    ]
+    return frame.select(*KNOWN_KEYS, "_line", "source_row", cdr_key=pl.Series(keys, dtype=pl.String))
+
+
+def _bad_rows(bad: list[tuple[int, list[str]]], width: int, server_id: str) -> pl.DataFrame:
+    """Rows whose field count is wrong: nothing is trusted, everything is kept in source_row."""
+    sources = [
+        json.dumps(
+            {"_fields": f, "_error": f"{len(f)} fields, expected {width}", "_line": n}, ensure_ascii=False
+        )
+        for n, f in bad
+    ]
+    return pl.DataFrame(
+        {key: pl.Series([None] * len(bad), dtype=pl.String) for key in KNOWN_KEYS}
+        | {
+            "_line": pl.Series([n for n, _ in bad], dtype=pl.Int64),
+            "source_row": pl.Series(sources, dtype=pl.String),
+            "cdr_key": pl.Series([_hash_key(server_id, "\x1e".join(f)) for _, f in bad], dtype=pl.String),
+        }
+    )
+
+
+def _hash_key(server_id: str, content: str) -> str:
+    return cdr_key(server_id, "row-" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:24])
+
+
+def _unique_names(header: list[str]) -> list[str]:
+    """Header names for source_row keys: stripped, blanks named by position, repeats numbered."""
+    names: list[str] = []
+    for i, h in enumerate(header):
+        name = h.strip().lstrip("\ufeff") or f"_{i}"
+        while name in names or name in ("_line",):
+            name += "'"
+        names.append(name)
+    return names
 
 
 def _canonical(
