@@ -24,6 +24,8 @@ from decimal import Decimal
 
 import duckdb
 import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -69,6 +71,7 @@ class BillingRecord:
     outcomes: dict[str, int]
     lines: list[ChargeLine]
     already_final: int = 0
+    already_final_keys: list[str] = field(default_factory=list, repr=False)  # normally empty
     charge_ids: list[int] = field(default_factory=list)
     dry_run: bool = False
 
@@ -183,7 +186,8 @@ def _record_once(
         counts = {o: 0 for o in OUTCOMES}
         counts.update(dict(todo.group_by("outcome").len().iter_rows()))
         lines = charge_lines(todo.filter(pl.col("outcome") == "billed"))
-        record = BillingRecord(outcomes=counts, lines=lines, already_final=len(already), dry_run=dry_run)
+        record = BillingRecord(outcomes=counts, lines=lines, already_final=len(already),
+                               already_final_keys=sorted(already), dry_run=dry_run)
         if dry_run:
             session.rollback()
             return record
@@ -302,3 +306,15 @@ def unrated_rows(settings: Settings, billing_date: date) -> pl.DataFrame:
         )
     )
 
+
+
+@task(name="aggregate-and-record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def record_billing_task(settings: Settings, rated_path: str, run_id: int | None, batch_ids: list[int],
+                        dry_run: bool = False) -> BillingRecord:
+    """Charge lines + billed CDRs + watermarks in one ledger transaction (a retry is safe: same keys)."""
+    record = record_billing(settings, pl.read_parquet(rated_path), run_id, batch_ids, dry_run)
+    get_run_logger().info(
+        "%s charge line(s) %s; outcomes %s; %s already billed",
+        len(record.lines), "previewed" if dry_run else "recorded", record.outcomes, record.already_final,
+    )
+    return record

@@ -20,18 +20,22 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select, update
 
 from autobill.config import Settings
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Charge
+from autobill.money import round_minor
 from autobill.timeutil import utc_now
 
 QUANTITY = Decimal(1)  # the amount is the line total; minutes are in the description (WHMCS qty is 999.99 max)
 
 
 class BillableItemPoster(Protocol):
-    def add_billable_item(self, client_id: int, description: str, amount: Decimal, quantity: Decimal) -> int: ...
+    def add_billable_item(self, client_id: int, description: str, amount: Decimal, quantity: Decimal, *,
+                          currency: str | None = None) -> int: ...
 
 
 @dataclass
@@ -95,7 +99,9 @@ def post_charge(settings: Settings, client: BillableItemPoster, charge_id: int, 
         report.skipped += 1
         return "skipped"
     try:
-        billable_id = client.add_billable_item(charge.client_id, charge.description, charge.amount, QUANTITY)
+        billable_id = client.add_billable_item(charge.client_id, charge.description,
+                                               round_minor(charge.amount, charge.currency), QUANTITY,
+                                               currency=charge.currency)
     except WhmcsUncertainError as exc:
         _set(settings, charge_id, ("posting",), state="uncertain", last_error=str(exc)[:2000])
         report.uncertain.append(charge.idempotency_key)
@@ -156,3 +162,39 @@ def reconcile(settings: Settings, ref: str, posted: bool, billable_id: int | Non
         values = {"state": "pending", "last_error": f"reconciled by operator as not posted. {note}".strip()}
     _set(settings, charge.id, ("uncertain",), **values)
     return find_charge(settings, str(charge.id))
+
+
+@task(name="surface-interrupted-posts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def surface_interrupted_task(settings: Settings) -> list[str]:
+    keys = surface_interrupted(settings)
+    if keys:
+        get_run_logger().warning("%s charge(s) were interrupted mid-post and are now uncertain: %s", len(keys), keys)
+    return keys
+
+
+@task(name="post-to-whmcs", cache_policy=NO_CACHE, retries=0)
+def post_pending_task(settings: Settings, run_id: int | None = None) -> PostingReport:
+    """Post every pending charge with a progress artifact. Not retried as a task: each charge's own
+    state machine already decides what is safe to try again."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from connectors.whmcs import WhmcsClient
+
+    if settings.whmcs is None:
+        raise ValueError("whmcs: not configured; cannot post charges (use --dry-run to preview)")
+    logger = get_run_logger()
+    artifact = create_progress_artifact(0.0, description="Posting charges to WHMCS")
+    step = {"last": 0.0}
+
+    def progress(done: int, total: int) -> None:
+        pct = 100.0 * done / total
+        if pct - step["last"] >= 2 or done == total:
+            update_progress_artifact(artifact, pct, description=f"{done}/{total} charges")
+            step["last"] = pct
+
+    with WhmcsClient.from_settings(settings.whmcs) as client:
+        report = post_pending(settings, client, run_id, progress)
+    update_progress_artifact(artifact, 100.0, description=f"done: {report.posted} posted")
+    logger.info("posted %s charge(s) %s; %s uncertain; %s failed", report.posted, report.amount_posted,
+                len(report.uncertain), len(report.failed))
+    return report

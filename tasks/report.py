@@ -4,7 +4,10 @@ Invariant 2 (nothing disappears) is checked here, per server: every CDR that ent
 (extracted this run, or carried in: still unrated from earlier runs, or released from
 quarantine) ends in exactly one of billed, included, zero-cost, unrated, quarantined, duplicate:
 
-    extracted + carried_in = billed + included + zero_cost + unrated + quarantined + duplicates
+    extracted + carried_in = billed + included + zero_cost + unrated + quarantined + duplicates + deferred
+
+`deferred` are the rows of a batch the batch checks rejected: not billed, the server's watermark
+did not move, and the same window is read again by the next run.
 
 A summary that does not balance is reported as such (and fails the run): it means a bug lost
 or invented a CDR, which is exactly what an operator must not have to find by hand.
@@ -18,9 +21,11 @@ from decimal import Decimal
 from typing import Any
 
 import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 INPUTS = ("extracted", "carried_in")
-OUTPUTS = ("billed", "included", "zero_cost", "unrated", "quarantined", "duplicates")
+OUTPUTS = ("billed", "included", "zero_cost", "unrated", "quarantined", "duplicates", "deferred")
 
 
 @dataclass
@@ -32,6 +37,7 @@ class ServerLine:
     carried_in: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    deferred: int = 0
     unrated: int = 0
     included: int = 0
     zero_cost: int = 0
@@ -112,7 +118,8 @@ def count_outcomes(line: ServerLine, rated: pl.DataFrame) -> None:
 
 
 def markdown(summary: RunSummary) -> str:
-    cols = ("extracted", "carried_in", "quarantined", "duplicates", "unrated", "included", "zero_cost", "billed")
+    cols = ("extracted", "carried_in", "quarantined", "duplicates", "deferred", "unrated", "included", "zero_cost",
+            "billed")
     head = "| server | status | " + " | ".join(cols) + " | amount | balances |"
     rows = [head, "|" + "---|" * (len(cols) + 4)]
     for s in summary.servers:
@@ -191,3 +198,67 @@ def publish(summary: RunSummary, clients: list[dict[str, Any]], unrated: list[di
     create_table_artifact(unrated or [{"destination": "-", "reason": "-", "calls": 0, "servers": "-"}],
                           key="autobill-unrated-destinations",
                           description=f"Destinations without a rate ({summary.billing_date})")
+
+
+RELEASED = "(released from quarantine)"
+
+
+def build_summary(
+    billing_date: date,
+    dry_run: bool,
+    lines: dict[str, ServerLine],
+    rated: pl.DataFrame,
+    requeued: Any | None,
+    record: Any,
+    posting: Any | None,
+    uncertain_before: list[str],
+) -> RunSummary:
+    """Assemble the run summary from each step's output (pure: no I/O)."""
+    lines = dict(lines)
+
+    def line(server: str) -> ServerLine:
+        return lines.setdefault(server, ServerLine(server))
+
+    already = set(record.already_final_keys)
+    if already:
+        hit = rated.filter(pl.col("cdr_key").is_in(list(already)))
+        for server, n in hit.group_by("server").len().iter_rows():
+            line(server).already_billed += n
+        rated = rated.filter(~pl.col("cdr_key").is_in(list(already)))
+    for source, part in rated.partition_by("source", as_dict=True).items() if rated.height else []:
+        source = source[0]
+        for server, rows in part.partition_by("server", as_dict=True).items():
+            target = line(RELEASED) if source == "requeued" else line(server[0])
+            if source == "unrated":
+                target.carried_in += rows.height
+            count_outcomes(target, rows)
+    if requeued is not None and requeued.rows:
+        released = line(RELEASED)
+        released.carried_in += requeued.rows
+        released.quarantined += requeued.quarantined
+        released.duplicates += requeued.duplicates
+    summary = RunSummary(billing_date=billing_date, dry_run=dry_run, servers=list(lines.values()),
+                         charges_created=0 if dry_run else len(record.lines),
+                         amount_billed=record.amount_by_currency, uncertain=list(uncertain_before))
+    if dry_run:
+        summary.preview = [
+            {"client_id": ln.client_id, "service_id": ln.service_id, "billing_date": ln.billing_date.isoformat(),
+             "class": ln.charge_class, "currency": ln.currency, "amount": str(ln.amount), "calls": ln.cdr_count,
+             "description": ln.description}
+            for ln in record.lines
+        ]
+    if posting is not None:
+        summary.charges_posted = posting.posted
+        summary.amount_posted = dict(posting.amount_posted)
+        summary.uncertain += [k for k in posting.uncertain if k not in summary.uncertain]
+        summary.failed_posts = [f"{key}: {err}" for key, err in posting.failed]
+    return summary
+
+
+@task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def report_task(billing_date: date, dry_run: bool, lines: dict[str, ServerLine], rated_path: str,
+                requeued: Any | None, record: Any, posting: Any | None, uncertain_before: list[str]) -> RunSummary:
+    rated = pl.read_parquet(rated_path)
+    summary = build_summary(billing_date, dry_run, lines, rated, requeued, record, posting, uncertain_before)
+    publish(summary, client_totals(record.lines), unrated_destinations(rated))
+    return summary

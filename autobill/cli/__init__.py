@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "autobill.cli.sandbox_cmd",
     "autobill.cli.suspend_cmd",
     "autobill.cli.charges_cmd",
+    "autobill.cli.run_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,127 @@
+"""The nightly autobill flow: extract -> validate -> rate -> aggregate -> post -> report.
+
+Orchestration only; every step is a task over a plain function in `tasks/`. Servers are
+extracted and validated in parallel, each in its own tasks: a server that fails (down, or its
+batch rejected) is reported and left for the next run (its watermark did not move) while the
+others are billed, and the run then ends Failed with a "partial" message so the UI shows it.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+from tasks.rate import rate_run_task
+
+from autobill.billing_day import billing_cutoff, choose_servers, default_billing_date
+from autobill.config import load_settings
+from tasks.aggregate import record_billing_task
+from tasks.extract import extract_task_for
+from tasks.post import post_pending_task, surface_interrupted_task
+from tasks.report import RunSummary, ServerLine, report_task
+from tasks.runs import finish_run_task, start_run_task
+from tasks.validate import BatchRejected, validate_batch_task, validate_requeued_task
+
+
+def run_name() -> str:
+    """`autobill-2026-11-20` (or `autobill-2026-11-20-dry-run`) in the UI."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    day = params.get("billing_date") or "scheduled"
+    return f"autobill-{day}{'-dry-run' if params.get('dry_run') else ''}"
+
+
+@flow(name="autobill-nightly", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=8),
+      validate_parameters=True)
+def nightly(
+    billing_date: date | None = None,
+    servers: list[str] | None = None,
+    dry_run: bool = False,
+    config_path: str | None = None,
+) -> dict[str, Any]:
+    """Bill one billing date (default: yesterday in the configured timezone).
+
+    Args:
+        billing_date: the local calendar date to bill; CDRs of earlier dates not billed yet
+            (a server that was down, late CDRs, fixed tariffs) are billed with it.
+        servers: server ids to extract (default: every enabled server).
+        dry_run: compute everything and show the preview; post nothing, move no watermark.
+        config_path: the config file (default: $AUTOBILL_CONFIG or ./autobill.yaml).
+    """
+    logger = get_run_logger()
+    settings = load_settings(config_path)
+    day = billing_date or default_billing_date(settings)
+    run_id = start_run_task(settings, "nightly", day, dry_run)
+    uncertain_before = [] if dry_run else surface_interrupted_task(settings)
+    until = billing_cutoff(settings, day)
+
+    lines: dict[str, ServerLine] = {sid: ServerLine(sid) for sid in choose_servers(settings, servers)}
+    extracting = {sid: extract_task_for(settings, sid).submit(settings, sid, until, run_id) for sid in lines}
+    validating = {}
+    for sid, future in extracting.items():
+        future.wait()
+        if future.state.is_failed():
+            lines[sid].status, lines[sid].error = "failed", _error(future)
+            continue
+        extracted = future.result()
+        lines[sid].extracted = extracted.rows
+        validating[sid] = (extracted.batch_id, validate_batch_task.submit(settings, extracted.batch_id, run_id))
+    good_paths, batch_ids = [], []
+    for sid, (batch_id, future) in validating.items():
+        future.wait()
+        if future.state.is_failed():
+            exc = _exception(future)
+            line = lines[sid]
+            if isinstance(exc, BatchRejected) and exc.outcome is not None:
+                line.status, line.error = "rejected", "; ".join(exc.reasons)
+                line.quarantined, line.duplicates = exc.outcome.quarantined, exc.outcome.duplicates
+                line.deferred = exc.outcome.rows - exc.outcome.quarantined - exc.outcome.duplicates
+            else:
+                line.status, line.error = "failed", _error(future)
+                line.deferred = line.extracted
+            continue
+        outcome = future.result()
+        lines[sid].quarantined, lines[sid].duplicates = outcome.quarantined, outcome.duplicates
+        good_paths.append(str(outcome.validated_path))
+        batch_ids.append(batch_id)
+    requeued = None if dry_run else validate_requeued_task(settings, run_id)
+
+    rated_path = rate_run_task(settings, day, good_paths, requeued, run_id)
+    record = record_billing_task(settings, rated_path, run_id, batch_ids, dry_run)
+    posting = None if dry_run else post_pending_task(settings, run_id)
+    summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain_before)
+    finish_run_task(settings, run_id, summary.status, summary.to_json())
+    logger.info("billing date %s: %s", day, summary.status)
+    if summary.status == "completed":
+        return Completed(message=f"billed {day}", data=summary.to_json())
+    return Failed(message=_partial_message(summary), data=summary.to_json())
+
+
+def _exception(future) -> BaseException | None:
+    try:
+        future.result()
+    except BaseException as exc:  # noqa: BLE001 - we want whatever the task raised
+        return exc
+    return None
+
+
+def _error(future) -> str:
+    exc = _exception(future)
+    return f"{type(exc).__name__}: {exc}"[:500] if exc else "failed"
+
+
+def _partial_message(summary: RunSummary) -> str:
+    parts = []
+    if not summary.balanced:
+        parts.append("summary does not balance")
+    if summary.failed_servers:
+        parts.append(f"servers not billed: {', '.join(summary.failed_servers)}")
+    if summary.uncertain:
+        parts.append(f"{len(summary.uncertain)} uncertain charge(s) to reconcile")
+    if summary.failed_posts:
+        parts.append(f"{len(summary.failed_posts)} charge(s) not posted (retried next run)")
+    return "partial: " + "; ".join(parts)

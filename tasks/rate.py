@@ -1,0 +1,102 @@
+"""The rate step of a nightly run: everything not yet billed, rated with the nightly rules.
+
+What is rated together, each row tagged with its `source`:
+- `batch`: the validated rows of this run's extraction batches;
+- `unrated`: rows still unrated from earlier runs (a tariff or mapping fix bills them now);
+- `requeued`: rows an operator released from quarantine, validated again this run.
+Only billing dates up to the run's date are rated; the allowance of included minutes already
+consumed in each billing period is read from the ledger, so a period's minutes are shared
+across runs in call-start order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import func, select
+
+from autobill import lake
+from autobill.cdr import CDR_SCHEMA, conform
+from autobill.config import Settings
+from autobill.ledger.db import session_scope
+from autobill.ledger.models import BilledCDR
+from autobill.mapping import assign_services
+from autobill.timeutil import period_bounds
+from tasks.aggregate import unrated_rows, with_billing_date
+
+
+def load_tariffs(settings: Settings) -> dict[str, Any]:
+    from autobill.rating.tariff import load_tariff
+
+    return {
+        t.name: load_tariff(settings.resolve_path(t.path), name=t.name, currency=t.currency,
+                            timezone=t.timezone or settings.timezone, with_bands=True)
+        for t in settings.tariffs
+    }
+
+
+def gather(settings: Settings, day: date, validated: list[str], requeued_path: str | None) -> pl.DataFrame:
+    """Canonical rows to rate, tagged with `source`, de-duplicated by key (first source wins)."""
+    parts = [conform(pl.read_parquet(p)).with_columns(pl.lit("batch").alias("source")) for p in validated]
+    if requeued_path:
+        parts.append(conform(pl.read_parquet(requeued_path)).with_columns(pl.lit("requeued").alias("source")))
+    parts.append(unrated_rows(settings, day).with_columns(pl.lit("unrated").alias("source")))
+    frame = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema={**CDR_SCHEMA, "source": pl.String})
+    frame = with_billing_date(frame.unique("cdr_key", keep="first", maintain_order=True), settings.timezone)
+    return frame.filter(pl.col("billing_date") <= day)
+
+
+def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, date], int]:
+    """Included seconds already consumed per (service, period start) for the periods these CDRs fall in."""
+    anchors = {p.name: p.period_anchor_day for p in settings.plans}
+    wanted: dict[tuple[int, date], date] = {}
+    mapped = cdrs.filter(pl.col("service_id").is_not_null()).select("service_id", "plan", "billing_date").unique()
+    for service_id, plan, day in mapped.iter_rows():
+        start, end = period_bounds(day, anchors.get(plan, 1))
+        wanted[(int(service_id), start)] = end
+    used: dict[tuple[int, date], int] = defaultdict(int)
+    with session_scope(settings.ledger) as session:
+        for (service_id, start), end in wanted.items():
+            used[(service_id, start)] = int(
+                session.scalar(
+                    select(func.coalesce(func.sum(BilledCDR.included_seconds), 0)).where(
+                        BilledCDR.service_id == service_id, BilledCDR.billing_date >= start,
+                        BilledCDR.billing_date < end,
+                    )
+                )
+            )
+    return dict(used)
+
+
+def rate_run(settings: Settings, day: date, validated: list[str], requeued_path: str | None,
+             run_id: int | None = None) -> Path:
+    """Rate what this run bills; writes `<data>/rated/run-<id>.parquet` and returns its path."""
+    from autobill.rating.billing import rate_for_billing
+
+    cdrs = assign_services(gather(settings, day, validated, requeued_path), settings)
+    rated = rate_for_billing(cdrs, settings, load_tariffs(settings), included_used(settings, cdrs))
+    extra = [c for c in ("server", "billing_date", "source", "rate_number", "start_utc") if c not in rated.columns]
+    rated = rated.join(cdrs.select("cdr_key", *extra), on="cdr_key", how="left") if extra else rated
+    # Rows to rate again later keep their canonical columns (unrated_cdrs.row).
+    keep = [c for c in CDR_SCHEMA if c not in rated.columns]
+    rated = rated.join(cdrs.select("cdr_key", *keep), on="cdr_key", how="left") if keep else rated
+    if rated.height != cdrs.height:
+        raise RuntimeError(f"rating returned {rated.height} rows for {cdrs.height} CDRs")
+    path = settings.data_path / "rated" / f"run-{run_id if run_id is not None else 'adhoc'}.parquet"
+    lake.write_parquet_atomic(rated, path)
+    return path
+
+
+@task(name="rate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+def rate_run_task(settings: Settings, day: date, validated: list[str], requeued: Any | None,
+                  run_id: int | None = None) -> str:
+    requeued_path = str(requeued.validated_path) if requeued is not None and requeued.validated_path else None
+    path = rate_run(settings, day, validated, requeued_path, run_id)
+    get_run_logger().info("rated %s CDR(s) -> %s", pl.scan_parquet(path).select(pl.len()).collect().item(), path)
+    return str(path)
