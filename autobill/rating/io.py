@@ -1,0 +1,85 @@
+"""Reading and writing the rating files (RATING.md: `.csv` or `.parquet`, chosen by extension).
+
+CSV is read with every column as text: the output must repeat the input columns exactly as they
+were written, and a number like `0012` or `1.50` must not be reformatted on the way through.
+Every failure becomes an `InputError` whose message is one line naming the file, the row and the
+column, because that line is all an operator sees from `autobill rate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+FORMATS = (".csv", ".parquet")
+
+
+class InputError(Exception):
+    """Input the rater cannot use; the message is one line: file, row, column, problem."""
+
+
+def where(path: str | Path, row: int, column: str) -> str:
+    """`file: row R (line L), column 'c'`: rows count data rows from 1; CSV lines count the header too."""
+    row_text = f"row {row} (line {row + 1})" if Path(path).suffix.lower() == ".csv" else f"row {row}"
+    return f"{path}: {row_text}, column {column!r}"
+
+
+def header_error(path: str | Path, column: str, problem: str) -> InputError:
+    suffix = " (line 1)" if Path(path).suffix.lower() == ".csv" else ""
+    return InputError(f"{path}: header{suffix}, column {column!r}: {problem}")
+
+
+def row_error(path: str | Path, row_index: int, column: str, problem: str) -> InputError:
+    """`row_index` is 0-based (a frame index); the message counts from 1."""
+    return InputError(f"{where(path, row_index + 1, column)}: {problem}")
+
+
+def file_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .csv or .parquet")
+    return suffix
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    """The file as a frame: CSV with every column as text, parquet with its own types."""
+    path = Path(path)
+    fmt = file_format(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        if fmt == ".csv":
+            return pl.read_csv(path, infer_schema=False, raise_if_empty=True)
+        return pl.read_parquet(path)
+    except pl.exceptions.NoDataError:
+        raise InputError(f"{path}: header (line 1): the file is empty; a header row is required") from None
+    except Exception as exc:  # noqa: BLE001 - any reader failure is reported as one line
+        raise InputError(f"{path}: cannot read {fmt[1:]}: {_one_line(exc)}") from None
+
+
+def require_columns(df: pl.DataFrame, path: str | Path, columns: tuple[str, ...]) -> None:
+    for column in columns:
+        if column not in df.columns:
+            raise header_error(path, column, f"missing required column (found: {', '.join(df.columns) or 'none'})")
+
+
+def write_table(df: pl.DataFrame, path: str | Path) -> None:
+    """Write atomically (temp file + rename) so a failed run never leaves half an output."""
+    path = Path(path)
+    fmt = file_format(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if fmt == ".csv":
+            df.write_csv(tmp)
+        else:
+            df.write_parquet(tmp)
+        tmp.replace(path)
+    except Exception as exc:  # noqa: BLE001
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write {fmt[1:]}: {_one_line(exc)}") from None
