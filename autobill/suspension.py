@@ -28,8 +28,9 @@ The rules (issue #7, seeds 001 "Suspend"/"Custom Client Profile Fields"):
   001's warning: changing the mode while suspended left gateways or extensions disabled).
 * Low-balance alert, once per crossing: when credit <= threshold and the client has not been
   alerted -> ``alert_low_balance``; re-armed (``rearm_alert``) only once credit rises above
-  threshold + ``low_balance_hysteresis``. A balance suspension counts as the crossing (the
-  "VoIP Zero Balance" email is sent instead of the low-balance one). Postpaid services get no
+  threshold + ``low_balance_hysteresis``. A balance suspension with the credit at or below the
+  threshold counts as the crossing (the "VoIP Zero Balance" email is sent instead of the
+  low-balance one); a suspension for unpaid invoices with plenty of credit does not. Postpaid services get no
   low-balance alerts (their credit is normally zero; the limit is what matters).
 
 One action per service per cycle: when a service both changes state and would cross the
@@ -183,6 +184,10 @@ def _wanted(s: Snapshot, p: Policy) -> tuple[bool | None, str, bool]:
     return None, f"credit {_fmt(credit)} below the unsuspend margin {_fmt(margin)}", True
 
 
+def _below_threshold(s: Snapshot) -> bool:
+    return s.low_balance_threshold is not None and s.credit is not None and s.credit <= s.low_balance_threshold
+
+
 def _alert(s: Snapshot, st: State, p: Policy, base: Decision) -> Decision | None:
     threshold = s.low_balance_threshold
     if threshold is None or s.postpaid or s.credit is None:
@@ -242,7 +247,8 @@ def decide(snapshot: Snapshot, state: State | None, policy: Policy) -> Decision:
                 reason=why,
                 mode=s.mode,
                 notify=ZERO_BALANCE_TEMPLATE if money else None,
-                low_balance_alerted=True if money else None,
+                # the zero-balance email stands for the low-balance one when the credit did cross
+                low_balance_alerted=True if money and _below_threshold(s) else None,
             )
     elif want is False:
         if st.suspended:

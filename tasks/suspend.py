@@ -45,8 +45,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, or_, select
 
 from autobill.config import Service, Settings
 from autobill.ledger.db import session_scope
@@ -293,7 +292,7 @@ def decide_all(snapshots: Iterable[Snapshot], states: dict[int, StateRow], polic
 @dataclass
 class Outcome:
     decision: Decision
-    status: str  # done | failed | pending | dry-run | skipped
+    status: str  # done | failed | pending (completed next cycle)
     message: str = ""
     mode: str | None = None
 
@@ -307,16 +306,60 @@ class Outcome:
 
 
 @dataclass
+class Work:
+    """One suspend/unsuspend to make on the PBX or through WHMCS."""
+
+    decision: Decision
+    intent: dict[str, Any]  # stored in `detail` (with "pending") before anything is touched
+    mode: str | None
+    previous: str | None = None  # detail to put back when an unsuspend definitely failed
+    recovering: bool = False
+    result: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+    @property
+    def suspend(self) -> bool:
+        return self.decision.action == Action.SUSPEND
+
+
+@dataclass
+class Email:
+    decision: Decision
+    key: str
+    template: str
+    low_balance: bool
+    status: str = ""  # sent | maybe | failed: ... | duplicate
+
+
+def _summary(detail: dict[str, Any] | None) -> str:
+    detail = detail or {}
+    kind = detail.get("kind")
+    if kind == "gateway":
+        return f"gateways {[g['uuid'] for g in detail.get('gateways', [])]}"
+    if kind == "extension":
+        return f"extensions {[e['extension'] for e in detail.get('extensions', [])]}@{detail.get('domain')}"
+    return str(kind or "")
+
+
+@dataclass
 class Applier:
-    """Applies decisions; one per cycle. `switch_factory(server_id)` gives the FusionPBX switch."""
+    """Applies one cycle's decisions in a few ledger transactions (module docstring: the order).
+
+    1. one transaction: every intent, every low-balance claim + flag, every re-arm;
+    2. the PBX / WHMCS changes (on `workers` threads, one WHMCS client per thread);
+    3. one transaction: final states + suspension log, zero-balance claims;
+    4. the emails; 5. one transaction: their log lines, and undo the claims that failed.
+    """
 
     settings: Settings
-    whmcs: WhmcsClient | None
+    whmcs_factory: WhmcsFactory
     switch_factory: SwitchFactory
     run_id: int | None = None
     actor: str = "autosuspend"
     now: Callable[[], datetime] = utc_now
+    workers: int = 4
     _switches: dict[str, FusionPBXSwitch] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def ledger(self) -> str:
@@ -325,11 +368,10 @@ class Applier:
     def switch(self, server_id: str | None) -> FusionPBXSwitch:
         if not server_id:
             raise SwitchError("no server recorded for this suspension")
-        if server_id not in self._switches:
-            self._switches[server_id] = self.switch_factory(server_id)
-        return self._switches[server_id]
-
-    # -- ledger writes ---------------------------------------------------------------------
+        with self._lock:
+            if server_id not in self._switches:
+                self._switches[server_id] = self.switch_factory(server_id)
+            return self._switches[server_id]
 
     def _log(self, s, d: Decision, action: str, reason: str, mode: str | None = None) -> None:
         s.add(
@@ -339,221 +381,258 @@ class Applier:
             )  # fmt: skip
         )
 
-    def _row(self, s, service_id: int, client_id: int) -> SuspensionState:
-        row = s.get(SuspensionState, service_id)
+    @staticmethod
+    def _row(s, rows: dict[int, SuspensionState], service_id: int, client_id: int) -> SuspensionState:
+        row = rows.get(service_id)
         if row is None:
-            row = SuspensionState(service_id=service_id, client_id=client_id, suspended=False, low_balance_alerted=False)
+            row = rows[service_id] = SuspensionState(
+                service_id=service_id, client_id=client_id, suspended=False, low_balance_alerted=False
+            )
             s.add(row)
-        row.client_id = client_id
         return row
 
-    def _set_intent(self, d: Decision, detail: dict[str, Any]) -> None:
-        with session_scope(self.ledger) as s:
-            row = self._row(s, d.service_id, d.client_id)
-            row.detail = json.dumps(detail)
-
-    def _error(self, d: Decision, what: str, exc: BaseException, keep_intent: bool, previous: str | None) -> Outcome:
-        msg = f"{what} failed: {exc}"
-        with session_scope(self.ledger) as s:
-            if not keep_intent:
-                self._row(s, d.service_id, d.client_id).detail = previous
-            self._log(s, d, "error", f"{msg}{' (will be completed next cycle)' if keep_intent else ''}", d.mode)
-        log.warning("service %s: %s", d.service_id, msg)
-        return Outcome(d, "pending" if keep_intent else "failed", msg, d.mode)
-
-    # -- PBX / WHMCS --------------------------------------------------------------------------
-
-    def _suspend_on_pbx(self, intent: dict[str, Any], d: Decision, adopt: bool) -> dict[str, Any]:
-        mode = intent["mode"]
-        if mode == "gateway":
-            return self.switch(intent["server"]).suspend_gateways(intent["gateway_uuids"], adopt=adopt).detail
-        if mode == "extension":
-            return self.switch(intent["server"]).suspend_extensions(intent["domain"], intent["extensions"], adopt=adopt).detail
-        if mode == "module":
-            self._whmcs().module_suspend(d.service_id, f"autosuspend: {d.reason}")
-            return {"kind": "module"}
-        raise SwitchError(f"cannot suspend in mode {mode!r}")
-
-    def _restore_on_pbx(self, mode: str | None, detail: dict[str, Any], service_id: int) -> None:
-        if mode in ("gateway", "extension"):
-            self.switch(detail.get("server")).restore(detail)
-        elif mode == "module":
-            self._whmcs().module_unsuspend(service_id)
-        else:
-            raise SwitchError(f"cannot unsuspend mode {mode!r}")
-
-    def _whmcs(self) -> WhmcsClient:
-        if self.whmcs is None:
-            raise WhmcsError("Module", "no WHMCS client")
-        return self.whmcs
-
     @staticmethod
-    def _uncertain(exc: BaseException) -> bool:
-        """True when the change may have happened: keep the intent for recovery."""
-        return isinstance(exc, SwitchInconsistent | WhmcsTransportError | WhmcsUncertainError)
+    def _load(s, services: Iterable[int], clients: Iterable[int]) -> dict[int, SuspensionState]:
+        services, clients = list(services), list(clients)
+        rows: dict[int, SuspensionState] = {}
+        for chunk in range(0, max(len(services), len(clients)), 500):
+            cond = [SuspensionState.service_id.in_(services[chunk : chunk + 500])]
+            if clients[chunk : chunk + 500]:
+                cond.append(SuspensionState.client_id.in_(clients[chunk : chunk + 500]))
+            for r in s.scalars(select(SuspensionState).where(or_(*cond))):
+                rows[r.service_id] = r
+        return rows
 
-    # -- actions ------------------------------------------------------------------------------
+    # -- the whole batch ---------------------------------------------------------------------
 
-    def suspend(self, d: Decision, target: Target, adopt_intent: dict[str, Any] | None = None) -> Outcome:
-        intent = adopt_intent or {
-            **target.intent(), "pending": "suspend", "reason": d.reason, "notify": d.notify, "alerted": d.low_balance_alerted,
-        }  # fmt: skip
-        self._set_intent(d, intent)
-        try:
-            detail = self._suspend_on_pbx(intent, d, adopt=adopt_intent is not None)
-        except (SwitchError, WhmcsError, KeyError, ValueError, OSError) as exc:
-            return self._error(d, f"suspend ({intent['mode']})", exc, self._uncertain(exc), None)
-        now = self.now()
+    def apply(self, works: list[Work], alerts: list[Decision], rearms: list[Decision],
+              services_of: dict[int, list[int]]) -> list[Outcome]:  # fmt: skip
+        flag_clients = {d.client_id for d in alerts + rearms}
+        emails: list[Email] = []
+        outcomes: list[Outcome] = []
+        # 1. intents, low-balance claims + flags, re-arms
         with session_scope(self.ledger) as s:
-            row = self._row(s, d.service_id, d.client_id)
-            row.suspended, row.mode, row.detail = True, intent["mode"], json.dumps(detail)
-            row.reason, row.since, row.last_credit = d.reason, now, d.credit
+            wanted = {w.decision.service_id for w in works} | {sid for c in flag_clients for sid in services_of.get(c, [])}
+            rows = self._load(s, wanted, flag_clients)
+            for w in works:
+                self._row(s, rows, w.decision.service_id, w.decision.client_id).detail = json.dumps(w.intent)
+            emails = self._claim_low_balance(s, alerts)
+            for d in alerts + rearms:
+                for sid in services_of.get(d.client_id, [d.service_id]):
+                    self._row(s, rows, sid, d.client_id)
+                for r in rows.values():
+                    if r.client_id == d.client_id:
+                        r.low_balance_alerted = d.action == Action.ALERT_LOW_BALANCE
+            for d in rearms:
+                self._log(s, d, "rearm", d.reason)
+                outcomes.append(Outcome(d, "done", "low-balance alert re-armed"))
+        # 2. the PBX / WHMCS changes
+        self._pool(self._change, works)
+        # 3. final states and the log
+        with session_scope(self.ledger) as s:
+            rows = self._load(s, [w.decision.service_id for w in works], {w.decision.client_id for w in works})
+            zero: dict[str, Email] = {}
+            for w in works:
+                outcomes.append(self._record(s, rows, w))
+                key = f"zero:{w.decision.client_id}:{self.run_id}"  # one per client and cycle
+                if w.error is None and w.suspend and w.decision.notify and key not in zero:
+                    zero[key] = Email(w.decision, key, w.decision.notify, False)
+            self._claim(s, list(zero.values()))
+            emails += zero.values()
+        # 4. the emails; 5. their log lines, undo the failed claims
+        self._pool(self._send, [e for e in emails if not e.status])
+        by_decision = {id(o.decision): o for o in outcomes}
+        with session_scope(self.ledger) as s:
+            for e in emails:
+                failed = e.status.startswith("failed")
+                if failed:
+                    s.execute(delete(Notification).where(Notification.dedup_key == e.key))
+                if e.low_balance:
+                    if failed:
+                        for r in self._load(s, services_of.get(e.decision.client_id, []), [e.decision.client_id]).values():
+                            r.low_balance_alerted = False
+                    self._log(s, e.decision, "error" if failed else "alert", f"{e.decision.reason}; {e.template!r} {e.status}")
+                    outcomes.append(Outcome(e.decision, "failed" if failed else "done", f"{e.template!r} {e.status}"))
+                else:
+                    if failed:
+                        self._log(s, e.decision, "error", f"{e.template!r} {e.status}")
+                    o = by_decision.get(id(e.decision))
+                    if o is not None:
+                        o.message = f"{o.message}; {e.template!r} {e.status}"
+        return outcomes
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _claim_low_balance(self, s, alerts: list[Decision]) -> list[Email]:
+        """Claims `low:<client>:<crossing>`; the crossing number counts the client's re-arms."""
+        if not alerts:
+            return []
+        clients = [d.client_id for d in alerts]
+        rearms = dict(
+            s.execute(
+                select(SuspensionLog.client_id, func.count()).where(
+                    SuspensionLog.action == "rearm", SuspensionLog.client_id.in_(clients)
+                ).group_by(SuspensionLog.client_id)
+            ).all()
+        )
+        emails = [Email(d, f"low:{d.client_id}:{rearms.get(d.client_id, 0) + 1}", d.notify or "", True) for d in alerts]
+        self._claim(s, emails)
+        return emails
+
+    def _claim(self, s, emails: list[Email]) -> None:
+        keys = [e.key for e in emails]
+        taken = set(s.scalars(select(Notification.dedup_key).where(Notification.dedup_key.in_(keys)))) if keys else set()
+        for e in emails:
+            if e.key in taken:
+                e.status = "already sent"  # an interrupted earlier attempt claimed it: never twice
+                continue
+            taken.add(e.key)
+            d = e.decision
+            s.add(Notification(dedup_key=e.key, client_id=d.client_id, service_id=d.service_id, template=e.template,
+                               reason=d.reason, run_id=self.run_id, sent_at=self.now()))  # fmt: skip
+
+    def _change(self, w: Work, whmcs: WhmcsClient) -> None:
+        d, intent = w.decision, w.intent
+        try:
+            if w.suspend:
+                if w.mode in ("gateway", "extension"):
+                    sw = self.switch(intent.get("server"))
+                    if w.mode == "gateway":
+                        w.result = sw.suspend_gateways(intent["gateway_uuids"], adopt=w.recovering).detail
+                    else:
+                        w.result = sw.suspend_extensions(intent["domain"], intent["extensions"], adopt=w.recovering).detail
+                elif w.mode == "module":
+                    whmcs.module_suspend(d.service_id, f"autosuspend: {d.reason}")
+                    w.result = {"kind": "module"}
+                else:
+                    raise SwitchError(f"cannot suspend in mode {w.mode!r}")
+            else:
+                if w.mode in ("gateway", "extension"):
+                    self.switch(intent.get("server")).restore(intent)
+                elif w.mode == "module":
+                    whmcs.module_unsuspend(d.service_id)
+                else:
+                    raise SwitchError(f"cannot unsuspend mode {w.mode!r}")
+                w.result = intent
+        except (SwitchError, WhmcsError, KeyError, ValueError, OSError) as exc:
+            w.error = exc
+            log.warning("service %s: %s (%s) failed: %s", d.service_id, d.action, w.mode, exc)
+
+    def _record(self, s, rows: dict[int, SuspensionState], w: Work) -> Outcome:
+        d = w.decision
+        row = self._row(s, rows, d.service_id, d.client_id)
+        what = f"{d.action} ({w.mode})"
+        if w.error is not None:
+            uncertain = isinstance(w.error, SwitchInconsistent | WhmcsTransportError | WhmcsUncertainError)
+            if not uncertain:
+                row.detail = w.previous
+            msg = f"{what} failed: {w.error}"
+            self._log(s, d, "error", msg + (" (will be completed next cycle)" if uncertain else ""), w.mode)
+            return Outcome(d, "pending" if uncertain else "failed", msg, w.mode)
+        note = " (completed after an interruption)" if w.recovering else ""
+        row.reason, row.since, row.last_credit = d.reason, self.now(), d.credit
+        if w.suspend:
+            row.suspended, row.mode, row.detail = True, w.mode, json.dumps(w.result)
             if d.low_balance_alerted is not None:
-                self._set_alert_flag(s, d.client_id, d.low_balance_alerted, d.service_id)
-            self._log(s, d, "suspend", d.reason + (" (completed after an interruption)" if adopt_intent else ""), intent["mode"])
-        out = Outcome(d, "done", _summary(detail), intent["mode"])
-        if d.notify:
-            # one zero-balance email per client and cycle, however many of its services were suspended
-            out.message = f"{out.message}; {self.notify(d, f'zero:{d.client_id}:{self.run_id}')}"
-        return out
+                for r in rows.values():
+                    if r.client_id == d.client_id:
+                        r.low_balance_alerted = d.low_balance_alerted
+                row.low_balance_alerted = d.low_balance_alerted
+            self._log(s, d, "suspend", d.reason + note, w.mode)
+            return Outcome(d, "done", _summary(w.result), w.mode)
+        row.suspended, row.mode, row.detail = False, None, None
+        self._log(s, d, "unsuspend", d.reason + note, w.mode)
+        return Outcome(d, "done", f"restored {_summary(w.intent)}", w.mode)
 
-    def unsuspend(self, d: Decision, row: StateRow, recovering: bool = False) -> Outcome:
-        detail = dict(row.detail or {})
-        previous = json.dumps({k: v for k, v in detail.items() if not k.startswith("pending")}) if detail else None
-        self._set_intent(d, {**detail, "pending": "unsuspend", "pending_reason": d.reason})
-        try:
-            self._restore_on_pbx(row.mode, detail, d.service_id)
-        except (SwitchError, WhmcsError, KeyError, ValueError, OSError) as exc:
-            return self._error(d, f"unsuspend ({row.mode})", exc, self._uncertain(exc), previous)
-        with session_scope(self.ledger) as s:
-            state = self._row(s, d.service_id, d.client_id)
-            state.suspended, state.mode, state.detail = False, None, None
-            state.reason, state.since, state.last_credit = d.reason, self.now(), d.credit
-            self._log(s, d, "unsuspend", d.reason + (" (completed after an interruption)" if recovering else ""), row.mode)
-        return Outcome(d, "done", f"restored {_summary(detail)}", row.mode)
-
-    def _set_alert_flag(self, s, client_id: int, value: bool, service_id: int | None = None) -> None:
-        rows = s.scalars(select(SuspensionState).where(SuspensionState.client_id == client_id)).all()
-        for r in rows:
-            r.low_balance_alerted = value
-        if service_id is not None and all(r.service_id != service_id for r in rows):
-            self._row(s, service_id, client_id).low_balance_alerted = value
-
-    def alert(self, d: Decision, services: list[int]) -> Outcome:
-        with session_scope(self.ledger) as s:
-            rearms = s.scalar(
-                select(func.count()).select_from(SuspensionLog)
-                .where(SuspensionLog.client_id == d.client_id, SuspensionLog.action == "rearm")
-            )  # fmt: skip
-        key = f"low:{d.client_id}:{int(rearms or 0) + 1}"
-        sent = self.notify(d, key)
-        if sent.startswith("failed"):
-            with session_scope(self.ledger) as s:
-                self._log(s, d, "error", f"low-balance alert {sent}")
-            return Outcome(d, "failed", sent)
-        with session_scope(self.ledger) as s:
-            for sid in services:
-                self._row(s, sid, d.client_id)
-            s.flush()
-            self._set_alert_flag(s, d.client_id, True)
-            self._log(s, d, "alert", f"{d.reason}; {sent}")
-        return Outcome(d, "done", sent)
-
-    def rearm(self, d: Decision) -> Outcome:
-        with session_scope(self.ledger) as s:
-            self._set_alert_flag(s, d.client_id, False)
-            self._log(s, d, "rearm", d.reason)
-        return Outcome(d, "done", "low-balance alert re-armed")
-
-    def notify(self, d: Decision, key: str) -> str:
-        """Claim `key`, then send `d.notify`; see the module docstring for the failure rules."""
-        template = d.notify or ""
-        try:
-            with session_scope(self.ledger) as s:
-                s.add(Notification(dedup_key=key, client_id=d.client_id, service_id=d.service_id, template=template,
-                                   reason=d.reason, run_id=self.run_id, sent_at=self.now()))  # fmt: skip
-        except IntegrityError:
-            return f"{template!r} already sent ({key})"
+    def _send(self, e: Email, whmcs: WhmcsClient) -> None:
+        d = e.decision
         custom = {"autosuspend_reason": d.reason}
         if d.credit is not None:
             custom["voip_credit"] = str(d.credit)
         if d.unpaid is not None:
             custom["voip_unpaid"] = str(d.unpaid)
         try:
-            self._whmcs().send_email(template, d.client_id, custom)
+            whmcs.send_email(e.template, d.client_id, custom)
+            e.status = "sent"
         except WhmcsUncertainError as exc:
-            log.warning("client %s: %s may or may not have been sent (%s); recorded as sent", d.client_id, template, exc)
-            return f"{template!r} maybe sent (recorded as sent, not retried)"
+            log.warning("client %s: %s may or may not have been sent (%s); recorded as sent", d.client_id, e.template, exc)
+            e.status = "maybe sent (recorded as sent, not retried)"
         except WhmcsError as exc:
-            with session_scope(self.ledger) as s:
-                s.execute(delete(Notification).where(Notification.dedup_key == key))
-            return f"failed to send {template!r}: {exc}"
-        return f"{template!r} sent"
+            e.status = f"failed: {exc}"
+
+    def _pool(self, fn: Callable[[Any, WhmcsClient], None], items: list) -> None:
+        """Run `fn(item, whmcs)` for every item on up to `workers` threads (one client each)."""
+        if not items:
+            return
+        local = threading.local()
+        made: list[WhmcsClient] = []
+
+        def run(item) -> None:
+            c = getattr(local, "client", None)
+            if c is None:
+                c = local.client = self.whmcs_factory()
+                with self._lock:
+                    made.append(c)
+            fn(item, c)
+
+        try:
+            if self.workers <= 1 or len(items) == 1:
+                for item in items:
+                    run(item)
+            else:
+                with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="autosuspend-apply") as pool:
+                    list(pool.map(run, items))
+        finally:
+            for c in made:
+                c.close()
 
 
-def _summary(detail: dict[str, Any]) -> str:
-    kind = detail.get("kind")
-    if kind == "gateway":
-        return f"gateways {[g['uuid'] for g in detail.get('gateways', [])]}"
-    if kind == "extension":
-        return f"extensions {[e['extension'] for e in detail.get('extensions', [])]}@{detail.get('domain')}"
-    return str(kind or "")
-
-
-def recover_pending(applier: Applier, states: dict[int, StateRow]) -> list[Outcome]:
-    """Complete intents a previous cycle left behind (crash or uncertain failure mid-change)."""
-    out = []
+def recovery_work(states: dict[int, StateRow]) -> list[Work]:
+    """Intents a previous cycle left behind (crash or uncertain failure mid-change), to complete."""
+    works = []
     for row in sorted(states.values(), key=lambda r: r.service_id):
         if not row.pending:
             continue
-        detail = row.detail or {}
+        detail = {k: v for k, v in (row.detail or {}).items() if k != "pending"}
+        suspend = row.pending == "suspend"
         d = Decision(
-            row.client_id, row.service_id, Action.SUSPEND if row.pending == "suspend" else Action.UNSUSPEND,
+            row.client_id, row.service_id, Action.SUSPEND if suspend else Action.UNSUSPEND,
             detail.get("reason") or detail.get("pending_reason") or f"completing the {row.pending} a previous cycle began",
-            mode=row.mode,
-            notify=detail.get("notify"), low_balance_alerted=detail.get("alerted"),
+            mode=detail.get("mode") if suspend else row.mode, notify=detail.get("notify") if suspend else None,
+            low_balance_alerted=detail.get("alerted") if suspend else None,
         )  # fmt: skip
-        if row.pending == "suspend":
-            intent = {k: v for k, v in detail.items()}
-            target = Target(row.client_id, row.service_id, str(intent.get("mode")), False)
-            result = applier.suspend(d, target, adopt_intent=intent)
-        else:
-            result = applier.unsuspend(d, row, recovering=True)
-        out.append(result)
-    if out:  # the recovered rows (and their clients' alert flags) as they are now
-        states.clear()
-        states.update(load_states(applier.ledger))
-    return out
+        previous = None if suspend else json.dumps({k: v for k, v in detail.items() if not k.startswith("pending")})
+        works.append(Work(d, row.detail or {}, d.mode, previous=previous, recovering=True))
+    return works
 
 
-def apply_decisions(applier: Applier, decisions: list[Decision], targets: dict[int, Target],
-                    states: dict[int, StateRow]) -> list[Outcome]:  # fmt: skip
-    """Apply every decision that changes something; alerts once per client."""
-    out: list[Outcome] = []
-    by_client: dict[int, list[int]] = defaultdict(list)
-    for t in targets.values():
-        by_client[t.client_id].append(t.service_id)
-    alerted_clients: dict[int, Outcome] = {}
+def plan(decisions: list[Decision], targets: dict[int, Target], states: dict[int, StateRow]):
+    """Split decisions into PBX work, alerts and re-arms (one alert decision per client)."""
+    works: list[Work] = []
+    alerts: list[Decision] = []
+    rearms: list[Decision] = []
+    seen: set[int] = set()
     for d in decisions:
-        if not d.changes:
-            continue
-        try:
-            if d.action == Action.SUSPEND:
-                out.append(applier.suspend(d, targets[d.service_id]))
-            elif d.action == Action.UNSUSPEND:
-                out.append(applier.unsuspend(d, states[d.service_id]))
-            elif d.action in (Action.ALERT_LOW_BALANCE, Action.REARM_ALERT):
-                first = alerted_clients.get(d.client_id)
-                if first is not None:
-                    out.append(Outcome(d, first.status, f"same client as service {first.decision.service_id}"))
-                    continue
-                o = applier.alert(d, by_client[d.client_id]) if d.action == Action.ALERT_LOW_BALANCE else applier.rearm(d)
-                alerted_clients[d.client_id] = o
-                out.append(o)
-        except Exception as exc:  # noqa: BLE001 - one service's surprise must not stop the cycle
-            log.exception("service %s: %s failed unexpectedly", d.service_id, d.action)
-            out.append(Outcome(d, "failed", f"unexpected {type(exc).__name__}: {exc}"))
-    return out
+        if d.action == Action.SUSPEND:
+            intent = {**targets[d.service_id].intent(), "pending": "suspend", "reason": d.reason, "notify": d.notify,
+                      "alerted": d.low_balance_alerted}  # fmt: skip
+            works.append(Work(d, intent, d.mode))
+        elif d.action == Action.UNSUSPEND:
+            row = states[d.service_id]
+            detail = row.detail or {}
+            works.append(Work(d, {**detail, "pending": "unsuspend", "pending_reason": d.reason}, row.mode,
+                              previous=json.dumps(detail) if detail else None))  # fmt: skip
+        elif d.action in (Action.ALERT_LOW_BALANCE, Action.REARM_ALERT) and d.client_id not in seen:
+            seen.add(d.client_id)
+            (alerts if d.action == Action.ALERT_LOW_BALANCE else rearms).append(d)
+    return works, alerts, rearms
+
+
+def services_by_client(targets: dict[int, Target]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = defaultdict(list)
+    for t in targets.values():
+        out[t.client_id].append(t.service_id)
+    return dict(out)
 
 
 # -- a whole cycle ----------------------------------------------------------------------------
@@ -670,23 +749,23 @@ def run_cycle(
     whmcs_factory = whmcs_factory or default_whmcs_factory(settings)
     started = now()
     run_id = start_run(settings, dry_run, flow_run_id)
-    applier = None
     try:
         states = load_states(settings.ledger)
         outcomes: list[Outcome] = []
-        if not dry_run:
-            applier = Applier(settings, whmcs_factory(), switch_factory or default_switch_factory(settings), run_id, actor, now)
-            outcomes += recover_pending(applier, states)
+        applier = Applier(settings, whmcs_factory, switch_factory or default_switch_factory(settings), run_id, actor,
+                          now, workers=max(1, workers // 2))  # fmt: skip
+        recovering = [] if dry_run else recovery_work(states)
+        if recovering:
+            outcomes += applier.apply(recovering, [], [], {})
+            states = load_states(settings.ledger)
         read = read_snapshots(settings, whmcs_factory, now, workers)
         decisions = decide_all(read.snapshots, states, Policy.from_settings(settings, now()))
-        if applier is not None:
-            outcomes += apply_decisions(applier, decisions, read.targets, states)
+        if not dry_run:
+            works, alerts, rearms = plan(decisions, read.targets, states)
+            outcomes += applier.apply(works, alerts, rearms, services_by_client(read.targets))
     except BaseException as exc:
         fail_run(settings, run_id, exc)
         raise
-    finally:
-        if applier is not None and applier.whmcs is not None:
-            applier.whmcs.close()
     report = CycleReport(run_id, dry_run, started, now(), len(read.snapshots), read.clients_read,
                          read.unreadable_clients, decisions, outcomes, read.errors)  # fmt: skip
     finish_run(settings, report)

@@ -129,6 +129,7 @@ def test_balance_seen_is_carried_for_the_log() -> None:
 
 def test_alert_flag_transitions() -> None:
     assert decide(snap(credit=D("0")), FRESH, POLICY).low_balance_alerted is True  # zero-balance covers it
+    assert decide(snap(credit=D("20"), unpaid=D("30")), FRESH, POLICY).low_balance_alerted is None  # no crossing
     assert decide(snap(credit=D("0"), manual_suspend=True), FRESH, POLICY).low_balance_alerted is None
     assert decide(snap(credit=D("4")), FRESH, POLICY).low_balance_alerted is True
     assert decide(snap(credit=D("40")), ALERTED, POLICY).low_balance_alerted is False
