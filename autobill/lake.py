@@ -1,0 +1,168 @@
+"""The raw CDR lake: canonical CDRs as parquet, partitioned by server and UTC day.
+
+Layout (hive style, so DuckDB and polars read the tree with `hive_partitioning`)::
+
+    <data>/lake/cdrs/server=<id>/day=<YYYY-MM-DD>/<batch id>.parquet      stored data
+    <data>/lake/rejected/server=<id>/day=<YYYY-MM-DD>/<batch id>.parquet  set aside, not data
+
+`day` is the UTC day of `start_utc` (a row without a start goes to `day=unknown`, kept so that
+validation can quarantine it, never dropped). One extraction batch writes at most one file
+per day. A file is written to a hidden temp name in its final directory, fsync'ed, renamed
+and the directory fsync'ed: a reader (or a crash) sees the whole file or none of it, and the
+extraction step moves a watermark only after this returns (DESIGN.md invariant 5). Temp
+names start with a dot and do not end in `.parquet`, so globs never pick them up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from autobill.cdr import conform, empty_cdrs
+
+UNKNOWN_DAY = "unknown"
+
+
+def lake_root(data_path: Path) -> Path:
+    return Path(data_path) / "lake"
+
+
+def cdr_root(data_path: Path) -> Path:
+    return lake_root(data_path) / "cdrs"
+
+
+def rejected_root(data_path: Path) -> Path:
+    return lake_root(data_path) / "rejected"
+
+
+def cdr_glob(data_path: Path) -> str:
+    """The glob DuckDB (`read_parquet(..., hive_partitioning=true)`) and polars read the lake with."""
+    return str(cdr_root(data_path) / "server=*" / "day=*" / "*.parquet")
+
+
+def partition_dir(root: Path, server: str, day: date | str) -> Path:
+    label = day if isinstance(day, str) else day.isoformat()
+    return root / f"server={server}" / f"day={label}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p, fsync'ing each parent whose entry list changed, so the new directory survives a crash."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            pass
+        _fsync_dir(d.parent)
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
+    """Write `df` to `path` so that the file appears whole or not at all, and survives a power cut."""
+    _make_dirs(path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        df.write_parquet(tmp, compression="zstd", statistics=True)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def day_labels(df: pl.DataFrame) -> pl.Series:
+    """The partition label of every row: the UTC day of `start_utc`, or `unknown`."""
+    return df.select(
+        pl.col("start_utc").dt.convert_time_zone("UTC").dt.date().cast(pl.String).fill_null(UNKNOWN_DAY)
+    ).to_series()
+
+
+def write_batch(data_path: Path, server: str, batch_id: int | str, cdrs: pl.DataFrame) -> list[Path]:
+    """Write one batch of canonical CDRs, one file per UTC day; returns the paths (empty for no rows)."""
+    cdrs = conform(cdrs)
+    if cdrs.height == 0:
+        return []
+    bad = cdrs.filter(pl.col("server") != server).height
+    if bad:
+        raise ValueError(f"{bad} row(s) of the batch belong to another server than {server!r}")
+    labelled = cdrs.with_columns(day_labels(cdrs).alias("__day"))
+    paths = []
+    for (label,), part in sorted(labelled.partition_by("__day", as_dict=True).items()):
+        path = partition_dir(cdr_root(data_path), server, label) / f"{batch_id}.parquet"
+        paths.append(write_parquet_atomic(part.drop("__day"), path))
+    return paths
+
+
+def read_paths(paths: Iterable[Path | str]) -> pl.DataFrame:
+    """The canonical rows of the given lake files (a batch), in file order."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return empty_cdrs()
+    return conform(pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed"))
+
+
+def _day_files(data_path: Path, server: str, days: Iterable[str]) -> list[Path]:
+    files: list[Path] = []
+    for label in sorted(set(days)):
+        files.extend(sorted(partition_dir(cdr_root(data_path), server, label).glob("*.parquet")))
+    return files
+
+
+def read_range(data_path: Path, server: str, first: date, last: date, include_unknown: bool = False) -> pl.DataFrame:
+    """All stored rows of one server whose UTC start day is in [first, last] (inclusive)."""
+    if last < first:
+        return empty_cdrs()
+    labels = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    if include_unknown:
+        labels.append(UNKNOWN_DAY)
+    return read_paths(_day_files(data_path, server, labels))
+
+
+def stored_keys(data_path: Path, server: str, days: Iterable[str]) -> pl.Series:
+    """The distinct `cdr_key`s already stored for a server on the given day labels."""
+    files = _day_files(data_path, server, days)
+    if not files:
+        return pl.Series("cdr_key", [], dtype=pl.String)
+    return pl.scan_parquet(files).select("cdr_key").unique().collect().to_series()
+
+
+def batch_files(data_path: Path, server: str, batch_id: int | str, root: Path | None = None) -> list[Path]:
+    """Every file of a batch in the stored tree (or `root`), found by name: works even when the
+    ledger never learnt the paths (a crash between the write and the ledger update)."""
+    base = (root or cdr_root(data_path)) / f"server={server}"
+    return sorted(base.glob(f"day=*/{batch_id}.parquet"))
+
+
+def move_aside(data_path: Path, server: str, batch_id: int | str) -> list[Path]:
+    """Move a batch's files from the stored tree to `lake/rejected/...`; returns the new paths.
+
+    Idempotent: files already moved are returned as they are, so a crash half-way is finished
+    by calling it again."""
+    for path in batch_files(data_path, server, batch_id):
+        target = rejected_root(data_path) / path.relative_to(cdr_root(data_path))
+        _make_dirs(target.parent)
+        os.replace(path, target)
+        _fsync_dir(target.parent)
+        _fsync_dir(path.parent)
+    return batch_files(data_path, server, batch_id, root=rejected_root(data_path))

@@ -1,0 +1,236 @@
+"""The drop folder: CSV or parquet CDR files put in a folder by another system (the seeds'
+"custom module"), each file processed once.
+
+File format (header required, order free, extra columns kept in `source_row` only):
+
+| column | required | meaning |
+|---|---|---|
+| `call_id` | yes | the call's id at the source; `cdr_key` = `<server>:<call_id>` |
+| `start` | yes | call start, ISO-8601 with an offset or `Z` (no offset: null, quarantined later) |
+| `billsec` | yes | answered seconds, integer (0 = unanswered) |
+| `dst` | yes | the number dialled (outbound/local) or the DID called (inbound), as the PBX wrote it |
+| `direction` | yes | `inbound`, `outbound` or `local` |
+| `tenant` | yes | the tenant (what `services[].tenant` names) |
+| `src`, `extension`, `account`, `hangup_cause` | no | copied |
+| `answer`, `end` | no | ISO-8601 like `start`; `end` defaults to (`answer` or `start`) + `billsec` |
+
+Parquet files may carry `start`/`answer`/`end` as timestamps (a timestamp without zone is UTC,
+parquet's convention) and `billsec` as an integer. `rate_number` is `dst` normalised with the
+server's numbering rules, for every direction (an inbound row's `dst` is the DID).
+
+Rules (DESIGN.md invariant 2, nothing disappears):
+- A file is read only when it has settled: not hidden, no `.part`/`.tmp` suffix, and not
+  modified for `settle_seconds` (a writer still appending is not read half-way).
+- A file is identified by the sha256 of its bytes: a file whose hash is in `processed_files`
+  (or seen earlier in the same pass, e.g. a renamed copy) is skipped. The hash is computed
+  over the bytes that are then parsed, so a file changing under us cannot be half-recorded.
+- A file that cannot be used as a whole (no header, a required column missing, not CSV or
+  parquet, undecodable) is reported in the notes, named with the column, and left unprocessed
+  so it is read again once fixed; the good files are still billed. Only when files were
+  waiting and none could be read does the extraction fail with `SourceError`.
+- A bad row in a good file is not a reason to skip the file: it is kept with nulls where it
+  does not parse (its `source_row` keeps the text) for validation to quarantine.
+- Files are recorded as processed by `tasks.extract.commit_batch`, never here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from autobill.cdr import conform, empty_cdrs
+from autobill.config import FileDropServer, Settings
+from autobill.numbering import normalise_expr
+from connectors.base import Extracted, SourceError
+
+REQUIRED_COLUMNS = ("call_id", "start", "billsec", "dst", "direction", "tenant")
+OPTIONAL_COLUMNS = ("src", "extension", "account", "answer", "end", "hangup_cause")
+IN_PROGRESS_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
+_ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%z")
+
+
+class BadFile(Exception):
+    """A file that cannot be read as a whole; the message names the file and the reason."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_iso(expr: pl.Expr) -> pl.Expr:
+    """ISO-8601 text with an offset (or Z) -> UTC datetime; anything else -> null."""
+    text = expr.cast(pl.String).str.strip_chars().str.replace(" ", "T").str.replace(r"[Zz]$", "+00:00")
+    attempts = [text.str.to_datetime(f, time_unit="us", time_zone="UTC", strict=False) for f in _ISO_FORMATS]
+    return pl.coalesce(attempts)
+
+
+def _as_utc(df: pl.DataFrame, col: str) -> pl.Expr:
+    if col not in df.columns:
+        return pl.lit(None, dtype=pl.Datetime("us", "UTC"))
+    dtype = df.schema[col]
+    if isinstance(dtype, pl.Datetime):
+        value = pl.col(col).cast(pl.Datetime("us", dtype.time_zone))
+        return value.dt.convert_time_zone("UTC") if dtype.time_zone else value.dt.replace_time_zone("UTC")
+    return parse_iso(pl.col(col))
+
+
+def _text(df: pl.DataFrame, col: str) -> pl.Expr:
+    if col not in df.columns:
+        return pl.lit(None, dtype=pl.String)
+    stripped = pl.col(col).cast(pl.String).str.strip_chars()
+    return pl.when(stripped != "").then(stripped)
+
+
+def read_table(name: str, data: bytes) -> pl.DataFrame:
+    """Parse one file's bytes; a file unusable as a whole raises BadFile."""
+    suffix = Path(name).suffix.lower()
+    try:
+        if suffix == ".parquet":
+            df = pl.read_parquet(io.BytesIO(data))
+        elif suffix in (".csv", ".txt"):
+            data.decode("utf-8")  # a clear error for a non-UTF-8 file instead of mojibake
+            df = pl.read_csv(io.BytesIO(data), infer_schema=False, truncate_ragged_lines=False)
+        else:
+            raise BadFile(f"{name}: not a .csv or .parquet file")
+    except BadFile:
+        raise
+    except UnicodeDecodeError as exc:
+        raise BadFile(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure means "this file as a whole"
+        raise BadFile(f"{name}: unreadable: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
+    df = df.rename({c: c.strip() for c in df.columns})
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise BadFile(f"{name}: header lacks required column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
+    return df
+
+
+def to_canonical(df: pl.DataFrame, server: FileDropServer, file_name: str) -> pl.DataFrame:
+    """One file's rows -> canonical CDRs; unparsable values become null, the text stays in source_row."""
+    num = server.numbering
+    originals = [pl.col(c).cast(pl.String) for c in df.columns if not c.startswith("_")]
+    source = pl.struct(
+        pl.lit(file_name).alias("_file"), (pl.int_range(pl.len()) + 1).alias("_line"), *originals
+    ).struct.json_encode()
+    billsec = pl.col("billsec")
+    if df.schema["billsec"] == pl.String:
+        billsec = billsec.str.strip_chars().cast(pl.Int64, strict=False)
+    else:
+        billsec = billsec.cast(pl.Int64, strict=False)
+    start, answer = _as_utc(df, "start"), _as_utc(df, "answer")
+    computed_end = pl.coalesce(answer, start) + pl.duration(seconds=billsec)
+    end = pl.coalesce(_as_utc(df, "end"), computed_end)
+    dst = _text(df, "dst")
+    out = df.select(
+        (pl.lit(f"{server.id}:") + _text(df, "call_id")).alias("cdr_key"),
+        pl.lit(server.id).alias("server"),
+        _text(df, "tenant").alias("tenant"),
+        _text(df, "account").alias("account"),
+        _text(df, "extension").alias("extension"),
+        _text(df, "direction").str.to_lowercase().alias("direction"),
+        _text(df, "src").alias("src"),
+        dst.alias("dst"),
+        normalise_expr(dst, num.country_code, num.intl_prefix, num.trunk_prefix).alias("rate_number"),
+        start.alias("start_utc"),
+        answer.alias("answer_utc"),
+        end.alias("end_utc"),
+        billsec.alias("billsec"),
+        _text(df, "hangup_cause").alias("hangup_cause"),
+        source.alias("source_row"),
+    )
+    return conform(out)
+
+
+class FileDropConnector:
+    """Reads the settled, not yet processed files of one drop folder."""
+
+    def __init__(
+        self,
+        server: FileDropServer,
+        settings: Settings | None = None,
+        processed: set[str] | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        self.server = server
+        self.settings = settings
+        self._processed = processed
+        self._clock = clock
+
+    @property
+    def folder(self) -> Path:
+        return self.settings.resolve_path(self.server.path) if self.settings else Path(self.server.path)
+
+    def processed_hashes(self) -> set[str]:
+        """Content hashes already committed for this server (from the ledger)."""
+        if self._processed is not None:
+            return set(self._processed)
+        if self.settings is None:
+            return set()
+        from sqlalchemy import select
+
+        from autobill.ledger.db import session_scope
+        from autobill.ledger.models import ProcessedFile
+
+        with session_scope(self.settings.ledger) as session:
+            rows = session.execute(select(ProcessedFile.content_hash).where(ProcessedFile.server == self.server.id))
+            return {r[0] for r in rows}
+
+    def candidates(self) -> tuple[list[Path], list[Path]]:
+        """(settled files to read, files still being written), in name order."""
+        folder = self.folder
+        if not folder.is_dir():
+            raise SourceError(f"{self.server.id}: drop folder {folder} does not exist or is not a folder")
+        now = self._clock()
+        ready, waiting = [], []
+        for path in sorted(folder.glob(self.server.pattern)):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.name.lower().endswith(IN_PROGRESS_SUFFIXES):
+                waiting.append(path)
+                continue
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:  # moved away between glob and stat
+                continue
+            (ready if age >= self.server.settle_seconds else waiting).append(path)
+        return ready, waiting
+
+    def extract(self, since: datetime | None, until: datetime, cursor: dict[str, Any] | None = None) -> Extracted:
+        """Every settled, unprocessed file, whatever the window (a file is billed whole, once)."""
+        sid = self.server.id
+        ready, waiting = self.candidates()
+        seen = self.processed_hashes()
+        frames, files, notes, bad = [], [], [], []
+        if waiting:
+            notes.append(f"{sid}: {len(waiting)} file(s) still being written, left for the next run: "
+                         + ", ".join(p.name for p in waiting[:5]))
+        for path in ready:
+            name = path.relative_to(self.folder).as_posix()
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                bad.append(f"{name}: cannot read: {exc.strerror or exc}")
+                continue
+            digest = sha256_bytes(data)
+            if digest in seen:
+                continue  # processed before (or a renamed copy of a file processed before / in this pass)
+            try:
+                frame = to_canonical(read_table(name, data), self.server, name)
+            except BadFile as exc:
+                bad.append(str(exc))
+                continue
+            seen.add(digest)
+            frames.append(frame)
+            files.append((name, digest))
+        notes.extend(f"{sid}: file left unprocessed: {b}" for b in bad)
+        if bad and not files:
+            raise SourceError(f"{sid}: no file of {self.folder} could be read: " + "; ".join(bad))
+        cdrs = pl.concat(frames) if frames else empty_cdrs()
+        watermark = cdrs["end_utc"].max() if cdrs.height else None
+        return Extracted(cdrs=cdrs, watermark=watermark, cursor=None, files=files, notes=notes)
