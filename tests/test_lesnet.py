@@ -343,3 +343,17 @@ def test_several_files_and_a_missing_one() -> None:
             LesNetConnector(server(sb.url_for("lesnet/les3.txt"))).extract(None, UNTIL, None)
         with pytest.raises(ValueError, match="exactly one file"):
             sb.file_url  # noqa: B018
+
+
+def test_a_server_without_validators_relies_on_the_content_hash() -> None:
+    with LesNetSandbox(DEFAULT_FILE) as sb:
+        sb.send_validators = False
+        connector = LesNetConnector(server(sb.file_url))
+        first = connector.extract(None, UNTIL, None)
+        assert (first.cursor["etag"], first.cursor["last_modified"]) == (None, None)
+        second = connector.extract(first.watermark, UNTIL, first.cursor)
+        assert "if-none-match" not in sb.requests[-1].headers
+        sb.put("cdr/cdr.txt", DEFAULT_FILE.replace(",61\n", ",62\n"))
+        third = connector.extract(first.watermark, UNTIL, first.cursor)
+    assert second.cdrs.height == 0 and second.watermark is None
+    assert third.cdrs.filter(third.cdrs["cdr_key"] == "les1:c1")["billsec"].to_list() == [62]
