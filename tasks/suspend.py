@@ -34,6 +34,7 @@ the key is `low:<client>:<crossing number>`, the number counting the client's re
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -43,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
@@ -734,39 +736,94 @@ def default_switch_factory(settings: Settings) -> SwitchFactory:
     return make
 
 
-def run_cycle(
-    settings: Settings,
-    dry_run: bool = False,
-    *,
-    whmcs_factory: WhmcsFactory | None = None,
-    switch_factory: SwitchFactory | None = None,
-    now: Callable[[], datetime] = utc_now,
-    actor: str = "autosuspend",
-    flow_run_id: str | None = None,
-    workers: int = READ_WORKERS,
-) -> CycleReport:
-    """One cycle with plain functions (the CLI's `suspend-check`; the flow runs the same steps)."""
-    whmcs_factory = whmcs_factory or default_whmcs_factory(settings)
-    started = now()
-    run_id = start_run(settings, dry_run, flow_run_id)
-    try:
-        states = load_states(settings.ledger)
-        outcomes: list[Outcome] = []
-        applier = Applier(settings, whmcs_factory, switch_factory or default_switch_factory(settings), run_id, actor,
-                          now, workers=max(1, workers // 2))  # fmt: skip
-        recovering = [] if dry_run else recovery_work(states)
-        if recovering:
-            outcomes += applier.apply(recovering, [], [], {})
-            states = load_states(settings.ledger)
-        read = read_snapshots(settings, whmcs_factory, now, workers)
-        decisions = decide_all(read.snapshots, states, Policy.from_settings(settings, now()))
-        if not dry_run:
-            works, alerts, rearms = plan(decisions, read.targets, states)
-            outcomes += applier.apply(works, alerts, rearms, services_by_client(read.targets))
-    except BaseException as exc:
-        fail_run(settings, run_id, exc)
-        raise
-    report = CycleReport(run_id, dry_run, started, now(), len(read.snapshots), read.clients_read,
-                         read.unreadable_clients, decisions, outcomes, read.errors)  # fmt: skip
-    finish_run(settings, report)
+@dataclass
+class CycleContext:
+    """What every step of one cycle shares (the CLI and the flow build the same one)."""
+
+    settings: Settings
+    dry_run: bool = False
+    run_id: int | None = None
+    whmcs_factory: WhmcsFactory | None = None
+    switch_factory: SwitchFactory | None = None
+    now: Callable[[], datetime] = utc_now
+    actor: str = "autosuspend"
+    workers: int = READ_WORKERS
+    started_at: datetime = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        self.whmcs_factory = self.whmcs_factory or default_whmcs_factory(self.settings)
+        self.switch_factory = self.switch_factory or default_switch_factory(self.settings)
+
+    def applier(self) -> Applier:
+        return Applier(self.settings, self.whmcs_factory, self.switch_factory, self.run_id, self.actor, self.now,
+                       workers=max(1, self.workers // 2))  # fmt: skip
+
+
+def begin(ctx: CycleContext, flow_run_id: str | None = None) -> CycleContext:
+    ctx.started_at = ctx.now()
+    ctx.run_id = start_run(ctx.settings, ctx.dry_run, flow_run_id)
+    return ctx
+
+
+def recover(ctx: CycleContext) -> list[Outcome]:
+    """Complete what an interrupted earlier cycle began (never in a dry run)."""
+    works = [] if ctx.dry_run else recovery_work(load_states(ctx.settings.ledger))
+    return ctx.applier().apply(works, [], [], {}) if works else []
+
+
+def read(ctx: CycleContext) -> ReadResult:
+    return read_snapshots(ctx.settings, ctx.whmcs_factory, ctx.now, ctx.workers)
+
+
+def decide_cycle(ctx: CycleContext, result: ReadResult) -> tuple[list[Decision], dict[int, StateRow]]:
+    states = load_states(ctx.settings.ledger)
+    return decide_all(result.snapshots, states, Policy.from_settings(ctx.settings, ctx.now())), states
+
+
+def apply_cycle(ctx: CycleContext, result: ReadResult, decisions: list[Decision], states: dict[int, StateRow]) -> list[Outcome]:
+    if ctx.dry_run:
+        return []
+    works, alerts, rearms = plan(decisions, result.targets, states)
+    return ctx.applier().apply(works, alerts, rearms, services_by_client(result.targets))
+
+
+def finish(ctx: CycleContext, result: ReadResult, decisions: list[Decision], outcomes: list[Outcome]) -> CycleReport:
+    report = CycleReport(ctx.run_id, ctx.dry_run, ctx.started_at, ctx.now(), len(result.snapshots), result.clients_read,
+                         result.unreadable_clients, decisions, outcomes, result.errors)  # fmt: skip
+    finish_run(ctx.settings, report)
     return report
+
+
+def run_cycle(settings: Settings, dry_run: bool = False, *, flow_run_id: str | None = None, **context: Any) -> CycleReport:
+    """One cycle with plain functions (the CLI's `suspend-check`); the flow runs the same steps
+    as tasks. `context`: CycleContext fields (factories, clock, actor, workers) for tests."""
+    ctx = begin(CycleContext(settings, dry_run, **context), flow_run_id)
+    try:
+        outcomes = recover(ctx)
+        result = read(ctx)
+        decisions, states = decide_cycle(ctx, result)
+        outcomes += apply_cycle(ctx, result, decisions, states)
+    except BaseException as exc:
+        fail_run(settings, ctx.run_id, exc)
+        raise
+    return finish(ctx, result, decisions, outcomes)
+
+
+@functools.cache
+def prefect_tasks() -> SimpleNamespace:
+    """Thin Prefect @task wrappers of the steps, built on first use so the CLI never imports
+    Prefect. No retries: a failed step changes nothing and the next cycle (5 min) retries it;
+    the WHMCS client already retries reads. NO_CACHE: every cycle must read afresh."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    def t(fn, name: str, timeout: float):
+        return task(name=name, cache_policy=NO_CACHE, retries=0, timeout_seconds=timeout, log_prints=True)(fn)
+
+    return SimpleNamespace(
+        recover=t(recover, "autosuspend-recover", 120),
+        read=t(read, "autosuspend-read-whmcs", 180),
+        decide=t(decide_cycle, "autosuspend-decide", 60),
+        apply=t(apply_cycle, "autosuspend-apply", 180),
+        finish=t(finish, "autosuspend-record", 60),
+    )
