@@ -52,7 +52,7 @@ from connectors.base import Extracted, SourceError
 REQUIRED_COLUMNS = ("call_id", "start", "billsec", "dst", "direction", "tenant")
 OPTIONAL_COLUMNS = ("src", "extension", "account", "answer", "end", "hangup_cause")
 IN_PROGRESS_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
-_ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%z")
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
 
 
 class BadFile(Exception):
@@ -64,10 +64,20 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def parse_iso(expr: pl.Expr) -> pl.Expr:
-    """ISO-8601 text with an offset (or Z) -> UTC datetime; anything else -> null."""
-    text = expr.cast(pl.String).str.strip_chars().str.replace(" ", "T").str.replace(r"[Zz]$", "+00:00")
-    attempts = [text.str.to_datetime(f, time_unit="us", time_zone="UTC", strict=False) for f in _ISO_FORMATS]
-    return pl.coalesce(attempts)
+    """ISO-8601 text with an offset (or Z) -> UTC datetime; anything else (no offset) -> null.
+
+    The accepted spellings (`T` or space, optional fraction, `Z`, `+hh:mm` or `+hhmm`) are first
+    rewritten to one shape with cheap regexes, then parsed with a single format: trying several
+    formats per row was 3x slower."""
+    text = (
+        expr.cast(pl.String)
+        .str.strip_chars()
+        .str.replace(r"^(\d{4}-\d{2}-\d{2})[ t]", "${1}T")
+        .str.replace(r"[Zz]$", "+00:00")
+        .str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}")
+        .str.replace(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})([+-])", "${1}.0${2}")
+    )
+    return text.str.to_datetime(ISO_FORMAT, time_unit="us", time_zone="UTC", strict=False)
 
 
 def _as_utc(df: pl.DataFrame, col: str) -> pl.Expr:
@@ -127,7 +137,7 @@ def to_canonical(df: pl.DataFrame, server: FileDropServer, file_name: str) -> pl
     computed_end = pl.coalesce(answer, start) + pl.duration(seconds=billsec)
     end = pl.coalesce(_as_utc(df, "end"), computed_end)
     dst = _text(df, "dst")
-    out = df.select(
+    out = df.lazy().select(  # lazy: polars then computes shared sub-expressions once
         (pl.lit(f"{server.id}:") + _text(df, "call_id")).alias("cdr_key"),
         pl.lit(server.id).alias("server"),
         _text(df, "tenant").alias("tenant"),
@@ -144,7 +154,7 @@ def to_canonical(df: pl.DataFrame, server: FileDropServer, file_name: str) -> pl
         _text(df, "hangup_cause").alias("hangup_cause"),
         source.alias("source_row"),
     )
-    return conform(out)
+    return conform(out.collect())
 
 
 class FileDropConnector:
