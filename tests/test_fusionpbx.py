@@ -126,6 +126,17 @@ def test_window_is_end_epoch_with_overlap(pg_schema: str) -> None:
     assert got.watermark == ends["inside"]
 
 
+def test_numbers_are_normalised_with_the_servers_numbering(pg_schema: str) -> None:
+    table = fx.create_cdr_table(pg_schema).split(".")[1]
+    national = fx.cdr_row(start=T0, billsec=10, destination="020 7946 0000")
+    abroad = fx.cdr_row(start=T0, billsec=10, destination="0033123456789")
+    for row in (national, abroad):
+        fx.insert_cdr(pg_schema, table, row)
+    got = by_key(connector(pg_schema, numbering={"country_code": "44"}).extract(None, UNTIL, None).cdrs)
+    assert got[f"pbx1:{national['call_uuid']}"]["rate_number"] == "442079460000"  # trunk prefix 0 -> 44
+    assert got[f"pbx1:{abroad['call_uuid']}"]["rate_number"] == "33123456789"  # international prefix 00
+
+
 def test_connection_is_read_only_with_statement_timeout(pg_schema: str) -> None:
     fx.create_cdr_table(pg_schema)
     conn = connector(pg_schema, timeout_seconds=7).connect()
