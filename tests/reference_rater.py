@@ -205,3 +205,184 @@ def ref_rate(
             }
         )
     return out
+
+
+# --- the nightly rater (autobill.rating.billing), per row -------------------------------------
+
+_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def ref_in_band(days: str | None, hours: str | None, local: datetime) -> bool:
+    """Is the local start in the row's band? Empty days/hours mean every day / the whole day."""
+    if days and days.strip():
+        wanted = set()
+        for item in days.lower().replace(" ", "").split(","):
+            if "-" in item:
+                a, b = (_DAYS.index(x[:3]) for x in item.split("-"))
+                i = a
+                while True:
+                    wanted.add(i)
+                    if i == b:
+                        break
+                    i = (i + 1) % 7
+            else:
+                wanted.add(_DAYS.index(item[:3]))
+        if local.weekday() not in wanted:
+            return False
+    if hours and hours.strip():
+        minute = local.hour * 60 + local.minute
+        for item in hours.replace(" ", "").split(","):
+            a_txt, b_txt = item.split("-")
+            a = int(a_txt[:2]) * 60 + int(a_txt[3:])
+            b = int(b_txt[:2]) * 60 + int(b_txt[3:])
+            if (a < b and a <= minute < b) or (a > b and (minute >= a or minute < b)):
+                return True
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class RefBillRow:
+    prefix: str
+    rate: Decimal
+    fee: Decimal
+    first: int
+    nxt: int
+    eff: datetime | None
+    days: str | None
+    hours: str | None
+    cls: str | None
+    description: str | None
+
+
+def ref_bill_tariff(rows: list[dict[str, str | None]]) -> list[RefBillRow]:
+    out = []
+    for row in rows:
+        first = 1 if _blank(row.get("first_increment")) else int(row["first_increment"])
+        out.append(
+            RefBillRow(
+                prefix=row["prefix"],
+                rate=Decimal(row["rate"]),
+                fee=Decimal(0) if _blank(row.get("connect_fee")) else Decimal(row["connect_fee"]),
+                first=first,
+                nxt=first if _blank(row.get("next_increment")) else int(row["next_increment"]),
+                eff=None if _blank(row.get("effective_from")) else ref_effective(row["effective_from"]),
+                days=None if _blank(row.get("days")) else row["days"],
+                hours=None if _blank(row.get("hours")) else row["hours"],
+                cls=None if _blank(row.get("class")) else row["class"].strip(),
+                description=None if _blank(row.get("description")) else row["description"],
+            )
+        )
+    return out
+
+
+def ref_bill_lookup(tariff: list[RefBillRow], e164: str, start: datetime, tz: str) -> RefBillRow | None:
+    from zoneinfo import ZoneInfo
+
+    local = start.astimezone(ZoneInfo(tz))
+    for length in range(len(e164), 0, -1):
+        ok = [
+            r
+            for r in tariff
+            if r.prefix == e164[:length]
+            and (r.eff is None or r.eff <= start)
+            and (not (r.days or r.hours) or ref_in_band(r.days, r.hours, local))
+        ]
+        if ok:
+            return max(ok, key=lambda r: (r.eff is not None, r.eff or start, bool(r.days or r.hours)))
+    return None
+
+
+def ref_bill(cdrs: list[dict], settings, tariffs: dict[str, tuple[list[dict], str, str | None]], included_used: dict) -> list[dict]:
+    """tariffs: name -> (raw rows, currency, timezone or None). Returns one dict per CDR."""
+    from zoneinfo import ZoneInfo
+
+    from autobill.timeutil import period_bounds
+
+    parsed = {name: ref_bill_tariff(rows) for name, (rows, _, _) in tariffs.items()}
+    results: list[dict] = []
+    chargeable: list[int] = []
+    for i, c in enumerate(cdrs):
+        r: dict = {"cdr_key": c["cdr_key"], "outcome": None, "unrated_reason": None, "matched_prefix": None,
+                   "description": None, "billable_seconds": None, "included_seconds": None, "charged_seconds": None,
+                   "rate": None, "connect_fee": None, "cost": None, "tariff_name": None, "period_start": None,
+                   "currency": None, "charge_class": None}
+        plan = None
+        if c["plan"] is not None and any(p.name == c["plan"] for p in settings.plans):
+            plan = settings.plan(c["plan"])
+            r["currency"] = plan.currency
+            if c["start_utc"] is not None:
+                local_day = c["start_utc"].astimezone(ZoneInfo(settings.timezone)).date()
+                r["period_start"] = period_bounds(local_day, plan.period_anchor_day)[0]
+        direction, s, num, start = c["direction"], c["billsec"], c["rate_number"], c["start_utc"]
+        use = None
+        if plan is not None:
+            if direction == "outbound":
+                use = plan.tariff
+            elif direction == "inbound" and plan.bill_inbound:
+                use = plan.inbound_tariff or plan.tariff
+            elif direction == "local" and plan.bill_local:
+                use = plan.tariff
+        row = None
+        if use is not None and c["service_id"] is not None and s is not None and s > 0 and num and start is not None:
+            row = ref_bill_lookup(parsed[use], num, start, tariffs[use][2] or settings.timezone)
+        cc = next((sv.numbering.country_code for sv in settings.servers if sv.id == c["server"]), None)
+        cls = {"inbound": "inbound", "local": "local"}.get(direction)
+        if cls is None:
+            cls = "international" if (cc is not None and num is not None and not num.startswith(cc)) else "outbound"
+        if row is not None and row.cls:
+            cls = row.cls
+        r["charge_class"] = cls
+        if row is not None:
+            r.update(matched_prefix=row.prefix, description=row.description, rate=six(row.rate),
+                     connect_fee=six(row.fee), tariff_name=use)
+        if s is None or s < 0:
+            r.update(outcome="unrated", unrated_reason="invalid_billsec")
+        elif s == 0:
+            r.update(outcome="zero_cost")
+        elif c["service_id"] is None:
+            r.update(outcome="unrated", unrated_reason="no_service")
+        elif plan is None:
+            r.update(outcome="unrated", unrated_reason="unknown_plan")
+        elif direction not in ("inbound", "outbound", "local"):
+            r.update(outcome="unrated", unrated_reason="invalid_direction")
+        elif use is None:
+            r.update(outcome="zero_cost")
+        elif num is None:
+            r.update(outcome="unrated", unrated_reason="invalid_number")
+        elif start is None:
+            r.update(outcome="unrated", unrated_reason="invalid_start")
+        elif row is None:
+            r.update(outcome="unrated", unrated_reason="no_rate")
+        elif row.rate == 0 and row.fee == 0:
+            r.update(outcome="zero_cost")
+        else:
+            r["outcome"] = "chargeable"
+            chargeable.append(i)
+        if r["outcome"] == "zero_cost":
+            r.update(billable_seconds=0 if s == 0 else (ref_billable(s, row.first, row.nxt) if row else None),
+                     included_seconds=0, charged_seconds=0, cost="0.000000")
+        r["_row"] = row
+        r["_use"] = use
+        results.append(r)
+    used: dict = {}
+    for i in sorted(chargeable, key=lambda i: (cdrs[i]["service_id"], cdrs[i]["start_utc"], cdrs[i]["cdr_key"])):
+        c, r = cdrs[i], results[i]
+        plan = settings.plan(c["plan"])
+        row = r["_row"]
+        b = ref_billable(c["billsec"], row.first, row.nxt)
+        key = (c["service_id"], r["period_start"])
+        already = used.get(key, included_used.get(key, 0))
+        covered = min(b, max(0, plan.included_minutes * 60 - already))
+        used[key] = already + covered
+        charged = b - covered
+        fx = settings.rate(tariffs[r["_use"]][1], plan.currency)
+        fee = Fraction(row.fee) if charged > 0 else Fraction(0)
+        cost = (fee + Fraction(row.rate) * charged / 60) * (1 + Fraction(plan.markup_percent) / 100) * Fraction(fx)
+        micro = math.floor(cost * 10**6 + Fraction(1, 2))
+        r.update(outcome="billed" if charged else "included", billable_seconds=b, included_seconds=covered,
+                 charged_seconds=charged, cost=six(Fraction(micro, 10**6)))
+    for r in results:
+        r.pop("_row")
+        r.pop("_use")
+    return results

@@ -151,11 +151,8 @@ def rate_cdrs(
             "_dst": dst if dst.dtype == pl.String else dst.cast(pl.String, strict=False),
         }
     ).hstack(_billsec(cdrs.get_column("billsec")))
-    work = work.with_columns(
-        normalise_expr(pl.col("_dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix).alias(
-            "_e164"
-        )
-    )
+    e164 = normalise_expr(pl.col("_dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
+    work = work.lazy().with_columns(e164.alias("_e164")).collect()  # lazy: polars evaluates shared parts once
     found = match(work, tariff)
     t = tariff.rows.select(
         "_tid", "prefix", "description", "rate", "connect_fee", "rate_micro", "connect_micro",

@@ -44,12 +44,12 @@ def lit128(value: int) -> pl.Expr:
 
 
 def decimal_micro_expr(text: pl.Expr) -> pl.Expr:
-    """Micro-units of a decimal text already checked against DECIMAL_PATTERN (else null)."""
-    ok = text.str.contains(DECIMAL_PATTERN)
-    whole = text.str.extract(r"^([0-9]*)", 1)
-    frac = text.str.extract(r"\.([0-9]*)$", 1).fill_null("").str.pad_end(COST_DIGITS, "0")
+    """Micro-units of a decimal text that matches DECIMAL_PATTERN (else null)."""
+    parts = text.str.split_exact(".", 1)
+    whole = parts.struct.field("field_0")
+    frac = parts.struct.field("field_1").fill_null("").str.pad_end(COST_DIGITS, "0")
     whole_value = pl.when(whole == "").then(lit128(0)).otherwise(whole.cast(I128, strict=False))
-    return pl.when(ok).then(whole_value * lit128(MICRO) + frac.cast(I128, strict=False))
+    return pl.when(text.str.contains(DECIMAL_PATTERN)).then(whole_value * lit128(MICRO) + frac.cast(I128, strict=False))
 
 
 def micro_text_expr(micro: pl.Expr) -> pl.Expr:
@@ -139,9 +139,14 @@ def cost_text(
         inputs_ok = inputs_ok & pl.col(a).is_not_null()
     if isinstance(d, str):
         inputs_ok = inputs_ok & pl.col(d).is_not_null()
-    frame = df.select(
-        pl.when(inputs_ok & safe).then(micro_text_expr(fast)).alias("cost"),
-        (inputs_ok & ~safe.fill_null(False)).alias("slow"),
+    frame = (
+        df.lazy()
+        .select(
+            pl.when(inputs_ok & safe).then(fast).alias("micro"),
+            (inputs_ok & ~safe.fill_null(False)).alias("slow"),
+        )
+        .select(micro_text_expr(pl.col("micro")).alias("cost"), "slow")
+        .collect()
     )
     out = frame.get_column("cost")
     slow = frame.get_column("slow")

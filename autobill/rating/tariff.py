@@ -268,17 +268,15 @@ def _second(rows: pl.DataFrame, dup_mask: pl.Series) -> int:
 
 
 def _version(rows: pl.DataFrame, extra: list[str]) -> str:
-    canonical = rows.select(
-        "prefix",
-        pl.col("effective_from").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"),
-        "rate",
-        "connect_fee",
-        "first_increment",
-        "next_increment",
-        "description",
-        *extra,
-    ).sort(pl.all(), nulls_last=True)
-    return hashlib.sha256(canonical.write_csv().encode()).hexdigest()[:16]
+    """A hash of the validated content in a canonical order (the file's row order does not count)."""
+    columns = ["prefix", "effective_from", "rate", "connect_fee", "first_increment", "next_increment", "description", *extra]
+    canonical = rows.select(columns).sort(["prefix", "effective_from", *extra], nulls_last=True)
+    text = canonical.select(
+        pl.concat_str(
+            [pl.col(c).cast(pl.String).fill_null("\x00") for c in columns], separator="\x1f"
+        ).str.join("\n")
+    ).item()
+    return hashlib.sha256((text or "").encode()).hexdigest()[:16]
 
 
 def tariff_from_frame(

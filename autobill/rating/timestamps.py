@@ -57,22 +57,38 @@ def _days_from_civil(y: pl.Expr, m: pl.Expr, d: pl.Expr) -> pl.Expr:
     return era * 146097 + doe - 719468
 
 
-def _fast(text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
-    """(micros since epoch, valid) for text in the common layout; valid is False otherwise."""
+def _fast(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Adds `us` (micros since epoch) and `ok` for text `t` in the common layout (else ok=False).
+
+    Two stages of plain columns, so each slice is cut once (no reliance on CSE)."""
+    t = pl.col("t")
 
     def part(start: int, length: int) -> pl.Expr:
-        return text.str.slice(start, length).cast(pl.Int64, strict=False)
+        return t.str.slice(start, length).cast(pl.Int64, strict=False)
 
-    y, mo, d, h, mi, se = part(0, 4), part(5, 2), part(8, 2), part(11, 2), part(14, 2), part(17, 2)
-    zulu = text.str.ends_with("Z")
-    n = text.str.len_bytes()
-    frac = text.str.slice(20, pl.when(zulu).then(n - 21).otherwise(n - 26).clip(0)).str.pad_end(6, "0")
-    frac_us = pl.when(text.str.slice(19, 1) == ".").then(frac.cast(pl.Int64, strict=False)).otherwise(0)
-    off = text.str.slice(-6)
-    off_h = off.str.slice(1, 2).cast(pl.Int64, strict=False)
-    off_m = off.str.slice(4, 2).cast(pl.Int64, strict=False)
-    sign = pl.when(off.str.starts_with("-")).then(-1).otherwise(1)
-    off_s = pl.when(zulu).then(0).otherwise(sign * (off_h * 3600 + off_m * 60))
+    n = t.str.len_bytes()
+    zulu = t.str.ends_with("Z")
+    frac_len = pl.when(zulu).then(n - 21).otherwise(n - 26).clip(0)
+    stage1 = frame.with_columns(
+        t.str.contains(FAST_PATTERN).fill_null(False).alias("shape"),
+        part(0, 4).alias("y"),
+        part(5, 2).alias("mo"),
+        part(8, 2).alias("d"),
+        part(11, 2).alias("h"),
+        part(14, 2).alias("mi"),
+        part(17, 2).alias("se"),
+        zulu.alias("z"),
+        pl.when(t.str.slice(19, 1) == ".")
+        .then(t.str.slice(20, frac_len).str.pad_end(6, "0").cast(pl.Int64, strict=False))
+        .otherwise(0)
+        .alias("f"),
+        t.str.slice(-6).alias("off"),
+    ).with_columns(
+        pl.col("off").str.slice(1, 2).cast(pl.Int64, strict=False).alias("oh"),
+        pl.col("off").str.slice(4, 2).cast(pl.Int64, strict=False).alias("om"),
+        pl.when(pl.col("off").str.starts_with("-")).then(-1).otherwise(1).alias("sign"),
+    )
+    y, mo, d = pl.col("y"), pl.col("mo"), pl.col("d")
     leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
     dim = (
         pl.when(mo == 2)
@@ -81,19 +97,20 @@ def _fast(text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
         .then(30)
         .otherwise(31)
     )
-    valid = (
-        text.str.contains(FAST_PATTERN)
+    ok = (
+        pl.col("shape")
         & y.is_between(1900, 2999)
         & mo.is_between(1, 12)
         & (d >= 1)
         & (d <= dim)
-        & (h <= 23)
-        & (mi <= 59)
-        & (se <= 59)
-        & (zulu | ((off_h <= 23) & (off_m <= 59)))
+        & (pl.col("h") <= 23)
+        & (pl.col("mi") <= 59)
+        & (pl.col("se") <= 59)
+        & (pl.col("z") | ((pl.col("oh") <= 23) & (pl.col("om") <= 59)))
     ).fill_null(False)
-    seconds = _days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - off_s
-    return seconds * 1_000_000 + frac_us, valid
+    off_s = pl.when(pl.col("z")).then(0).otherwise(pl.col("sign") * (pl.col("oh") * 3600 + pl.col("om") * 60))
+    seconds = _days_from_civil(y, mo, d) * 86400 + pl.col("h") * 3600 + pl.col("mi") * 60 + pl.col("se") - off_s
+    return stage1.select("t", (seconds * 1_000_000 + pl.col("f")).alias("us"), ok.alias("ok"))
 
 
 def parse_starts(series: pl.Series) -> pl.Series:
@@ -105,17 +122,17 @@ def parse_starts(series: pl.Series) -> pl.Series:
         return series.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
     if dtype != pl.String:
         return pl.Series(series.name, [None] * series.len(), dtype=UTC_US)
-    frame = pl.DataFrame({"t": series}).select(pl.col("t").str.strip_chars().alias("t"))
-    micros, valid = _fast(pl.col("t"))
-    parsed = frame.select(
-        pl.when(valid).then(micros).alias("us"),
-        (~valid & pl.col("t").is_not_null()).alias("slow"),
-    )
+    lazy = pl.DataFrame({"t": series}).lazy().select(pl.col("t").str.strip_chars())
+    parsed = _fast(lazy).select(
+        "t",
+        pl.when(pl.col("ok")).then(pl.col("us")).alias("us"),
+        (~pl.col("ok") & pl.col("t").is_not_null()).alias("slow"),
+    ).collect()
     us = parsed.get_column("us")
     slow = parsed.get_column("slow")
     if slow.any():
         idx = slow.arg_true()
-        texts = frame.get_column("t").gather(idx).to_list()
+        texts = parsed.get_column("t").gather(idx).to_list()
         cache = {t: _micros(t) for t in set(texts)}  # exports repeat the same odd layout
         us = us.scatter(idx, pl.Series([cache[t] for t in texts], dtype=pl.Int64))
     return us.cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias(series.name)
