@@ -31,6 +31,9 @@ COMMAND_MODULES = [
     "autobill.cli.suspend_cmd",
     "autobill.cli.charges_cmd",
     "autobill.cli.run_cmd",
+    "autobill.cli.backfill_cmd",
+    "autobill.cli.runs_cmd",
+    "autobill.cli.deploy_cmd",
 ]
 
 for _name in COMMAND_MODULES:
