@@ -25,6 +25,13 @@ FusionPBX's own CUSTOM `fusion::file` "delete <key>" event (what the PBX's cache
 on) and, when `cache_dir` exists locally (autobill on the PBX host), unlinks the file too.
 Default: memcache, FusionPBX's classic setup; set the server's `cache_method` otherwise.
 
+No `reloadxml`: on FusionPBX the directory and sofia.conf are served by its Lua XML handlers,
+which read the database on a cache miss, so deleting the cache keys is what makes the change
+live. Limits: installs that serve gateways from static XML files under sip_profiles/ (no Lua
+sofia.conf handler) would restart a killed gateway on the next rescan by anyone, because the
+file is not removed from here; existing registrations and calls in progress are not torn down
+(FusionPBX's own toggle does not either) — the next INVITE or REGISTER is refused.
+
 Ordering that keeps PBX and ledger consistent (the caller writes the ledger only after these
 methods return):
   1. one DB transaction: lock the rows (`FOR UPDATE`), switch them;

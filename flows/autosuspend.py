@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 
 from autobill.config import load_settings
 from autobill.ledger.db import upgrade
-from tasks.suspend import CycleContext, CycleReport, begin, fail_run, prefect_tasks
+from tasks.suspend import CycleBusy, CycleContext, CycleReport, begin, fail_run, prefect_tasks
 
 
 def summary_markdown(report: CycleReport) -> str:
@@ -57,7 +57,11 @@ def autosuspend(dry_run: bool = False, config_path: str | None = None) -> dict[s
         return {"status": "disabled"}
     upgrade(settings.ledger)
     t = prefect_tasks()
-    ctx = begin(CycleContext(settings, dry_run), flow_run_id=str(flow_run.get_id() or "") or None)
+    try:
+        ctx = begin(CycleContext(settings, dry_run), flow_run_id=str(flow_run.get_id() or "") or None)
+    except CycleBusy as exc:
+        logger.warning("%s", exc)
+        return {"status": "busy", "message": str(exc)}
     try:
         outcomes = t.recover(ctx)
         result = t.read(ctx)

@@ -42,7 +42,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
 from typing import Any
@@ -692,10 +692,23 @@ def _decision_row(d: Decision) -> dict[str, Any]:
     return row
 
 
+class CycleBusy(RuntimeError):
+    """Another autosuspend cycle is running: two at once could act on the same service twice."""
+
+
 def start_run(settings: Settings, dry_run: bool, flow_run_id: str | None = None) -> int | None:
+    """Record the run; refuse when another non-dry cycle started less than `stale_after_seconds`
+    ago and has not finished (the deployment's concurrency limit covers flow runs; this also
+    covers `suspend-check` started by hand meanwhile; a killed run stops counting once stale)."""
     if dry_run:
         return None
     with session_scope(settings.ledger) as s:
+        cutoff = utc_now() - timedelta(seconds=settings.autosuspend.stale_after_seconds)
+        busy = s.scalar(
+            select(Run.id).where(Run.kind == "autosuspend", Run.status == "running", Run.started_at >= cutoff).limit(1)
+        )
+        if busy is not None:
+            raise CycleBusy(f"autosuspend run {busy} is still running; not starting another cycle")
         run = Run(kind="autosuspend", dry_run=False, status="running", flow_run_id=flow_run_id, started_at=utc_now())
         s.add(run)
         s.flush()

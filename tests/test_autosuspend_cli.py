@@ -59,3 +59,23 @@ def test_suspend_check_dry_run_then_for_real(tmp_path, monkeypatch) -> None:
         down = runner.invoke(app, ["suspend-check", "-c", str(cfg)])
         assert down.exit_code == 1
         assert "skip_unreadable 2" in down.output
+
+
+def test_suspend_check_refuses_to_overlap_a_running_cycle(tmp_path, monkeypatch) -> None:
+    from autobill.ledger.db import upgrade
+    from autobill.ledger.models import Run
+    from autobill.timeutil import utc_now
+
+    monkeypatch.setenv("CLI_WHMCS_ID", "cli")
+    monkeypatch.setenv("CLI_WHMCS_SECRET", "cli-secret")
+    with WhmcsSandbox(identifier="cli", secret="cli-secret") as sb:
+        cid = sb.add_client(credit="0")
+        cfg = config(tmp_path, sb, [{"client_id": cid, "service_id": sb.add_product(cid)}])
+        ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+        upgrade(ledger)
+        with session_scope(ledger) as s:
+            s.add(Run(kind="autosuspend", status="running", started_at=utc_now()))
+        busy = runner.invoke(app, ["suspend-check", "-c", str(cfg)])
+        assert busy.exit_code == 1 and "still running" in busy.output
+        assert sb.module_calls() == []
+        assert runner.invoke(app, ["suspend-check", "--dry-run", "-c", str(cfg)]).exit_code == 0  # reads only

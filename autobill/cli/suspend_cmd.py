@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         """Run one autosuspend cycle now: suspend, unsuspend, alert; print what was decided."""
         from autobill.ledger.db import upgrade
         from connectors.whmcs import WhmcsError
-        from tasks.suspend import run_cycle
+        from tasks.suspend import CycleBusy, run_cycle
 
         settings = settings_or_exit(config)
         if settings.whmcs is None:
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         upgrade(settings.ledger)
         try:
             report = run_cycle(settings, dry_run, actor="suspend-check")
-        except WhmcsError as exc:
+        except (WhmcsError, CycleBusy) as exc:
             raise fail(str(exc)) from None
         if as_json:
             doc = report.to_json()
