@@ -6,7 +6,8 @@ a second), and realistic in the ways billing breaks:
 
 - numbers as PBXs write them: NANP 10-digit, 11-digit `1NXX...`, `+E.164`, `011` international,
   Caribbean NANP (`876...`, priced as international), a few destinations the generated tariff
-  deliberately lacks (unrated), and junk (`anonymous`, `*97`, an over-long number, ...);
+  deliberately lacks (unrated; at least one answered such call per server-day of 10+ calls, so
+  small demos and tests see some), and junk (`anonymous`, `*97`, an over-long number, ...);
 - inbound calls to each client's DID, local extension-to-extension calls, unanswered calls
   (billsec 0) with realistic hangup causes, many short calls and a long tail;
 - start times weighted to business hours in the configured timezone, fewer on weekends, and
@@ -60,6 +61,7 @@ DIAL_PREFIX = {
     "out_nanp10": "", "out_nanp11": "1", "out_e164_nanp": "+1", "out_e164_intl": "+", "out_011": "011",
     "out_caribbean": "", "out_unrated": "011",
 }  # fmt: skip
+UNRATED_MIN_CALLS = 10
 ANSWER_RATE = {"inbound": 0.85, "local": 0.80, "junk": 0.0, "out_unrated": 0.7}
 DEFAULT_ANSWER_RATE = 0.78
 HOUR_WEIGHTS = np.array(
@@ -191,6 +193,12 @@ def generate_calls(
     probs = np.array([p for _, p in CATEGORIES])
     cat_idx = rng.choice(len(names), size=n, p=probs / probs.sum())
     cat_idx[is_lesnet & (cat_idx == names.index("local"))] = names.index("out_nanp10")  # a carrier has no local calls
+    # Unrated calls are rare (1 %); a small demo or test must still see some: the first call of
+    # every server-day with at least UNRATED_MIN_CALLS calls goes to a missing destination, answered.
+    server_idx = np.unique(cl["server"].to_numpy(), return_inverse=True)[1]
+    _, first_of, per_group = np.unique(server_idx * len(days) + day_idx, return_index=True, return_counts=True)
+    forced = first_of[per_group >= UNRATED_MIN_CALLS]
+    cat_idx[forced] = names.index("out_unrated")
     category = pl.Series(names)[cat_idx]
 
     n_ext = cl["n_ext"].to_numpy()
@@ -214,6 +222,7 @@ def generate_calls(
 
     answer_p = np.array([ANSWER_RATE.get(c, DEFAULT_ANSWER_RATE) for c in names])[cat_idx]
     answered = rng.random(n) < answer_p
+    answered[forced] = True
     short = rng.random(n) < 0.35
     talk = np.where(short, rng.integers(1, 31, n), np.clip(rng.lognormal(np.log(90), 1.0, n), 1, 7200).astype(np.int64))
     billsec = np.where(answered, talk, 0)

@@ -81,6 +81,17 @@ def test_every_call_is_a_consistent_canonical_cdr(seed: int, clients: int, days:
         assert row["rate_number"] == normalise(row["dst"])
 
 
+def test_every_busy_server_day_has_an_answered_unrated_call() -> None:
+    world, calls = world_calls(clients=6, servers=2, rate=15.0, seed=7)
+    day = pl.col("start_utc").dt.convert_time_zone(world.timezone).dt.date().alias("day")
+    per = calls.group_by("server", day).agg(
+        pl.len().alias("n"),
+        ((pl.col("category") == "out_unrated") & (pl.col("billsec") > 0)).sum().alias("unrated"),
+    )
+    assert per.filter(pl.col("n") >= gen.UNRATED_MIN_CALLS).height > 0
+    assert per.filter((pl.col("n") >= gen.UNRATED_MIN_CALLS) & (pl.col("unrated") == 0)).height == 0
+
+
 def test_config_and_tariff_match_the_calls(tmp_path: Path) -> None:
     world, calls = world_calls(clients=10, servers=2, rate=40.0)
     raw = gen.generate_config(world, {"fusionpbx-1": {"host": "10.0.0.9"}})
