@@ -267,7 +267,7 @@ class FusionPBXSwitch:
         try:
             with esl:
                 steps(esl, result.hostname, result)
-        except EslError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever broke after the commit, undo the commit
             try:
                 self._undo(table, key, changed, undo_to_on, undo_live)
             except Exception as undo_exc:  # noqa: BLE001 - reported, with the original error

@@ -516,9 +516,9 @@ class Applier:
                 else:
                     raise SwitchError(f"cannot unsuspend mode {w.mode!r}")
                 w.result = intent
-        except (SwitchError, WhmcsError, KeyError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded per service; `_record` judges certainty
             w.error = exc
-            log.warning("service %s: %s (%s) failed: %s", d.service_id, d.action, w.mode, exc)
+            log.warning("service %s: %s (%s) failed: %s: %s", d.service_id, d.action, w.mode, type(exc).__name__, exc)
 
     def _record(self, s, rows: dict[int, SuspensionState], w: Work) -> Outcome:
         d = w.decision
