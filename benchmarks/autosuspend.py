@@ -8,7 +8,7 @@ invoice, so the first cycle suspends and alerts a few hundred clients; the secon
 steady state (nothing changes). Baseline measured in the same run: the same reads with one worker
 (sequential), as a dry run, so the ratio shows what batching + the pool buy.
 
-    .venv/bin/python benchmarks/autosuspend.py [--clients 10000] [--workers 8] [--no-baseline]
+    .venv/bin/python benchmarks/autosuspend.py [--clients 10000] [--workers 8] [--no-baseline] [--ledger URL]
 """
 
 from __future__ import annotations
@@ -64,9 +64,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--ledger", help="ledger URL (default: a temporary SQLite file)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="autosuspend-bench-") as tmp, WhmcsSandbox() as sb:
-        ledger = f"sqlite:///{Path(tmp) / 'ledger.db'}"
+        ledger = args.ledger or f"sqlite:///{Path(tmp) / 'ledger.db'}"
         upgrade(ledger)
         t0 = time.perf_counter()
         sb.bulk_seed(args.clients)
