@@ -14,13 +14,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
-from tasks.rate import rate_run_task
 
 from autobill.billing_day import billing_cutoff, choose_servers, default_billing_date
 from autobill.config import load_settings
 from tasks.aggregate import record_billing_task
 from tasks.extract import extract_task_for
-from tasks.post import post_pending_task, surface_interrupted_task
+from tasks.post import outstanding_uncertain_task, post_pending_task, surface_interrupted_task
+from tasks.rate import rate_run_task
 from tasks.report import RunSummary, ServerLine, report_task
 from tasks.runs import finish_run_task, start_run_task
 from tasks.validate import BatchRejected, validate_batch_task, validate_requeued_task
@@ -56,7 +56,8 @@ def nightly(
     settings = load_settings(config_path)
     day = billing_date or default_billing_date(settings)
     run_id = start_run_task(settings, "nightly", day, dry_run)
-    uncertain_before = [] if dry_run else surface_interrupted_task(settings)
+    if not dry_run:
+        surface_interrupted_task(settings)
     until = billing_cutoff(settings, day)
 
     lines: dict[str, ServerLine] = {sid: ServerLine(sid) for sid in choose_servers(settings, servers)}
@@ -93,7 +94,8 @@ def nightly(
     rated_path = rate_run_task(settings, day, good_paths, requeued, run_id)
     record = record_billing_task(settings, rated_path, run_id, batch_ids, dry_run)
     posting = None if dry_run else post_pending_task(settings, run_id)
-    summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain_before)
+    uncertain = outstanding_uncertain_task(settings)
+    summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain)
     finish_run_task(settings, run_id, summary.status, summary.to_json())
     logger.info("billing date %s: %s", day, summary.status)
     if summary.status == "completed":

@@ -65,6 +65,14 @@ def surface_interrupted(settings: Settings) -> list[str]:
     return keys
 
 
+def outstanding_uncertain(settings: Settings) -> list[str]:
+    """Every charge still waiting for an operator's reconciliation, oldest first."""
+    with session_scope(settings.ledger) as session:
+        return list(session.scalars(
+            select(Charge.idempotency_key).where(Charge.state == "uncertain").order_by(Charge.id)
+        ))
+
+
 def pending_charge_ids(settings: Settings) -> list[int]:
     with session_scope(settings.ledger) as session:
         return list(session.scalars(select(Charge.id).where(Charge.state == "pending").order_by(Charge.id)))
@@ -170,6 +178,11 @@ def surface_interrupted_task(settings: Settings) -> list[str]:
     if keys:
         get_run_logger().warning("%s charge(s) were interrupted mid-post and are now uncertain: %s", len(keys), keys)
     return keys
+
+
+@task(name="outstanding-uncertain", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def outstanding_uncertain_task(settings: Settings) -> list[str]:
+    return outstanding_uncertain(settings)
 
 
 @task(name="post-to-whmcs", cache_policy=NO_CACHE, retries=0)

@@ -31,16 +31,6 @@ from autobill.timeutil import period_bounds
 from tasks.aggregate import unrated_rows, with_billing_date
 
 
-def load_tariffs(settings: Settings) -> dict[str, Any]:
-    from autobill.rating.tariff import load_tariff
-
-    return {
-        t.name: load_tariff(settings.resolve_path(t.path), name=t.name, currency=t.currency,
-                            timezone=t.timezone or settings.timezone, with_bands=True)
-        for t in settings.tariffs
-    }
-
-
 def gather(settings: Settings, day: date, validated: list[str], requeued_path: str | None) -> pl.DataFrame:
     """Canonical rows to rate, tagged with `source`, de-duplicated by key (first source wins)."""
     parts = [conform(pl.read_parquet(p)).with_columns(pl.lit("batch").alias("source")) for p in validated]
@@ -77,7 +67,7 @@ def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, dat
 def rate_run(settings: Settings, day: date, validated: list[str], requeued_path: str | None,
              run_id: int | None = None) -> Path:
     """Rate what this run bills; writes `<data>/rated/run-<id>.parquet` and returns its path."""
-    from autobill.rating.billing import rate_for_billing
+    from autobill.rating.billing import load_tariffs, rate_for_billing
 
     cdrs = assign_services(gather(settings, day, validated, requeued_path), settings)
     rated = rate_for_billing(cdrs, settings, load_tariffs(settings), included_used(settings, cdrs))

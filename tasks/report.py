@@ -211,7 +211,7 @@ def build_summary(
     requeued: Any | None,
     record: Any,
     posting: Any | None,
-    uncertain_before: list[str],
+    uncertain: list[str],
 ) -> RunSummary:
     """Assemble the run summary from each step's output (pure: no I/O)."""
     lines = dict(lines)
@@ -239,7 +239,7 @@ def build_summary(
         released.duplicates += requeued.duplicates
     summary = RunSummary(billing_date=billing_date, dry_run=dry_run, servers=list(lines.values()),
                          charges_created=0 if dry_run else len(record.lines),
-                         amount_billed=record.amount_by_currency, uncertain=list(uncertain_before))
+                         amount_billed=record.amount_by_currency, uncertain=list(uncertain))
     if dry_run:
         summary.preview = [
             {"client_id": ln.client_id, "service_id": ln.service_id, "billing_date": ln.billing_date.isoformat(),
@@ -257,8 +257,9 @@ def build_summary(
 
 @task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def report_task(billing_date: date, dry_run: bool, lines: dict[str, ServerLine], rated_path: str,
-                requeued: Any | None, record: Any, posting: Any | None, uncertain_before: list[str]) -> RunSummary:
+                requeued: Any | None, record: Any, posting: Any | None, uncertain: list[str]) -> RunSummary:
+    """`uncertain`: every charge still waiting for reconciliation (not only this run's)."""
     rated = pl.read_parquet(rated_path)
-    summary = build_summary(billing_date, dry_run, lines, rated, requeued, record, posting, uncertain_before)
+    summary = build_summary(billing_date, dry_run, lines, rated, requeued, record, posting, uncertain)
     publish(summary, client_totals(record.lines), unrated_destinations(rated))
     return summary
