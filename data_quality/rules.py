@@ -209,37 +209,61 @@ def _server_flags(settings: Settings) -> pl.DataFrame:
     )
 
 
-def _first_failure(rules: list[tuple[str, pl.Expr, pl.Expr]]) -> tuple[pl.Expr, pl.Expr]:
-    """(first failing rule name, every failing rule with its message) per row; nulls when clean."""
-    rule = pl.coalesce([pl.when(cond.fill_null(False)).then(pl.lit(name)) for name, cond, _ in rules])
+FAILURE_SCHEMA = {"_row": pl.UInt32(), "_rule": pl.String(), "_reason": pl.String(), "_stage": pl.Int32()}
+
+
+def _failures(frame: pl.DataFrame, rules: list[tuple[str, pl.Expr, pl.Expr]], stage: int) -> pl.DataFrame:
+    """(_row, _rule, _reason, _stage) of the rows of `frame` failing any of `rules`.
+
+    Cheap boolean flags first on every row; the rule names and messages (string formatting,
+    the expensive part) only for the few rows that failed."""
+    if frame.height == 0 or not rules:
+        return pl.DataFrame(schema=FAILURE_SCHEMA)
+    flags = [f"_f{i}" for i in range(len(rules))]
+    flagged = frame.with_columns([cond.fill_null(False).alias(f) for f, (_, cond, _) in zip(flags, rules, strict=True)])
+    bad = flagged.filter(pl.any_horizontal(flags))
+    if bad.height == 0:
+        return pl.DataFrame(schema=FAILURE_SCHEMA)
+    rule = pl.coalesce([pl.when(pl.col(f)).then(pl.lit(name)) for f, (name, _, _) in zip(flags, rules, strict=True)])
     reason = pl.concat_str(
-        [pl.when(cond.fill_null(False)).then(pl.lit(f"{name}: ") + msg) for name, cond, msg in rules],
+        [pl.when(pl.col(f)).then(pl.lit(f"{name}: ") + msg) for f, (name, _, msg) in zip(flags, rules, strict=True)],
         separator="; ", ignore_nulls=True,
     )
-    return rule, pl.when(rule.is_not_null()).then(reason)
+    return bad.select("_row", rule.alias("_rule"), reason.alias("_reason"), pl.lit(stage, dtype=pl.Int32).alias("_stage"))
 
 
-def _conflicts(keyed: pl.DataFrame) -> pl.DataFrame:
-    """For rows of repeated keys: `_dup` = identical to the key's first row, `_conflict` = different."""
+def _repeats(keyed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """In-batch repeats of keys: (identical later rows: _row, conflicting later rows: failures)."""
+    none = pl.DataFrame(schema={"_row": pl.UInt32()}), pl.DataFrame(schema=FAILURE_SCHEMA)
+    if keyed.height == 0 or keyed["cdr_key"].n_unique() == keyed.height:  # the usual case, and cheap
+        return none
     repeated = keyed.filter(pl.col("cdr_key").is_duplicated())
-    if repeated.height == 0:
-        return pl.DataFrame(schema={"_row": pl.UInt32(), "_dup": pl.Boolean(), "_conflict": pl.String()})
     first = repeated.sort("_row").unique("cdr_key", keep="first", maintain_order=True)
-    later = repeated.join(first.select("_row"), on="_row", how="anti")
+    later = repeated.filter(~pl.col("_row").is_in(first["_row"].implode()))
     cmp = later.join(first.select(["_row", *CONTENT_COLUMNS]), on="cdr_key", suffix="_first")
     differs = [c for c in CONTENT_COLUMNS if c != "cdr_key"]
-    diff_cols = [pl.when(~pl.col(c).eq_missing(pl.col(f"{c}_first"))).then(pl.lit(c)) for c in differs]
-    return cmp.select(
+    diff = pl.concat_str([pl.when(~pl.col(c).eq_missing(pl.col(f"{c}_first"))).then(pl.lit(c)) for c in differs],
+                         separator=",", ignore_nulls=True)
+    cmp = cmp.with_columns(diff.alias("_diff"))
+    identical = cmp.filter(pl.col("_diff") == "").select("_row")
+    conflicting = cmp.filter(pl.col("_diff") != "").select(
         "_row",
-        pl.concat_str(diff_cols, separator=",", ignore_nulls=True).alias("_diff"),
-        pl.col("_row_first"),
-    ).select(
-        "_row",
-        (pl.col("_diff") == "").alias("_dup"),
-        pl.when(pl.col("_diff") != "")
-        .then(pl.format("conflicting_duplicate: same cdr_key as batch row {} but different {}",
-                        pl.col("_row_first"), pl.col("_diff")))
-        .alias("_conflict"),
+        pl.lit("conflicting_duplicate").alias("_rule"),
+        pl.format("conflicting_duplicate: same cdr_key as batch row {} (0-based) but different {}",
+                  pl.col("_row_first"), pl.col("_diff")).alias("_reason"),
+        pl.lit(1, dtype=pl.Int32).alias("_stage"),
+    )
+    return identical, conflicting
+
+
+def _with_billing_context(rows: pl.DataFrame, settings: Settings) -> pl.DataFrame:
+    """`rows` plus the owning service (autobill.mapping) and the flags saying which numbers are rated."""
+    mapped = assign_services(rows.select(list(CDR_SCHEMA)), settings).select("client_id", "service_id", "plan")
+    return (
+        pl.concat([rows, mapped], how="horizontal")
+        .join(_plan_flags(settings), on="plan", how="left", maintain_order="left")
+        .join(_server_flags(settings), on="server", how="left", maintain_order="left")
+        .with_columns(pl.col("_bill_inbound", "_bill_local", "_server_bills_local").fill_null(False))
     )
 
 
@@ -259,51 +283,48 @@ def check_rows(
     names content rules not to apply (re-queued rows skip `before_lookback`).
     """
     now = as_utc(now)
-    cdrs = conform(cdrs)
+    idx = conform(cdrs).with_row_index("_row")
     servers = [s.id for s in settings.servers]
-    idx = cdrs.with_row_index("_row")
+    skip = set(skip_rules)
 
-    key_rule, key_reason = _first_failure(_key_rules(server, servers))
-    idx = idx.with_columns(key_rule.alias("_rule"), key_reason.alias("_reason"))
+    # 1. keys
+    key_fail = _failures(idx, _key_rules(server, servers), stage=0)
+    keyed = idx.filter(~pl.col("_row").is_in(key_fail["_row"].implode())) if key_fail.height else idx
 
+    # 2. keys the ledger already knows: duplicates, whatever their content
     known = known_frame(known_keys).unique("cdr_key", keep="first")
-    idx = idx.join(known.rename({"state": "_known"}), on="cdr_key", how="left", maintain_order="left")
-    idx = idx.with_columns(pl.when(pl.col("_rule").is_null()).then(pl.col("_known")).alias("_known"))
+    dup_known = pl.DataFrame(schema={"_row": pl.UInt32(), DUPLICATE_COLUMN: pl.String()})
+    if known.height:
+        hit = keyed.select("_row", "cdr_key").join(known, on="cdr_key", how="inner")
+        dup_known = hit.select("_row", pl.col("state").alias(DUPLICATE_COLUMN))
+        keyed = keyed.filter(~pl.col("_row").is_in(dup_known["_row"].implode()))
 
-    # In-batch repeats among keyed rows the ledger does not know yet.
-    keyed = idx.filter(pl.col("_rule").is_null() & pl.col("_known").is_null())
-    conflicts = _conflicts(keyed)
-    idx = idx.join(conflicts, on="_row", how="left", maintain_order="left").with_columns(
-        pl.when(pl.col("_dup").fill_null(False)).then(pl.lit("batch")).otherwise(pl.col("_known")).alias("_known"),
-        pl.when(pl.col("_rule").is_null() & pl.col("_conflict").is_not_null())
-        .then(pl.lit("conflicting_duplicate")).otherwise(pl.col("_rule")).alias("_rule"),
-        pl.coalesce("_reason", "_conflict").alias("_reason"),
+    # 3. repeats inside the batch
+    identical, conflicting = _repeats(keyed)
+    if identical.height:
+        keyed = keyed.filter(~pl.col("_row").is_in(identical["_row"].implode()))
+
+    # 4. content rules on the rest (a conflicting repeat also gets its own faults listed)
+    structural = [r for r in _structural_rules(settings, now) if r[0] not in skip]
+    content_fail = _failures(keyed, structural, stage=2)
+    answered = keyed.filter(pl.col("billsec") > 0)
+    billing = [r for r in _billing_rules(settings) if r[0] not in skip]
+    billing_fail = _failures(_with_billing_context(answered, settings), billing, stage=3) if answered.height else None
+
+    parts = [f for f in (key_fail, conflicting, content_fail, billing_fail) if f is not None and f.height]
+    failures = (
+        pl.concat(parts).sort("_row", "_stage")
+        .group_by("_row", maintain_order=True)
+        .agg(pl.col("_rule").first(), pl.col("_reason").str.join("; "))
+        if parts else pl.DataFrame(schema={"_row": pl.UInt32(), "_rule": pl.String(), "_reason": pl.String()})
     )
 
-    # Content rules, on rows still undecided (a conflicting duplicate also lists its own faults).
-    undecided = pl.col("_known").is_null() & (pl.col("_rule").is_null() | (pl.col("_rule") == "conflicting_duplicate"))
-    content = idx.filter(undecided)
-    if content.height:
-        mapped = assign_services(content.select(list(CDR_SCHEMA)), settings).select("client_id", "service_id", "plan")
-        content = (
-            pl.concat([content, mapped], how="horizontal")
-            .join(_plan_flags(settings), on="plan", how="left", maintain_order="left")
-            .join(_server_flags(settings), on="server", how="left", maintain_order="left")
-            .with_columns(pl.col("_bill_inbound", "_bill_local", "_server_bills_local").fill_null(False))
-        )
-        skip = set(skip_rules)
-        rules = [r for r in _structural_rules(settings, now) + _billing_rules(settings) if r[0] not in skip]
-        rule, reason = _first_failure(rules)
-        content = content.select("_row", rule.alias("_crule"), reason.alias("_creason"))
-        idx = idx.join(content, on="_row", how="left", maintain_order="left").with_columns(
-            pl.coalesce("_rule", "_crule").alias("_rule"),
-            pl.concat_str(["_reason", "_creason"], separator="; ", ignore_nulls=True).alias("_reason"),
-        )
-
+    dups = pl.concat([dup_known, identical.with_columns(pl.lit("batch").alias(DUPLICATE_COLUMN))])
     canonical = list(CDR_SCHEMA)
-    good = idx.filter(pl.col("_known").is_null() & pl.col("_rule").is_null()).select(canonical)
-    duplicates = idx.filter(pl.col("_known").is_not_null()).select([*canonical, pl.col("_known").alias(DUPLICATE_COLUMN)])
-    bad = idx.filter(pl.col("_known").is_null() & pl.col("_rule").is_not_null())
+    duplicates = idx.join(dups, on="_row", how="inner").sort("_row").select([*canonical, DUPLICATE_COLUMN])
+    bad = idx.join(failures, on="_row", how="inner").sort("_row")
+    taken = pl.concat([dups["_row"], failures["_row"]])
+    good = (idx.filter(~pl.col("_row").is_in(taken.implode())) if taken.len() else idx).select(canonical)
     quarantined = bad.select(
         pl.col("cdr_key"),
         pl.col("server").fill_null(pl.lit(server, dtype=pl.String)),
