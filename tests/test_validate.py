@@ -158,3 +158,18 @@ def test_unknown_batch_is_an_error(tmp_path, ledger_url):
     settings = _settings(tmp_path, ledger_url)
     with pytest.raises(KeyError):
         validate_batch(settings, 999, now=NOW)
+
+
+def test_empty_batch_is_accepted_with_a_warning(tmp_path, ledger_url):
+    settings = _settings(tmp_path, ledger_url)
+    out = validate_batch(settings, add_batch(settings, "pbx", []), now=NOW)
+    assert out.accepted and (out.rows, out.good, out.quarantined, out.duplicates) == (0, 0, 0, 0)
+    assert any("expect_table_row_count_to_be_between" in w for w in out.warnings)
+    assert pl.read_parquet(out.validated_path).height == 0
+
+
+def test_artifact_keys_are_what_prefect_accepts():
+    from tasks.validate import _artifact_key
+
+    assert _artifact_key("validation-PBX_East.1") == "validation-pbx-east-1"
+    assert _artifact_key("validation--a__b-") == "validation-a-b"
