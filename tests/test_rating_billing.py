@@ -148,7 +148,7 @@ def billing_case(draw):
     return cdrs, cfg, tariff_rows, used
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=billing_case())
 def test_billing_equals_reference(case):
     compare(*case)

@@ -90,6 +90,7 @@ def test_numbering_options(tmp_path):
         ("prefix,price\n1,1\n", CDRS, (), "tariff.csv: header (line 1), column 'rate': missing required column"),
         (TARIFF, "cdr_id,start,dst\n1,2024-07-01T12:00:00Z,1\n", (), "cdrs.csv: header (line 1), column 'billsec': missing"),
         (TARIFF, "", (), "cdrs.csv: header (line 1): the file is empty"),
+        (TARIFF, "cdr_id,start,billsec,dst\n1,x,1,2\n2,x,1,2,3\n", (), "cdrs.csv: row 2 (line 3), column #5: "),
         (TARIFF, CDRS, ("--markup", "abc"), "--markup"),
         (TARIFF, CDRS, ("--markup", "-101"), "below -100"),
         (TARIFF, CDRS, ("--country-code", "01"), "--country-code"),

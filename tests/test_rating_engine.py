@@ -25,7 +25,7 @@ def engine_rows(tariff: list[dict], cdrs: list[dict], markup="0", numbering=Numb
     return as_text_rows(out)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     tariff=tariff_rows(),
     cdrs=cdr_rows(),
@@ -45,7 +45,7 @@ def test_engine_equals_reference(tariff, cdrs, markup, drop):
     assert engine_rows(trimmed, cdrs, markup, drop=drop) == expected
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     tariff=tariff_rows(min_size=1),
     cdrs=cdr_rows(),

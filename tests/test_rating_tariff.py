@@ -142,7 +142,7 @@ def test_float_rates_use_their_shortest_text(tmp_path):
         load_tariff(tmp_path / "g.parquet")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     whole=st.integers(0, 10**12),
     frac=st.text(alphabet="0123456789", max_size=6),

@@ -35,7 +35,7 @@ import polars as pl
 
 from autobill.numbering import normalise_expr
 from autobill.rating import exact
-from autobill.rating.io import InputError, read_table, require_columns, write_table
+from autobill.rating.io import InputError, file_format, read_table, require_columns, write_table
 from autobill.rating.match import match
 from autobill.rating.tariff import LoadedTariff, load_tariff
 from autobill.rating.timestamps import parse_starts
@@ -52,8 +52,6 @@ OUTPUT_COLUMNS = (
     "cost",
 )
 STATUSES = ("rated", "unanswered", "no_rate", "invalid_number", "invalid", "duplicate")
-# Above this, billsec takes the exact Python path (see exact.py); below, Int128 is safe.
-_BIG_SECONDS = 10**30
 I128 = pl.Int128()
 
 
@@ -78,57 +76,178 @@ def parse_markup(text: str | Decimal | int) -> Decimal:
 
 
 def _billsec(series: pl.Series) -> pl.DataFrame:
-    """Columns `_s_ok` (valid integer >= 0), `_s` (Int128 when below 10^30), `_s_txt` (digits)."""
+    """`_s_ok` (a valid integer >= 0) and `_s` (its value as Int128, null when >= 10^30)."""
     dtype = series.dtype
     if isinstance(dtype, pl.Decimal):  # a whole decimal value counts: 12.000 -> 12
         series = series.cast(pl.String).str.replace(r"\.0*$", "")
         dtype = pl.String()
     if dtype == pl.String:
-        txt = series.str.strip_chars()
-        frame = pl.DataFrame({"t": txt}).select(
-            pl.col("t").str.contains(exact.INTEGER_PATTERN).fill_null(False).alias("_s_ok"),
-            pl.col("t").str.strip_chars_start("0").alias("_d"),
+        txt = pl.col("t").str.strip_chars()
+        digits = txt.str.strip_chars_start("0")
+        ok = txt.str.contains(exact.INTEGER_PATTERN).fill_null(False)
+        value = pl.when(digits == "").then(exact.lit128(0)).otherwise(digits.cast(I128, strict=False))
+        return (
+            pl.DataFrame({"t": series})
+            .lazy()
+            .select(ok.alias("_s_ok"), pl.when(ok & (digits.str.len_bytes() <= 30)).then(value).alias("_s"))
+            .collect()
         )
-        digits = pl.when(pl.col("_d") == "").then(pl.lit("0")).otherwise(pl.col("_d"))
-        frame = frame.select(
-            "_s_ok",
-            pl.when(pl.col("_s_ok")).then(digits).alias("_s_txt"),
-        ).with_columns(
-            pl.when(pl.col("_s_ok") & (pl.col("_s_txt").str.len_bytes() <= 30))
-            .then(pl.col("_s_txt").cast(I128, strict=False))
-            .alias("_s")
-        )
-        return frame
     if dtype.is_integer():
         ok = series.is_not_null() & (series >= 0)
     elif dtype.is_float():
         ok = series.is_not_null() & series.is_finite() & (series >= 0) & (series < 1e30) & (series == series.floor())
     else:
         ok = pl.Series([False] * series.len())
-    ok = ok.fill_null(False)
-    frame = pl.DataFrame({"_s_ok": ok, "v": series})
-    value = pl.col("v").cast(pl.Int128, strict=False)
-    return frame.select(
-        "_s_ok",
-        pl.when(pl.col("_s_ok")).then(value.cast(pl.String)).alias("_s_txt"),
-        pl.when(pl.col("_s_ok")).then(value).alias("_s"),
-    )
+    frame = pl.DataFrame({"_s_ok": ok.fill_null(False), "v": series})
+    return frame.select("_s_ok", pl.when(pl.col("_s_ok")).then(pl.col("v").cast(I128, strict=False)).alias("_s"))
 
 
-def _status() -> pl.Expr:
+def _big_text(series: pl.Series, idx: pl.Series) -> list[str]:
+    """The digits of huge billsec values (rows `idx`), for the exact Python path."""
+    values = series.gather(idx).cast(pl.String).to_list()
+    return [(v.strip().split(".")[0].lstrip("0") or "0") for v in values]
+
+
+# Status codes while rating (small), turned into text at the end.
+_CODES = {name: i for i, name in enumerate(STATUSES)}
+
+
+def _status_code() -> pl.Expr:
+    def code(name: str) -> pl.Expr:
+        return pl.lit(_CODES[name], dtype=pl.UInt8)
+
     return (
         pl.when(pl.col("_dup"))
-        .then(pl.lit("duplicate"))
+        .then(code("duplicate"))
         .when(pl.col("_start").is_null() | ~pl.col("_s_ok"))
-        .then(pl.lit("invalid"))
+        .then(code("invalid"))
         .when(pl.col("_e164").is_null())
-        .then(pl.lit("invalid_number"))
-        .when(pl.col("_s_txt") == "0")
-        .then(pl.lit("unanswered"))
+        .then(code("invalid_number"))
+        .when(pl.col("_s") == exact.lit128(0))
+        .then(code("unanswered"))
         .when(pl.col("_tid").is_null())
-        .then(pl.lit("no_rate"))
-        .otherwise(pl.lit("rated"))
+        .then(code("no_rate"))
+        .otherwise(code("rated"))
     )
+
+
+def _by_tid(tariff: LoadedTariff, column: str) -> pl.Expr:
+    """The tariff row's `column` for each call (null when no row matched)."""
+    return pl.lit(tariff.rows.get_column(column)).gather(pl.col("_tid"))
+
+
+def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int, d: int) -> pl.DataFrame:
+    """Per CDR, narrow: `_code`, `_e164`, `_tid`, `_b` and `_micro` (Int128), `_slow` (needs Python)."""
+    dst = cdrs.get_column("dst")
+    work = pl.DataFrame(
+        {
+            "_row": pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True),
+            "_dup": ~cdrs.get_column("cdr_id").is_first_distinct(),
+            "_start": parse_starts(cdrs.get_column("start")),
+            "_dst": dst if dst.dtype == pl.String else dst.cast(pl.String, strict=False),
+        }
+    ).hstack(_billsec(cdrs.get_column("billsec")))
+    e164 = normalise_expr(pl.col("_dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
+    work = work.lazy().with_columns(e164.alias("_e164")).drop("_dst").collect()  # lazy: shared parts once
+    found = match(work, tariff)
+    # `_row` is dense and `_tid` indexes the tariff rows: a scatter and gathers, not hash joins.
+    tid = pl.repeat(None, cdrs.height, dtype=pl.UInt32, eager=True).scatter(found["_row"], found["_tid"])
+    numbers = [
+        _by_tid(tariff, c).alias(c) for c in ("rate_micro", "connect_micro", "first_increment", "next_increment")
+    ]
+    b = exact.billable_expr(pl.col("_s"), pl.col("first_increment"), pl.col("next_increment"))
+    big = pl.col("_s_ok") & pl.col("_s").is_null()
+    plan = (
+        work.lazy()
+        .with_columns(tid.alias("_tid"))
+        .with_columns(numbers)
+        .with_columns(
+            _status_code().alias("_code"),
+            pl.when(pl.col("_s") == exact.lit128(0))
+            .then(exact.lit128(0))
+            .when(pl.col("_tid").is_not_null())
+            .then(b)
+            .alias("_b"),
+        )
+    )
+    rated = pl.col("_code") == _CODES["rated"]
+    micro, slow = exact.cost_micro_exprs(
+        pl.when(rated).then(pl.col("_b")), pl.col("rate_micro"), pl.col("connect_micro"), a, d
+    )
+    return plan.select(
+        "_code",
+        "_e164",
+        "_tid",
+        "_b",
+        micro.alias("_micro"),
+        ((slow & rated) | (big & pl.col("_tid").is_not_null())).alias("_slow"),
+    ).collect()
+
+
+def _patches(core: pl.DataFrame, cdrs: pl.DataFrame, tariff: LoadedTariff, a: int, d: int) -> pl.DataFrame:
+    """(_row, _b_txt, _cost_txt) of the rare rows computed in exact Python integers."""
+    schema = {"_row": pl.UInt32, "_b_txt": pl.String, "_cost_txt": pl.String}
+    idx = core.get_column("_slow").arg_true()
+    if idx.len() == 0:
+        return pl.DataFrame(schema=schema)
+    rows = core[idx].join(
+        tariff.rows.select("_tid", "rate_micro", "connect_micro", "first_increment", "next_increment"),
+        on="_tid",
+        how="left",
+        maintain_order="left",
+    )
+    big_txt = _big_text(cdrs.get_column("billsec"), idx)
+    out = []
+    for i, row, s_txt in zip(idx.to_list(), rows.iter_rows(named=True), big_txt, strict=True):
+        b = row["_b"] if row["_b"] is not None else exact.py_billable(int(s_txt), row["first_increment"], row["next_increment"])
+        cost = None
+        if row["_code"] == _CODES["rated"]:
+            cost = exact.micro_text(exact.py_cost_micro(row["connect_micro"], row["rate_micro"], b, a, d))
+        out.append({"_row": i, "_b_txt": str(b), "_cost_txt": cost})
+    return pl.DataFrame(out, schema=schema)
+
+
+def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, int_seconds: bool) -> pl.LazyFrame:
+    """The RATING.md output columns, lazily (so a file sink can stream them)."""
+    plan = core.lazy().with_row_index("_row")
+    b_txt = pl.col("_b").cast(pl.String)
+    cost_txt = exact.micro_text_expr(pl.col("_micro"))
+    if patches.height:
+        plan = plan.join(patches.lazy(), on="_row", how="left", maintain_order="left")
+        b_txt = pl.coalesce("_b_txt", b_txt)
+        cost_txt = pl.coalesce("_cost_txt", cost_txt)
+    status = pl.col("_code").replace_strict(list(_CODES.values()), list(_CODES), return_dtype=pl.String)
+    return plan.select(
+        status.alias("status"),
+        pl.col("_e164").alias("e164"),
+        _by_tid(tariff, "prefix").alias("matched_prefix"),
+        _by_tid(tariff, "description").alias("description"),
+        (pl.col("_b").cast(pl.Int64) if int_seconds else b_txt).alias("billable_seconds"),
+        _by_tid(tariff, "rate").alias("rate"),
+        _by_tid(tariff, "connect_fee").alias("connect_fee"),
+        pl.when(pl.col("_code") == _CODES["unanswered"])
+        .then(pl.lit("0.000000"))
+        .when(pl.col("_code") == _CODES["rated"])
+        .then(cost_txt)
+        .alias("cost"),
+    )
+
+
+def _output(
+    cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, markup: Decimal, source: str | Path, parquet: bool
+) -> tuple[pl.LazyFrame, dict[str, int]]:
+    """(the output rows, lazily; the count of rows per status)."""
+    require_columns(cdrs, source, CDR_REQUIRED)
+    a, d = exact.cost_fraction(markup)
+    core = _core(cdrs, tariff, numbering, a, d)
+    patches = _patches(core, cdrs, tariff, a, d)
+    # parquet gets an integer billable_seconds unless a value does not fit in Int64
+    int_seconds = parquet and patches.height == 0 and (core.get_column("_b").max() or 0) < 2**63
+    appended = _appended(core, tariff, patches, int_seconds)
+    kept = cdrs.drop([c for c in OUTPUT_COLUMNS if c in cdrs.columns])
+    codes = dict(core.get_column("_code").value_counts().iter_rows())
+    counts = {name: int(codes.get(code, 0)) for name, code in _CODES.items()}
+    return pl.concat([kept.lazy(), appended], how="horizontal"), counts
 
 
 def rate_cdrs(
@@ -140,90 +259,7 @@ def rate_cdrs(
     source: str | Path = "<cdrs>",
 ) -> pl.DataFrame:
     """Rate a CDR table (RATING.md "CDR columns") against a tariff; see the module docstring."""
-    require_columns(cdrs, source, CDR_REQUIRED)
-    a, d = exact.cost_fraction(markup)
-    dst = cdrs.get_column("dst")
-    work = pl.DataFrame(
-        {
-            "_row": pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True),
-            "_dup": ~cdrs.get_column("cdr_id").is_first_distinct(),
-            "_start": parse_starts(cdrs.get_column("start")),
-            "_dst": dst if dst.dtype == pl.String else dst.cast(pl.String, strict=False),
-        }
-    ).hstack(_billsec(cdrs.get_column("billsec")))
-    e164 = normalise_expr(pl.col("_dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
-    work = work.lazy().with_columns(e164.alias("_e164")).collect()  # lazy: polars evaluates shared parts once
-    found = match(work, tariff)
-    t = tariff.rows.select(
-        "_tid", "prefix", "description", "rate", "connect_fee", "rate_micro", "connect_micro",
-        "first_increment", "next_increment",
-    )
-    work = (
-        work.join(found, on="_row", how="left", maintain_order="left")
-        .join(t, on="_tid", how="left", maintain_order="left")
-        .with_columns(_status().alias("status"))
-    )
-    big = pl.col("_s_ok") & (pl.col("_s").is_null() | (pl.col("_s") >= exact.lit128(_BIG_SECONDS)))
-    b = exact.billable_expr(pl.col("_s"), pl.col("first_increment"), pl.col("next_increment"))
-    work = work.with_columns(
-        pl.when(pl.col("_s_txt") == "0")
-        .then(exact.lit128(0))
-        .when(pl.col("_tid").is_not_null() & ~big.fill_null(False))
-        .then(b)
-        .alias("_b"),
-        big.fill_null(False).alias("_big"),
-    )
-    rated = pl.col("status") == "rated"
-    costs = exact.cost_text(
-        work.with_columns(pl.when(rated).then(pl.col("_b")).alias("_b_rated")),
-        seconds="_b_rated",
-        rate="rate_micro",
-        connect="connect_micro",
-        a=a,
-        d=d,
-    )
-    work = work.with_columns(
-        costs.alias("_cost"),
-        pl.col("_b").cast(pl.String).alias("_b_txt"),
-    )
-    work = _big_rows(work, a, d)
-    appended = work.select(
-        "status",
-        pl.col("_e164").alias("e164"),
-        pl.col("prefix").alias("matched_prefix"),
-        "description",
-        pl.col("_b_txt").alias("billable_seconds"),
-        "rate",
-        "connect_fee",
-        pl.when(pl.col("status") == "unanswered").then(pl.lit("0.000000")).otherwise(pl.col("_cost")).alias("cost"),
-    )
-    kept = cdrs.drop([c for c in OUTPUT_COLUMNS if c in cdrs.columns])
-    return kept.hstack(appended)
-
-
-def _big_rows(work: pl.DataFrame, a: int, d: int) -> pl.DataFrame:
-    """Billable seconds and cost of matched rows whose billsec is too big for Int128, in Python."""
-    sel = work.select((pl.col("_big") & pl.col("_tid").is_not_null()).alias("x")).get_column("x")
-    if not sel.any():
-        return work
-    idx = sel.arg_true()
-    rows = work.select("_s_txt", "first_increment", "next_increment", "rate_micro", "connect_micro", "status")[idx]
-    b_txt, costs = [], []
-    for s_txt, first, nxt, rate, connect, status in rows.iter_rows():
-        b = exact.py_billable(int(s_txt), first, nxt)
-        b_txt.append(str(b))
-        costs.append(exact.micro_text(exact.py_cost_micro(connect, rate, b, a, d)) if status == "rated" else None)
-    return work.with_columns(
-        work.get_column("_b_txt").scatter(idx, pl.Series(b_txt, dtype=pl.String)),
-        work.get_column("_cost").scatter(idx, pl.Series(costs, dtype=pl.String)),
-    )
-
-
-def _for_parquet(out: pl.DataFrame) -> pl.DataFrame:
-    as_int = out.get_column("billable_seconds").cast(pl.Int64, strict=False)
-    if as_int.null_count() == out.get_column("billable_seconds").null_count():
-        return out.with_columns(as_int.alias("billable_seconds"))
-    return out
+    return _output(cdrs, tariff, numbering, markup, source, parquet=False)[0].collect()
 
 
 def summarise(out: pl.DataFrame) -> dict[str, int]:
@@ -240,16 +276,12 @@ def rate_files(
     markup: Decimal = Decimal(0),
 ) -> dict[str, int]:
     """`autobill rate`: read, rate, write OUT; returns the count of rows per status."""
-    from autobill.rating.io import file_format
-
-    file_format(out_path)  # refuse an unknown output type before any work
+    parquet = file_format(out_path) == ".parquet"  # refuse an unknown output type before any work
     tariff = load_tariff(tariff_path)
     cdrs = read_table(cdrs_path)
-    out = rate_cdrs(cdrs, tariff, numbering=numbering, markup=markup, source=cdrs_path)
-    if Path(out_path).suffix.lower() == ".parquet":
-        out = _for_parquet(out)
+    out, counts = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet)
     write_table(out, out_path)
-    return summarise(out)
+    return counts
 
 
 __all__ = ["InputError", "Numbering", "parse_markup", "rate_cdrs", "rate_files", "summarise"]

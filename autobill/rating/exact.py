@@ -114,6 +114,23 @@ def _e(expr: pl.Expr | int) -> pl.Expr:
     return expr.cast(I128) if isinstance(expr, pl.Expr) else lit128(expr)
 
 
+def cost_micro_exprs(
+    seconds: pl.Expr, rate: pl.Expr, connect: pl.Expr, a: pl.Expr | int, d: pl.Expr | int
+) -> tuple[pl.Expr, pl.Expr]:
+    """(exact cost in micro-units, needs-Python flag) for Int128 seconds / micro-unit inputs.
+
+    The micro-units are null where an input is null or where the row needs Python (flag True)."""
+    base_est = _f(connect) * 60.0 + _f(rate) * _f(seconds)
+    safe = ((base_est < SAFE_BOUND) & (base_est * 2.0 * _f(a) + _f(d) < SAFE_BOUND)).fill_null(False)
+    base = connect * lit128(60) + rate * seconds
+    fast = (lit128(2) * base * _e(a) + _e(d)) // (lit128(2) * _e(d))
+    inputs = seconds.is_not_null() & rate.is_not_null() & connect.is_not_null()
+    for x in (a, d):
+        if isinstance(x, pl.Expr):
+            inputs = inputs & x.is_not_null()
+    return pl.when(inputs & safe).then(fast), inputs & ~safe
+
+
 def cost_text(
     df: pl.DataFrame,
     *,
@@ -129,44 +146,22 @@ def cost_text(
     `a`/`d` are the factor fraction, as Int128 column names or one integer for every row."""
     a_expr = pl.col(a) if isinstance(a, str) else a
     d_expr = pl.col(d) if isinstance(d, str) else d
-    sec, rt, cn = pl.col(seconds), pl.col(rate), pl.col(connect)
-    base_est = _f(cn) * 60.0 + _f(rt) * _f(sec)
-    safe = (base_est < SAFE_BOUND) & (base_est * 2.0 * _f(a_expr) + _f(d_expr) < SAFE_BOUND)
-    base = cn * lit128(60) + rt * sec
-    fast = (lit128(2) * base * _e(a_expr) + _e(d_expr)) // (lit128(2) * _e(d_expr))
-    inputs_ok = sec.is_not_null() & rt.is_not_null() & cn.is_not_null()
-    if isinstance(a, str):
-        inputs_ok = inputs_ok & pl.col(a).is_not_null()
-    if isinstance(d, str):
-        inputs_ok = inputs_ok & pl.col(d).is_not_null()
+    micro, slow = cost_micro_exprs(pl.col(seconds), pl.col(rate), pl.col(connect), a_expr, d_expr)
     frame = (
         df.lazy()
-        .select(
-            pl.when(inputs_ok & safe).then(fast).alias("micro"),
-            (inputs_ok & ~safe.fill_null(False)).alias("slow"),
-        )
+        .select(micro.alias("micro"), slow.alias("slow"))
         .select(micro_text_expr(pl.col("micro")).alias("cost"), "slow")
         .collect()
     )
     out = frame.get_column("cost")
-    slow = frame.get_column("slow")
-    if slow.any():
-        idx = slow.arg_true()
+    slow_rows = frame.get_column("slow")
+    if slow_rows.any():
+        idx = slow_rows.arg_true()
         cols = [seconds, rate, connect] + [c for c in (a, d) if isinstance(c, str)]
-        rows = df.select(cols)[idx].rows()
         values = []
-        for row in rows:
-            got = dict(zip(cols, row, strict=True))
-            values.append(
-                micro_text(
-                    py_cost_micro(
-                        got[connect],
-                        got[rate],
-                        got[seconds],
-                        got[a] if isinstance(a, str) else a,
-                        got[d] if isinstance(d, str) else d,
-                    )
-                )
-            )
+        for row in df.select(cols)[idx].iter_rows(named=True):
+            a_val = row[a] if isinstance(a, str) else a
+            d_val = row[d] if isinstance(d, str) else d
+            values.append(micro_text(py_cost_micro(row[connect], row[rate], row[seconds], a_val, d_val)))
         out = out.scatter(idx, pl.Series(values, dtype=pl.String))
     return out

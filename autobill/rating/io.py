@@ -60,7 +60,27 @@ def read_table(path: str | Path) -> pl.DataFrame:
     except pl.exceptions.NoDataError:
         raise InputError(f"{path}: header (line 1): the file is empty; a header row is required") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure is reported as one line
-        raise InputError(f"{path}: cannot read {fmt[1:]}: {_one_line(exc)}") from None
+        located = _locate_csv_problem(path) if fmt == ".csv" else None
+        raise InputError(located or f"{path}: cannot read {fmt[1:]}: {_one_line(exc)}") from None
+
+
+def _locate_csv_problem(path: Path) -> str | None:
+    """On a CSV the fast reader refused, find the first row with more fields than the header."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            for i, row in enumerate(reader, start=1):
+                if len(row) > len(header):
+                    return (
+                        f"{path}: row {i} (line {reader.line_num}), column #{len(header) + 1}: "
+                        f"{len(row)} fields but the header has {len(header)}"
+                    )
+    except (OSError, csv.Error):
+        return None
+    return None
 
 
 def require_columns(df: pl.DataFrame, path: str | Path, columns: tuple[str, ...]) -> None:
@@ -69,16 +89,24 @@ def require_columns(df: pl.DataFrame, path: str | Path, columns: tuple[str, ...]
             raise header_error(path, column, f"missing required column (found: {', '.join(df.columns) or 'none'})")
 
 
-def write_table(df: pl.DataFrame, path: str | Path) -> None:
-    """Write atomically (temp file + rename) so a failed run never leaves half an output."""
+def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> None:
+    """Write atomically (temp file + rename) so a failed run never leaves half an output.
+
+    A LazyFrame is streamed to the file, so the output never has to sit in memory whole. Parquet
+    is snappy-compressed: every reader has it, and it costs far less CPU than zstd."""
     path = Path(path)
     fmt = file_format(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        if fmt == ".csv":
+        if isinstance(df, pl.LazyFrame):
+            if fmt == ".csv":
+                df.sink_csv(tmp, maintain_order=True)
+            else:
+                df.sink_parquet(tmp, maintain_order=True, compression="snappy")
+        elif fmt == ".csv":
             df.write_csv(tmp)
         else:
-            df.write_parquet(tmp)
+            df.write_parquet(tmp, compression="snappy")
         tmp.replace(path)
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)

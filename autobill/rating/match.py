@@ -49,7 +49,13 @@ def match(calls: pl.DataFrame, tariff: LoadedTariff) -> pl.DataFrame:
     null number or start never match."""
     need = ["_row", "_e164", "_start"] + (["_wk"] if tariff.has_bands else [])
     remaining = calls.select(need).filter(pl.col("_e164").is_not_null() & pl.col("_start").is_not_null())
-    remaining = remaining.with_columns(pl.col("_e164").str.len_bytes().cast(pl.Int32).alias("_n"))
+    # The number as an integer once; its first L digits are then one division (E.164 <= 15 digits).
+    remaining = remaining.select(
+        "_row", "_start", *(["_wk"] if tariff.has_bands else []),
+        pl.col("_e164").str.len_bytes().cast(pl.Int32).alias("_n"),
+        pl.col("_e164").cast(pl.UInt64).alias("_v"),
+    )
+    pow10 = pl.Series("p", [10**i for i in range(16)], dtype=pl.UInt64)
     found: list[pl.DataFrame] = []
     rows = tariff.rows
     for length in tariff.lengths:
@@ -61,7 +67,7 @@ def match(calls: pl.DataFrame, tariff: LoadedTariff) -> pl.DataFrame:
         counts = level.get_column("_key").value_counts()
         multi_keys = counts.filter(pl.col("count") > 1).get_column("_key")
         left = remaining.filter(pl.col("_n") >= length).with_columns(
-            pl.col("_e164").str.slice(0, length).cast(pl.UInt64).alias("_key")
+            (pl.col("_v") // pl.lit(pow10).gather(pl.col("_n") - length)).alias("_key")
         )
         if multi_keys.len() == 0:
             single = level
