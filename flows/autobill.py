@@ -13,10 +13,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from autobill.billing_day import billing_cutoff, choose_servers, default_billing_date
 from autobill.config import load_settings
+from flows.runners import nightly_task_runner
 from tasks.aggregate import record_billing_task
 from tasks.extract import extract_task_for
 from tasks.post import outstanding_uncertain_task, post_pending_task, surface_interrupted_task
@@ -35,7 +35,7 @@ def run_name() -> str:
     return f"autobill-{day}{'-dry-run' if params.get('dry_run') else ''}"
 
 
-@flow(name="autobill-nightly", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=8),
+@flow(name="autobill-nightly", flow_run_name=run_name, task_runner=nightly_task_runner(),
       validate_parameters=True)
 def nightly(
     billing_date: date | None = None,
