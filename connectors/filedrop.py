@@ -21,6 +21,12 @@ server's numbering rules, for every direction (an inbound row's `dst` is the DID
 Rules (DESIGN.md invariant 2, nothing disappears):
 - A file is read only when it has settled: not hidden, no `.part`/`.tmp` suffix, and not
   modified for `settle_seconds` (a writer still appending is not read half-way).
+- The window: a file is taken whole, so it is read only once every call in it ended before
+  `until` (the protocol's upper bound: a backfill of one date must not take the next date's
+  calls). A file with a call ending at or after `until` waits for a later run (noted). Calls
+  ending impossibly far ahead (after now + `validation.future_tolerance_seconds`) do not hold a
+  file back: that is bad data, read and quarantined, not a reason to wait forever. `since` does
+  not apply: an old call in a new file is a late CDR, billed, not dropped.
 - A file is identified by the sha256 of its bytes: a file whose hash is in `processed_files`
   (or seen earlier in the same pass, e.g. a renamed copy) is skipped. The hash is computed
   over the bytes that are then parsed, so a file changing under us cannot be half-recorded.
@@ -38,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -212,11 +218,14 @@ class FileDropConnector:
         return ready, waiting
 
     def extract(self, since: datetime | None, until: datetime, cursor: dict[str, Any] | None = None) -> Extracted:
-        """Every settled, unprocessed file, whatever the window (a file is billed whole, once)."""
+        """Every settled, unprocessed file whose calls all ended before `until` (see the module
+        docstring: a file is taken whole, once; `since` does not apply, old rows are late CDRs)."""
         sid = self.server.id
         ready, waiting = self.candidates()
         seen = self.processed_hashes()
-        frames, files, notes, bad = [], [], [], []
+        tolerance = self.settings.validation.future_tolerance_seconds if self.settings else 300
+        impossible = datetime.fromtimestamp(self._clock(), UTC) + timedelta(seconds=tolerance)
+        frames, files, notes, bad, later = [], [], [], [], []
         if waiting:
             notes.append(f"{sid}: {len(waiting)} file(s) still being written, left for the next run: "
                          + ", ".join(p.name for p in waiting[:5]))
@@ -235,10 +244,17 @@ class FileDropConnector:
             except BadFile as exc:
                 bad.append(str(exc))
                 continue
+            after = frame.filter((pl.col("end_utc") >= until) & (pl.col("end_utc") <= impossible)).height
+            if after:
+                later.append(f"{name} ({after} call(s))")
+                continue
             seen.add(digest)
             frames.append(frame)
             files.append((name, digest))
         notes.extend(f"{sid}: file left unprocessed: {b}" for b in bad)
+        if later:
+            notes.append(f"{sid}: file(s) with calls ending at or after {until.isoformat()} left for a later run: "
+                         + ", ".join(later[:5]) + (f" and {len(later) - 5} more" if len(later) > 5 else ""))
         if bad and not files:
             raise SourceError(f"{sid}: no file of {self.folder} could be read: " + "; ".join(bad))
         cdrs = pl.concat(frames) if frames else empty_cdrs()
