@@ -187,3 +187,11 @@ def test_exact_rounding_half_up(markup):
     cdr = [{"cdr_id": "a", "start": "2024-07-01T00:00:00Z", "billsec": "30", "dst": "+91", "note": ""}]
     got = engine_rows(tariff, cdr, markup)[0]["cost"]
     assert got == {"0": "0.000001", "12.5": "0.000001", "-100": "0.000000"}[markup]
+
+
+def test_markup_with_many_decimals_takes_the_exact_python_path():
+    """A factor too large for Int128 (here 40 decimals) is still exact: every row goes to Python."""
+    markup = "12.5000000000000000000000000000000000000001"
+    cdrs = [{"cdr_id": str(i), "start": "2024-07-01T00:00:00Z", "billsec": str(s), "dst": "+12125550100", "note": ""}
+            for i, s in enumerate([1, 61, 3599, 10**20])]
+    assert engine_rows(TARIFF, cdrs, markup) == ref_rate(TARIFF, cdrs, markup=Decimal(markup))

@@ -127,15 +127,16 @@ def _plans(settings: Settings, tariffs: dict[str, LoadedTariff]) -> pl.DataFrame
     return pl.DataFrame(rows, schema=schema)
 
 
-def _factors(settings: Settings, tariffs: dict[str, LoadedTariff]) -> pl.DataFrame:
-    """(plan, tariff_name) -> the cost fraction A/D of exact.py: markup and currency together."""
-    rows = []
+def _factors(settings: Settings, tariffs: dict[str, LoadedTariff]) -> tuple[pl.DataFrame, list[tuple[int, int]]]:
+    """(plan, tariff_name) -> index of its cost fraction A/D (exact.py): markup and fx together."""
+    rows, fractions = [], []
     for p in settings.plans:
-        for name in {p.tariff, p.inbound_tariff or p.tariff}:
+        for name in sorted({p.tariff, p.inbound_tariff or p.tariff}):
             fx = settings.rate(tariffs[name].currency, p.currency)
-            a, d = exact.cost_fraction(p.markup_percent, fx)
-            rows.append({"plan": p.name, "tariff_name": name, "_A": a, "_D": d})
-    return pl.DataFrame(rows, schema={"plan": pl.String, "tariff_name": pl.String, "_A": _I128, "_D": _I128})
+            rows.append({"plan": p.name, "tariff_name": name, "_factor": len(fractions)})
+            fractions.append(exact.cost_fraction(p.markup_percent, fx))
+    schema = {"plan": pl.String, "tariff_name": pl.String, "_factor": pl.UInt32}
+    return pl.DataFrame(rows, schema=schema), fractions
 
 
 def _countries(settings: Settings) -> pl.DataFrame:
@@ -247,7 +248,7 @@ def rate_for_billing(
     billsec) plus client_id, service_id, plan. `tariffs`: by config name (see load_tariffs).
     `included_used`: (service_id, period_start) -> included seconds already consumed."""
     plans = _plans(settings, tariffs)
-    factors = _factors(settings, tariffs)
+    factors, fractions = _factors(settings, tariffs)
     tz = settings.timezone
     df = (
         cdrs.select(
@@ -306,7 +307,9 @@ def rate_for_billing(
             "_fee"
         ),
     ).join(factors, on=["plan", "tariff_name"], how="left", maintain_order="left")
-    cost = exact.cost_text(df, seconds="_charged128", rate="rate_micro", connect="_fee", a="_A", d="_D")
+    cost = exact.cost_text(
+        df, seconds="_charged128", rate="rate_micro", connect="_fee", factors=fractions or [(0, 1)], factor="_factor"
+    )
     cc = pl.col("_cc")
     computed_class = (
         pl.when(direction == "inbound")

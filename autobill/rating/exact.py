@@ -114,20 +114,28 @@ def _e(expr: pl.Expr | int) -> pl.Expr:
     return expr.cast(I128) if isinstance(expr, pl.Expr) else lit128(expr)
 
 
+# A factor fraction whose terms exceed this cannot take the Int128 path at all.
+FACTOR_LIMIT = 2**100
+
+
 def cost_micro_exprs(
     seconds: pl.Expr, rate: pl.Expr, connect: pl.Expr, a: pl.Expr | int, d: pl.Expr | int
 ) -> tuple[pl.Expr, pl.Expr]:
     """(exact cost in micro-units, needs-Python flag) for Int128 seconds / micro-unit inputs.
 
-    The micro-units are null where an input is null or where the row needs Python (flag True)."""
-    base_est = _f(connect) * 60.0 + _f(rate) * _f(seconds)
-    safe = ((base_est < SAFE_BOUND) & (base_est * 2.0 * _f(a) + _f(d) < SAFE_BOUND)).fill_null(False)
-    base = connect * lit128(60) + rate * seconds
-    fast = (lit128(2) * base * _e(a) + _e(d)) // (lit128(2) * _e(d))
+    The micro-units are null where an input is null or where the row needs Python (flag True).
+    Integer `a`/`d` beyond FACTOR_LIMIT send every row to Python; expression `a`/`d` must be
+    below it (cost_text takes care of that)."""
     inputs = seconds.is_not_null() & rate.is_not_null() & connect.is_not_null()
     for x in (a, d):
         if isinstance(x, pl.Expr):
             inputs = inputs & x.is_not_null()
+    if any(isinstance(x, int) and x >= FACTOR_LIMIT for x in (a, d)):
+        return pl.lit(None, dtype=I128), inputs
+    base_est = _f(connect) * 60.0 + _f(rate) * _f(seconds)
+    safe = ((base_est < SAFE_BOUND) & (base_est * 2.0 * _f(a) + _f(d) < SAFE_BOUND)).fill_null(False)
+    base = connect * lit128(60) + rate * seconds
+    fast = (lit128(2) * base * _e(a) + _e(d)) // (lit128(2) * _e(d))
     return pl.when(inputs & safe).then(fast), inputs & ~safe
 
 
@@ -137,31 +145,45 @@ def cost_text(
     seconds: str,
     rate: str,
     connect: str,
-    a: str | int,
-    d: str | int,
+    factors: list[tuple[int, int]],
+    factor: str | None = None,
 ) -> pl.Series:
     """Exact cost text (6 decimals) per row of `df`; null where any input is null.
 
-    `seconds`, `rate` and `connect` name Int128 columns (the seconds charged, micro-units);
-    `a`/`d` are the factor fraction, as Int128 column names or one integer for every row."""
-    a_expr = pl.col(a) if isinstance(a, str) else a
-    d_expr = pl.col(d) if isinstance(d, str) else d
+    `seconds`, `rate` and `connect` name Int128 columns (the seconds charged, micro-units).
+    `factors` are (A, D) fractions (see cost_fraction); `factor` names a column of indexes into
+    it (one factor per row), or None to use `factors[0]` for every row."""
+    if factor is None:
+        a_expr: pl.Expr | int = factors[0][0]
+        d_expr: pl.Expr | int = factors[0][1]
+        oversize: pl.Expr = pl.lit(False)
+    else:
+        fits = [a < FACTOR_LIMIT and d < FACTOR_LIMIT for a, d in factors]
+        idx = pl.col(factor)
+        a_expr = pl.lit(pl.Series([a if ok else 0 for (a, _), ok in zip(factors, fits, strict=True)], dtype=I128)).gather(idx)
+        d_expr = pl.lit(pl.Series([d if ok else 1 for (_, d), ok in zip(factors, fits, strict=True)], dtype=I128)).gather(idx)
+        oversize = ~pl.lit(pl.Series(fits, dtype=pl.Boolean)).gather(idx)
     micro, slow = cost_micro_exprs(pl.col(seconds), pl.col(rate), pl.col(connect), a_expr, d_expr)
     frame = (
         df.lazy()
-        .select(micro.alias("micro"), slow.alias("slow"))
+        .select(
+            pl.when(~oversize.fill_null(False)).then(micro).alias("micro"),
+            (slow | (oversize.fill_null(False) & pl.col(seconds).is_not_null())).alias("slow"),
+        )
         .select(micro_text_expr(pl.col("micro")).alias("cost"), "slow")
         .collect()
     )
     out = frame.get_column("cost")
     slow_rows = frame.get_column("slow")
     if slow_rows.any():
-        idx = slow_rows.arg_true()
-        cols = [seconds, rate, connect] + [c for c in (a, d) if isinstance(c, str)]
+        idx_rows = slow_rows.arg_true()
+        cols = [seconds, rate, connect] + ([factor] if factor else [])
         values = []
-        for row in df.select(cols)[idx].iter_rows(named=True):
-            a_val = row[a] if isinstance(a, str) else a
-            d_val = row[d] if isinstance(d, str) else d
-            values.append(micro_text(py_cost_micro(row[connect], row[rate], row[seconds], a_val, d_val)))
-        out = out.scatter(idx, pl.Series(values, dtype=pl.String))
+        for row in df.select(cols)[idx_rows].iter_rows(named=True):
+            a, d = factors[row[factor]] if factor else factors[0]
+            if row[seconds] is None or row[rate] is None or row[connect] is None:
+                values.append(None)
+                continue
+            values.append(micro_text(py_cost_micro(row[connect], row[rate], row[seconds], a, d)))
+        out = out.scatter(idx_rows, pl.Series(values, dtype=pl.String))
     return out
