@@ -33,10 +33,12 @@ from sqlalchemy.orm import Session
 import sql
 from autobill.cdr import CDR_SCHEMA, conform, empty_cdrs
 from autobill.config import Settings
+from autobill.ledger.bulk import dialect_of, insert_rows, keys_present, utc_text
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, Charge, ExtractionBatch, ServerWatermark, UnratedCDR
+from autobill.ledger.models import BilledCDR, Charge, UnratedCDR
 from autobill.money import round_minor
 from autobill.timeutil import utc_now
+from tasks.extract import commit_batch_in
 
 FINAL_OUTCOMES = ("billed", "included", "zero_cost")
 OUTCOMES = (*FINAL_OUTCOMES, "unrated")
@@ -137,11 +139,7 @@ def with_billing_date(cdrs: pl.DataFrame, timezone: str) -> pl.DataFrame:
 
 
 def _final_keys(session: Session, keys: list[str]) -> set[str]:
-    found: set[str] = set()
-    for i in range(0, len(keys), _CHUNK):
-        chunk = keys[i : i + _CHUNK]
-        found.update(session.scalars(select(BilledCDR.cdr_key).where(BilledCDR.cdr_key.in_(chunk))))
-    return found
+    return keys_present(session, BilledCDR.__table__, "cdr_key", keys)
 
 
 def _check(rated: pl.DataFrame) -> None:
@@ -191,44 +189,56 @@ def _record_once(
         if dry_run:
             session.rollback()
             return record
+        dialect = dialect_of(session)
         now = utc_now()
-        charge_of: dict[str, int] = {}
-        for line in lines:
-            charge = Charge(
-                idempotency_key=line.idempotency_key, client_id=line.client_id, service_id=line.service_id,
-                billing_date=line.billing_date, charge_class=line.charge_class, currency=line.currency,
-                amount=line.amount, exact_amount=line.exact_amount, billable_seconds=line.charged_seconds,
-                cdr_count=line.cdr_count, tariff_version=line.tariff_version, description=line.description,
-                state="pending" if line.amount != 0 else "zero", run_id=run_id, created_at=now,
-            )
-            session.add(charge)
-            session.flush()
-            record.charge_ids.append(charge.id)
-            for key in line.cdr_keys:
-                charge_of[key] = charge.id
+        record.charge_ids = _insert_charges(session, lines, run_id, now)
+        charge_of = pl.DataFrame(
+            {"cdr_key": [k for ln in lines for k in ln.cdr_keys],
+             "charge_id": [cid for ln, cid in zip(lines, record.charge_ids, strict=True) for _ in ln.cdr_keys]},
+            schema={"cdr_key": pl.String, "charge_id": pl.Int64},
+        )
         final = todo.filter(pl.col("outcome").is_in(FINAL_OUTCOMES))
-        rows = [
-            {
-                "cdr_key": r["cdr_key"], "server": r["server"], "client_id": r["client_id"],
-                "service_id": r["service_id"], "billing_date": r["billing_date"], "outcome": r["outcome"],
-                "charge_id": charge_of.get(r["cdr_key"]), "cost": Decimal(str(r["cost"] or 0)),
-                "billable_seconds": int(r["billable_seconds"] or 0),
-                "included_seconds": int(r["included_seconds"] or 0), "run_id": run_id, "created_at": now,
-            }
-            for r in final.select(
-                "cdr_key", "server", "client_id", "service_id", "billing_date", "outcome", "cost",
-                "billable_seconds", "included_seconds",
-            ).iter_rows(named=True)
-        ]
-        for i in range(0, len(rows), _CHUNK):
-            session.execute(BilledCDR.__table__.insert(), rows[i : i + _CHUNK])
-        _resolve_unrated(session, final["cdr_key"].to_list(), now)
+        rows = (
+            final.join(charge_of, on="cdr_key", how="left")
+            .select(
+                "cdr_key", "server", pl.col("client_id").cast(pl.Int64), pl.col("service_id").cast(pl.Int64),
+                pl.col("billing_date").cast(pl.String), "outcome", "charge_id",
+                pl.col("cost").cast(pl.String).fill_null("0"),
+                pl.col("billable_seconds").fill_null(0).cast(pl.Int64),
+                pl.col("included_seconds").fill_null(0).cast(pl.Int64),
+                pl.lit(run_id, pl.Int64).alias("run_id"), pl.lit(utc_text(now, dialect)).alias("created_at"),
+            )
+        )
+        insert_rows(session, BilledCDR.__table__, rows.columns, rows.iter_rows(), encoded=True)
+        carried = final.filter(pl.col("source") == "unrated") if "source" in final.columns else final
+        _resolve_unrated(session, carried["cdr_key"].to_list(), now)
         _upsert_unrated(session, todo.filter(pl.col("outcome") == "unrated"), now)
-        _commit_batches(session, batch_ids)
+        for batch_id in batch_ids:
+            commit_batch_in(session, batch_id)  # the watermark moves with the billing, never before
         return record
 
 
-def _resolve_unrated(session: Session, keys: list[str], now) -> None:
+def _insert_charges(session: Session, lines: list[ChargeLine], run_id: int | None, now: datetime) -> list[int]:
+    """Insert the charge lines; returns their ids in `lines` order."""
+    columns = ("idempotency_key", "client_id", "service_id", "billing_date", "charge_class", "currency", "amount",
+               "exact_amount", "billable_seconds", "cdr_count", "tariff_version", "description", "state",
+               "attempts", "run_id", "created_at")
+    insert_rows(session, Charge.__table__, columns, (
+        (ln.idempotency_key, ln.client_id, ln.service_id, ln.billing_date, ln.charge_class, ln.currency, ln.amount,
+         ln.exact_amount, ln.charged_seconds, ln.cdr_count, ln.tariff_version, ln.description,
+         "pending" if ln.amount != 0 else "zero", 0, run_id, now)
+        for ln in lines
+    ))
+    keys = [ln.idempotency_key for ln in lines]
+    ids: dict[str, int] = {}
+    for i in range(0, len(keys), _CHUNK):
+        ids.update(session.execute(
+            select(Charge.idempotency_key, Charge.id).where(Charge.idempotency_key.in_(keys[i : i + _CHUNK]))
+        ).tuples().all())
+    return [ids[k] for k in keys]
+
+
+def _resolve_unrated(session: Session, keys: list[str], now: datetime) -> None:
     for i in range(0, len(keys), _CHUNK):
         session.execute(
             update(UnratedCDR)
@@ -237,54 +247,33 @@ def _resolve_unrated(session: Session, keys: list[str], now) -> None:
         )
 
 
-def _upsert_unrated(session: Session, unrated: pl.DataFrame, now) -> None:
+def _upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> None:
+    """New unrated CDRs are inserted with their canonical row; known ones count another attempt."""
     if unrated.height == 0:
         return
-    existing = {
-        u.cdr_key: u
-        for i in range(0, unrated.height, _CHUNK)
-        for u in session.scalars(
-            select(UnratedCDR).where(UnratedCDR.cdr_key.in_(unrated["cdr_key"][i : i + _CHUNK].to_list()))
+    known = sorted(keys_present(session, UnratedCDR.__table__, "cdr_key", unrated["cdr_key"].to_list()))
+    for i in range(0, len(known), _CHUNK):
+        session.execute(
+            update(UnratedCDR).where(UnratedCDR.cdr_key.in_(known[i : i + _CHUNK]))
+            .values(attempts=UnratedCDR.attempts + 1, last_seen=now)
         )
-    }
-    row_cols = [c for c in CDR_SCHEMA if c in unrated.columns]
-    for r in unrated.iter_rows(named=True):
-        reason = r.get("unrated_reason") or "no_rate"
-        prior = existing.get(r["cdr_key"])
-        if prior is not None:
-            prior.attempts += 1
-            prior.last_seen = now
-            prior.reason = reason
-            continue
-        session.add(
-            UnratedCDR(
-                cdr_key=r["cdr_key"], server=r["server"], billing_date=r["billing_date"],
-                rate_number=r.get("rate_number"), reason=reason,
-                row=_row_json(r, row_cols), first_seen=now, last_seen=now,
-            )
-        )
+    new = unrated.filter(~pl.col("cdr_key").is_in(list(known)))
+    if new.height == 0:
+        return
+    row_cols = [c for c in CDR_SCHEMA if c in new.columns]
+    reason = pl.col("unrated_reason").fill_null("no_rate") if "unrated_reason" in new.columns else pl.lit("no_rate")
+    insert_rows(session, UnratedCDR.__table__,
+                ("cdr_key", "server", "billing_date", "rate_number", "reason", "row", "attempts", "first_seen",
+                 "last_seen"),
+                (
+                    (r["cdr_key"], r["server"], r["billing_date"], r.get("rate_number"), r["_reason"],
+                     _row_json(r, row_cols), 1, now, now)
+                    for r in new.with_columns(reason.alias("_reason")).iter_rows(named=True)
+                ))
 
 
 def _row_json(row: dict, columns: list[str]) -> str:
     return json.dumps({c: row[c].isoformat() if isinstance(row[c], datetime) else row[c] for c in columns})
-
-
-def _commit_batches(session: Session, batch_ids: list[int]) -> None:
-    """Move the watermarks of the batches billed in this transaction (never before)."""
-    for batch in session.scalars(select(ExtractionBatch).where(ExtractionBatch.id.in_(batch_ids))):
-        if batch.status == "committed":
-            continue
-        mark = session.get(ServerWatermark, batch.server)
-        if mark is None:
-            mark = ServerWatermark(server=batch.server)
-            session.add(mark)
-        if batch.proposed_watermark is not None and (
-            mark.watermark_utc is None or batch.proposed_watermark > mark.watermark_utc
-        ):
-            mark.watermark_utc = batch.proposed_watermark
-        if batch.proposed_cursor is not None:
-            mark.cursor = batch.proposed_cursor
-        batch.status = "committed"
 
 
 def unrated_rows(settings: Settings, billing_date: date) -> pl.DataFrame:

@@ -4,7 +4,7 @@ What is rated together, each row tagged with its `source`:
 - `batch`: the validated rows of this run's extraction batches;
 - `unrated`: rows still unrated from earlier runs (a tariff or mapping fix bills them now);
 - `requeued`: rows an operator released from quarantine, validated again this run.
-Only billing dates up to the run's date are rated; the allowance of included minutes already
+Each row keeps its own billing date (the local date of its start); the allowance of included minutes already
 consumed in each billing period is read from the ledger, so a period's minutes are shared
 across runs in call-start order.
 """
@@ -38,8 +38,10 @@ def gather(settings: Settings, day: date, validated: list[str], requeued_path: s
         parts.append(conform(pl.read_parquet(requeued_path)).with_columns(pl.lit("requeued").alias("source")))
     parts.append(unrated_rows(settings, day).with_columns(pl.lit("unrated").alias("source")))
     frame = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema={**CDR_SCHEMA, "source": pl.String})
-    frame = with_billing_date(frame.unique("cdr_key", keep="first", maintain_order=True), settings.timezone)
-    return frame.filter(pl.col("billing_date") <= day)
+    # No filter on the billing date here: a row dropped now would be lost once its batch commits.
+    # Rows of later dates (released quarantine rows, a file holding the next day's first calls)
+    # are billed with their own billing date on their charge line.
+    return with_billing_date(frame.unique("cdr_key", keep="first", maintain_order=True), settings.timezone)
 
 
 def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, date], int]:

@@ -27,6 +27,10 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # A nightly writes ~1M billed-CDR keys: the 2 MB default page cache thrashes on their
+            # indexes. synchronous stays FULL: a lost `posting` commit could mean a re-post.
+            cur.execute("PRAGMA cache_size=-262144")  # 256 MB
+            cur.execute("PRAGMA temp_store=MEMORY")
             cur.close()
 
     return engine
