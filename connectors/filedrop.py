@@ -21,12 +21,15 @@ server's numbering rules, for every direction (an inbound row's `dst` is the DID
 Rules (DESIGN.md invariant 2, nothing disappears):
 - A file is read only when it has settled: not hidden, no `.part`/`.tmp` suffix, and not
   modified for `settle_seconds` (a writer still appending is not read half-way).
-- The window: a file is taken whole, so it is read only once every call in it ended before
+- The window: a file is taken whole, so it is read only once every call in it *started* before
   `until` (the protocol's upper bound: a backfill of one date must not take the next date's
-  calls). A file with a call ending at or after `until` waits for a later run (noted). Calls
-  ending impossibly far ahead (after now + `validation.future_tolerance_seconds`) do not hold a
-  file back: that is bad data, read and quarantined, not a reason to wait forever. `since` does
-  not apply: an old call in a new file is a late CDR, billed, not dropped.
+  calls, and a call belongs to the date it started). A file is complete when it is dropped, so
+  a call that started before midnight and ended after it does not hold back the day's file (with
+  an end-based rule every day file with a call crossing midnight would be billed a day late). A
+  file with a call starting at or after `until` waits for a later run (noted). Calls starting
+  impossibly far ahead (after now + `validation.future_tolerance_seconds`) do not hold a file
+  back: that is bad data, read and quarantined, not a reason to wait forever. `since` does not
+  apply: an old call in a new file is a late CDR, billed, not dropped.
 - A file is identified by the sha256 of its bytes: a file whose hash is in `processed_files`
   (or seen earlier in the same pass, e.g. a renamed copy) is skipped. The hash is computed
   over the bytes that are then parsed, so a file changing under us cannot be half-recorded.
@@ -218,7 +221,7 @@ class FileDropConnector:
         return ready, waiting
 
     def extract(self, since: datetime | None, until: datetime, cursor: dict[str, Any] | None = None) -> Extracted:
-        """Every settled, unprocessed file whose calls all ended before `until` (see the module
+        """Every settled, unprocessed file whose calls all started before `until` (see the module
         docstring: a file is taken whole, once; `since` does not apply, old rows are late CDRs)."""
         sid = self.server.id
         ready, waiting = self.candidates()
@@ -244,7 +247,7 @@ class FileDropConnector:
             except BadFile as exc:
                 bad.append(str(exc))
                 continue
-            after = frame.filter((pl.col("end_utc") >= until) & (pl.col("end_utc") <= impossible)).height
+            after = frame.filter((pl.col("start_utc") >= until) & (pl.col("start_utc") <= impossible)).height
             if after:
                 later.append(f"{name} ({after} call(s))")
                 continue
@@ -253,7 +256,7 @@ class FileDropConnector:
             files.append((name, digest))
         notes.extend(f"{sid}: file left unprocessed: {b}" for b in bad)
         if later:
-            notes.append(f"{sid}: file(s) with calls ending at or after {until.isoformat()} left for a later run: "
+            notes.append(f"{sid}: file(s) with calls starting at or after {until.isoformat()} left for a later run: "
                          + ", ".join(later[:5]) + (f" and {len(later) - 5} more" if len(later) > 5 else ""))
         if bad and not files:
             raise SourceError(f"{sid}: no file of {self.folder} could be read: " + "; ".join(bad))

@@ -127,12 +127,13 @@ def test_parquet_typed_columns_bad_rows_and_duplicates(tmp_path: Path, sqlite_ur
     assert json.loads(p3["source_row"])["start"] == "yesterday"  # the text survives for quarantine
 
 
-def test_a_file_with_calls_after_until_waits_unless_they_are_impossible(tmp_path: Path) -> None:
+def test_a_file_with_calls_starting_after_until_waits_unless_they_are_impossible(tmp_path: Path) -> None:
     drop = tmp_path / "drop"
     drop.mkdir()
     server = FileDropServer(id="drop", kind="file", path=drop, pattern="*.csv", settle_seconds=0)
     now = datetime(2026, 6, 2, 0, 55, tzinfo=UTC).timestamp()  # the nightly run, just after the cutoff
-    csv(drop / "day1.csv", "a1,2026-06-01T23:00:00Z,60,6135550123,outbound,acme,,")
+    csv(drop / "day1.csv", "a1,2026-06-01T23:00:00Z,60,6135550123,outbound,acme,,",
+        "a2,2026-06-01T23:59:00Z,240,6135550123,outbound,acme,,")  # fmt: skip  (ends after midnight: still day 1)
     csv(drop / "spans.csv", "b1,2026-06-01T23:50:00Z,60,6135550123,outbound,acme,,",
         "b2,2026-06-02T00:10:00Z,60,6135550123,outbound,acme,,")  # fmt: skip
     csv(drop / "bogus.csv", "c1,2026-06-01T12:00:00Z,60,6135550123,outbound,acme,,",
@@ -141,6 +142,7 @@ def test_a_file_with_calls_after_until_waits_unless_they_are_impossible(tmp_path
         os.utime(f, (now - 3600, now - 3600))
     got = FileDropConnector(server, processed=set(), clock=lambda: now).extract(None, UNTIL, None)
     assert sorted(f[0] for f in got.files) == ["bogus.csv", "day1.csv"]  # 2099 is bad data, not a reason to wait
+    assert got.cdrs.filter(pl.col("cdr_key") == "drop:a2")["end_utc"].item() > UNTIL  # crosses midnight, taken
     assert any("spans.csv (1 call(s))" in n for n in got.notes)
     later = FileDropConnector(server, processed={h for _, h in got.files}, clock=lambda: now + 86400)
     assert [f[0] for f in later.extract(None, datetime(2026, 6, 3, tzinfo=UTC), None).files] == ["spans.csv"]
