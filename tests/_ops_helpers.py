@@ -114,6 +114,16 @@ class BillingWorld:
                 s.expunge(r)
             return rows
 
+    def ledger_states(self) -> dict[str, int]:
+        """cdr_key -> in how many final-or-waiting ledger states it is (billed_cdrs, unrated, quarantine)."""
+        from autobill.ledger.models import QuarantinedRow, UnratedCDR
+
+        counts: Counter[str] = Counter()
+        with session_scope(self.settings.ledger) as s:
+            for model in (BilledCDR, UnratedCDR, QuarantinedRow):
+                counts.update(k for k in s.scalars(select(model.cdr_key)) if k is not None)
+        return dict(counts)
+
     def charge_signature(self) -> list[tuple]:
         """What was charged, independent of ids and timing: sortable tuples."""
         return sorted((c.idempotency_key, c.client_id, c.service_id, c.billing_date, c.charge_class,
