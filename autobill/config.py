@@ -202,6 +202,8 @@ class WHMCS(_Strict):
     # WHMCS < 8.2 takes `hours` instead of `unit`/`quantity` (domain.md §2.2).
     legacy_hours: bool = False
     page_size: Annotated[int, Field(ge=1, le=1000)] = 250
+    # Charges posted concurrently (each still claimed, posted and committed one by one).
+    post_workers: Annotated[int, Field(ge=1, le=32)] = 4
     # Client custom field name -> WHMCS field id (GetClientsDetails returns ids, not names).
     custom_field_ids: dict[str, Annotated[int, Field(ge=1)]] = {}
 

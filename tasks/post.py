@@ -15,7 +15,9 @@ Charges whose rounded amount is zero are `zero` and never posted.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -128,17 +130,46 @@ def post_charge(settings: Settings, client: BillableItemPoster, charge_id: int, 
 
 def post_pending(
     settings: Settings,
-    client: BillableItemPoster,
+    client: BillableItemPoster | Callable[[], BillableItemPoster],
     run_id: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> PostingReport:
-    """Post every pending charge, oldest first; `progress(done, total)` is called as it goes."""
+    """Post every pending charge, oldest first; `progress(done, total)` is called as it goes.
+
+    With `workers` > 1, `client` is a factory called once per worker thread (an HTTP session is
+    not shared between threads). Concurrency is safe: each charge is claimed atomically first."""
     report = PostingReport()
     ids = pending_charge_ids(settings)
-    for done, charge_id in enumerate(ids, start=1):
-        post_charge(settings, client, charge_id, report, run_id)
-        if progress is not None:
-            progress(done, len(ids))
+    if workers <= 1 or len(ids) <= 1:
+        poster = client() if callable(client) and not hasattr(client, "add_billable_item") else client
+        for done, charge_id in enumerate(ids, start=1):
+            post_charge(settings, poster, charge_id, report, run_id)
+            if progress is not None:
+                progress(done, len(ids))
+        return report
+    local = threading.local()
+    lock = threading.Lock()
+
+    def one(charge_id: int) -> None:
+        if not hasattr(local, "client"):
+            local.client = client()
+        own = PostingReport()
+        post_charge(settings, local.client, charge_id, own, run_id)
+        with lock:
+            report.posted += own.posted
+            for ccy, amount in own.amount_posted.items():
+                report.amount_posted[ccy] = report.amount_posted.get(ccy, Decimal(0)) + amount
+            report.uncertain += own.uncertain
+            report.failed += own.failed
+            report.skipped += own.skipped
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") as pool:
+        futures = [pool.submit(one, charge_id) for charge_id in ids]
+        for done, future in enumerate(as_completed(futures), start=1):
+            future.result()
+            if progress is not None:
+                progress(done, len(ids))
     return report
 
 
@@ -205,8 +236,17 @@ def post_pending_task(settings: Settings, run_id: int | None = None) -> PostingR
             update_progress_artifact(artifact, pct, description=f"{done}/{total} charges")
             step["last"] = pct
 
-    with WhmcsClient.from_settings(settings.whmcs) as client:
-        report = post_pending(settings, client, run_id, progress)
+    clients: list[WhmcsClient] = []
+
+    def new_client() -> WhmcsClient:
+        clients.append(WhmcsClient.from_settings(settings.whmcs))
+        return clients[-1]
+
+    try:
+        report = post_pending(settings, new_client, run_id, progress, workers=settings.whmcs.post_workers)
+    finally:
+        for c in clients:
+            c.close()
     update_progress_artifact(artifact, 100.0, description=f"done: {report.posted} posted")
     logger.info("posted %s charge(s) %s; %s uncertain; %s failed", report.posted, report.amount_posted,
                 len(report.uncertain), len(report.failed))

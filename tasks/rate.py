@@ -73,13 +73,17 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
 
     cdrs = assign_services(gather(settings, day, validated, requeued_path), settings)
     rated = rate_for_billing(cdrs, settings, load_tariffs(settings), included_used(settings, cdrs))
-    extra = [c for c in ("server", "billing_date", "source", "rate_number", "start_utc") if c not in rated.columns]
-    rated = rated.join(cdrs.select("cdr_key", *extra), on="cdr_key", how="left") if extra else rated
-    # Rows to rate again later keep their canonical columns (unrated_cdrs.row).
-    keep = [c for c in CDR_SCHEMA if c not in rated.columns]
-    rated = rated.join(cdrs.select("cdr_key", *keep), on="cdr_key", how="left") if keep else rated
     if rated.height != cdrs.height:
         raise RuntimeError(f"rating returned {rated.height} rows for {cdrs.height} CDRs")
+    extra = [c for c in ("server", "billing_date", "source", "rate_number", "start_utc") if c not in rated.columns]
+    rated = rated.join(cdrs.select("cdr_key", *extra), on="cdr_key", how="left") if extra else rated
+    # Only rows to rate again later keep their whole canonical row (unrated_cdrs.row); carrying
+    # `source_row` for a million billed calls would triple the step's memory.
+    keep = [c for c in CDR_SCHEMA if c not in rated.columns]
+    unrated = rated.filter(pl.col("outcome") == "unrated").join(cdrs.select("cdr_key", *keep), on="cdr_key",
+                                                               how="left")
+    del cdrs
+    rated = pl.concat([rated.filter(pl.col("outcome") != "unrated"), unrated], how="diagonal_relaxed")
     path = settings.data_path / "rated" / f"run-{run_id if run_id is not None else 'adhoc'}.parquet"
     lake.write_parquet_atomic(rated, path)
     return path

@@ -222,14 +222,15 @@ def test_killed_run_double_bills_nothing_and_surfaces_the_uncertain_charge(env, 
             proc.kill()
     env.sandbox.clear_faults()
     killed = [c for c in env.charges() if c.state == "posting"]
-    assert len(killed) == 1
+    workers = env.settings.whmcs.post_workers
+    assert 1 <= len(killed) <= workers  # the charges in flight when the process died
     rerun = env.run(D1)
-    assert killed[0].idempotency_key in rerun["uncertain"]
+    assert {c.idempotency_key for c in killed} <= set(rerun["uncertain"])
     states = Counter(c.state for c in env.charges())
-    assert states["uncertain"] == 1 and states["posting"] == 0 and states["pending"] == 0
+    assert states["uncertain"] == len(killed) and states["posting"] == 0 and states["pending"] == 0
     items = env.sandbox.billable_items()
-    key = killed[0].idempotency_key
-    assert len([i for i in items if key in i["description"]]) <= 1  # at most once, never twice
+    for c in killed:  # at most once, never twice: it may or may not have reached WHMCS
+        assert len([i for i in items if c.idempotency_key in i["description"]]) <= 1
     for c in env.charges():
         if c.state == "posted":
             assert len([i for i in items if c.idempotency_key in i["description"]]) == 1
