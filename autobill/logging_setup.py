@@ -46,7 +46,7 @@ class RunLogFileHandler(RotatingFileHandler):
 def file_formatter() -> logging.Formatter:
     from prefect.logging.formatters import PrefectFormatter
 
-    return PrefectFormatter(fmt=FILE_FORMAT, flow_run_fmt=FLOW_FORMAT, task_run_fmt=TASK_FORMAT)
+    return PrefectFormatter(FILE_FORMAT, flow_run_fmt=FLOW_FORMAT, task_run_fmt=TASK_FORMAT)
 
 
 def default_log_file() -> Path:
@@ -60,6 +60,9 @@ def default_log_file() -> Path:
 
 def use_file_logging(path: str | os.PathLike | None = None, level: int = logging.INFO) -> Path:
     """Attach the rotating file handler to the root logger of this process (idempotent per path)."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # Prefect configures logging lazily; a later dictConfig would drop our handler
     target = Path(path) if path is not None else default_log_file()
     root = logging.getLogger()
     for h in root.handlers:

@@ -220,6 +220,17 @@ def run_child_subflow(settings: Settings, day: date, params: dict[str, Any]) -> 
                       state.message or "")
 
 
+def _durations(settings: Settings, logger) -> None:
+    """The nightly duration history (artifact `autobill-run-durations`): a backfill is when runs pile up."""
+    from autobill.durations import analyse, publish_artifact
+    from tasks.runs import run_history
+
+    report = analyse(run_history(settings, "nightly", 30), settings.nightly_budget_minutes, settings.tz)
+    publish_artifact(report)
+    for warning in report.warnings:
+        logger.warning("run durations: %s", warning)
+
+
 def backfill_run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -288,6 +299,7 @@ def backfill(
     summary.update({"start_date": start_date.isoformat(), "end_date": end_date.isoformat(), "dry_run": dry_run})
     create_markdown_artifact(markdown(summary, start_date, end_date, dry_run), key="autobill-backfill-summary",
                              description=f"Backfill {start_date} .. {end_date}")
+    _durations(settings, logger)
     if summary["not_completed"]:
         return Failed(message=f"partial: not completed: {', '.join(summary['not_completed'])}", data=summary)
     return Completed(message=f"backfilled {len(days)} date(s)", data=summary)
