@@ -204,6 +204,8 @@ class WHMCS(_Strict):
     page_size: Annotated[int, Field(ge=1, le=1000)] = 250
     # Charges posted concurrently (each still claimed, posted and committed one by one).
     post_workers: Annotated[int, Field(ge=1, le=32)] = 4
+    # Charges claimed / settled per ledger commit; after a crash up to this many need reconciling.
+    post_batch: Annotated[int, Field(ge=1, le=500)] = 20
     # Client custom field name -> WHMCS field id (GetClientsDetails returns ids, not names).
     custom_field_ids: dict[str, Annotated[int, Field(ge=1)]] = {}
 

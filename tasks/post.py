@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -80,52 +80,82 @@ def pending_charge_ids(settings: Settings) -> list[int]:
         return list(session.scalars(select(Charge.id).where(Charge.state == "pending").order_by(Charge.id)))
 
 
-def _claim(settings: Settings, charge_id: int, run_id: int | None) -> Charge | None:
+@dataclass
+class _Sent:
+    charge: Charge
+    state: str  # posted | uncertain | failed
+    billable_id: int | None = None
+    error: str | None = None
+
+
+def _claim(settings: Settings, charge_ids: list[int]) -> list[Charge]:
+    """pending -> posting for these charges, committed before any of them is sent. Each row is
+    claimed by its own conditional UPDATE, so of two runs racing, exactly one gets it."""
     with session_scope(settings.ledger) as session:
-        claimed = session.execute(
-            update(Charge)
-            .where(Charge.id == charge_id, Charge.state == "pending")
-            .values(state="posting", posting_started_at=utc_now(), attempts=Charge.attempts + 1, last_error=None)
-        ).rowcount
-        if claimed != 1:
-            return None
-        charge = session.get(Charge, charge_id)
-        session.expunge(charge)
-        return charge
+        now, mine = utc_now(), []
+        for charge_id in charge_ids:
+            claimed = session.execute(
+                update(Charge)
+                .where(Charge.id == charge_id, Charge.state == "pending")
+                .values(state="posting", posting_started_at=now, attempts=Charge.attempts + 1, last_error=None)
+            ).rowcount
+            if claimed == 1:
+                mine.append(charge_id)
+        charges = list(session.scalars(select(Charge).where(Charge.id.in_(mine)).order_by(Charge.id)))
+        for charge in charges:
+            session.expunge(charge)
+        return charges
 
 
-def _set(settings: Settings, charge_id: int, from_states: tuple[str, ...], **values) -> None:
-    with session_scope(settings.ledger) as session:
-        session.execute(update(Charge).where(Charge.id == charge_id, Charge.state.in_(from_states)).values(**values))
-
-
-def post_charge(settings: Settings, client: BillableItemPoster, charge_id: int, report: PostingReport,
-                run_id: int | None = None) -> str:
-    """Post one pending charge; returns posted | uncertain | failed | skipped."""
+def _send(client: BillableItemPoster, charge: Charge) -> _Sent:
+    """One AddBillableItem; no ledger I/O here."""
     from connectors.whmcs import WhmcsError, WhmcsUncertainError
 
-    charge = _claim(settings, charge_id, run_id)
-    if charge is None:
-        report.skipped += 1
-        return "skipped"
     try:
         billable_id = client.add_billable_item(charge.client_id, charge.description,
                                                round_minor(charge.amount, charge.currency), QUANTITY,
                                                currency=charge.currency)
     except WhmcsUncertainError as exc:
-        _set(settings, charge_id, ("posting",), state="uncertain", last_error=str(exc)[:2000])
-        report.uncertain.append(charge.idempotency_key)
-        return "uncertain"
+        return _Sent(charge, "uncertain", error=str(exc)[:2000])
     except WhmcsError as exc:
         # WHMCS answered with an error, or the request certainly never reached it: not posted.
-        _set(settings, charge_id, ("posting",), state="pending", last_error=str(exc)[:2000])
-        report.failed.append((charge.idempotency_key, str(exc)))
-        return "failed"
-    # A concurrent run may have marked it uncertain meanwhile; we know better now.
-    _set(settings, charge_id, ("posting", "uncertain"), state="posted", whmcs_billable_id=int(billable_id),
-         posted_at=utc_now(), last_error=None)
-    report.add_posted(charge.currency, charge.amount)
-    return "posted"
+        return _Sent(charge, "failed", error=str(exc)[:2000])
+    except Exception as exc:  # noqa: BLE001 - unknown whether it was sent: never re-post blindly
+        return _Sent(charge, "uncertain", error=f"unexpected error while posting: {exc!r}"[:2000])
+    return _Sent(charge, "posted", billable_id=int(billable_id))
+
+
+def _settle(settings: Settings, sent: list[_Sent], report: PostingReport) -> None:
+    """Record what WHMCS said, for a batch of charges, in one transaction."""
+    with session_scope(settings.ledger) as session:
+        for s in sent:
+            where = update(Charge).where(Charge.id == s.charge.id)
+            if s.state == "posted":
+                # A concurrent run may have marked it uncertain meanwhile; we know better now.
+                session.execute(where.where(Charge.state.in_(("posting", "uncertain"))).values(
+                    state="posted", whmcs_billable_id=s.billable_id, posted_at=utc_now(), last_error=None))
+            else:
+                session.execute(where.where(Charge.state == "posting").values(
+                    state="uncertain" if s.state == "uncertain" else "pending", last_error=s.error))
+    for s in sent:
+        if s.state == "posted":
+            report.add_posted(s.charge.currency, s.charge.amount)
+        elif s.state == "uncertain":
+            report.uncertain.append(s.charge.idempotency_key)
+        else:
+            report.failed.append((s.charge.idempotency_key, s.error or ""))
+
+
+def post_charge(settings: Settings, client: BillableItemPoster, charge_id: int, report: PostingReport,
+                run_id: int | None = None) -> str:
+    """Post one pending charge; returns posted | uncertain | failed | skipped."""
+    claimed = _claim(settings, [charge_id])
+    if not claimed:
+        report.skipped += 1
+        return "skipped"
+    sent = _send(client, claimed[0])
+    _settle(settings, [sent], report)
+    return sent.state
 
 
 def post_pending(
@@ -134,42 +164,40 @@ def post_pending(
     run_id: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 1,
+    batch: int = 1,
 ) -> PostingReport:
     """Post every pending charge, oldest first; `progress(done, total)` is called as it goes.
 
-    With `workers` > 1, `client` is a factory called once per worker thread (an HTTP session is
-    not shared between threads). Concurrency is safe: each charge is claimed atomically first."""
+    Charges go in batches of `batch`: one commit claims them all (`posting`), then each is sent,
+    then one commit records the answers. A crash mid-batch leaves its charges in `posting`,
+    which the next run turns `uncertain` (never re-sent): a bigger batch costs fewer commits and
+    more charges to reconcile after a crash. With `workers` > 1, `client` is a factory called
+    once per worker thread (an HTTP session is not shared between threads)."""
     report = PostingReport()
     ids = pending_charge_ids(settings)
-    if workers <= 1 or len(ids) <= 1:
-        poster = client() if callable(client) and not hasattr(client, "add_billable_item") else client
-        for done, charge_id in enumerate(ids, start=1):
-            post_charge(settings, poster, charge_id, report, run_id)
-            if progress is not None:
-                progress(done, len(ids))
-        return report
+    is_factory = callable(client) and not hasattr(client, "add_billable_item")
     local = threading.local()
-    lock = threading.Lock()
 
-    def one(charge_id: int) -> None:
+    def send(charge: Charge) -> _Sent:
+        if not is_factory:
+            return _send(client, charge)
         if not hasattr(local, "client"):
             local.client = client()
-        own = PostingReport()
-        post_charge(settings, local.client, charge_id, own, run_id)
-        with lock:
-            report.posted += own.posted
-            for ccy, amount in own.amount_posted.items():
-                report.amount_posted[ccy] = report.amount_posted.get(ccy, Decimal(0)) + amount
-            report.uncertain += own.uncertain
-            report.failed += own.failed
-            report.skipped += own.skipped
+        return _send(local.client, charge)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") as pool:
-        futures = [pool.submit(one, charge_id) for charge_id in ids]
-        for done, future in enumerate(as_completed(futures), start=1):
-            future.result()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") if workers > 1 else None
+    try:
+        for start in range(0, len(ids), max(1, batch)):
+            chunk = ids[start : start + max(1, batch)]
+            claimed = _claim(settings, chunk)
+            report.skipped += len(chunk) - len(claimed)
+            sent = list(pool.map(send, claimed)) if pool else [send(c) for c in claimed]
+            _settle(settings, sent, report)
             if progress is not None:
-                progress(done, len(ids))
+                progress(start + len(chunk), len(ids))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return report
 
 
@@ -199,7 +227,8 @@ def reconcile(settings: Settings, ref: str, posted: bool, billable_id: int | Non
                   "last_error": f"reconciled by operator as posted. {note}".strip()}
     else:
         values = {"state": "pending", "last_error": f"reconciled by operator as not posted. {note}".strip()}
-    _set(settings, charge.id, ("uncertain",), **values)
+    with session_scope(settings.ledger) as session:
+        session.execute(update(Charge).where(Charge.id == charge.id, Charge.state == "uncertain").values(**values))
     return find_charge(settings, str(charge.id))
 
 
@@ -243,7 +272,8 @@ def post_pending_task(settings: Settings, run_id: int | None = None) -> PostingR
         return clients[-1]
 
     try:
-        report = post_pending(settings, new_client, run_id, progress, workers=settings.whmcs.post_workers)
+        report = post_pending(settings, new_client, run_id, progress, workers=settings.whmcs.post_workers,
+                              batch=settings.whmcs.post_batch)
     finally:
         for c in clients:
             c.close()
