@@ -175,3 +175,9 @@ def test_cli_errors(cli_config):
     assert runner.invoke(app, ["quarantine", "show", "9999", "-c", config]).exit_code == 1
     assert runner.invoke(app, ["quarantine", "release", "-c", config]).exit_code == 1
     assert runner.invoke(app, ["quarantine", "list", "--status", "gone", "-c", config]).exit_code == 1
+
+
+def test_cli_list_says_when_it_is_cut(cli_config):
+    _, config = cli_config
+    assert "2 row(s) (the first 2; --limit 0 shows all)" in _run("quarantine", "list", "-c", config, "--limit", "2")
+    assert "4 row(s):" in _run("quarantine", "list", "-c", config, "--limit", "0")

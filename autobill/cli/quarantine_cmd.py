@@ -60,7 +60,8 @@ def register(app: typer.Typer) -> None:
             for e in entries:
                 by_rule[e.rule] = by_rule.get(e.rule, 0) + 1
             summary = ", ".join(f"{r} {n}" for r, n in sorted(by_rule.items()))
-            typer.echo(f"{len(entries)} row(s)" + (f": {summary}" if summary else ""))
+            more = f" (the first {limit}; --limit 0 shows all)" if limit and len(entries) == limit else ""
+            typer.echo(f"{len(entries)} row(s){more}" + (f": {summary}" if summary else ""))
 
     @quarantine_app.command("show")
     def show_(
