@@ -141,15 +141,15 @@ def test_backfill_of_billed_dates_bills_late_cdrs_as_new_lines_only(world):
 
 
 @pytest.mark.flow
-@pytest.mark.xfail(strict=True, reason=(
-    "tasks/rate.py gather() drops rows dated after the run's billing date, but the drop-folder batch is "
-    "committed (files marked processed), so a backfill over dates whose files are all present loses the later "
-    "dates' CDRs (summary does not balance). Remove this marker when the nightly defers such rows."))
-def test_backfill_over_drop_folders_with_every_file_present_loses_nothing(world):
+def test_backfill_over_drop_folders_with_every_file_present_bills_each_date_in_turn(world):
+    """A drop folder is read by file: a file holding calls of later dates waits for their run."""
     for day in (D1, D2, D3):
         world.drop(day)
     summary = _run(world, D1, D3)
     assert summary["_state"] == "COMPLETED" and not summary["not_completed"], summary["results"]
+    assert all(r["billed"] > 0 for r in summary["results"])
+    assert summary["extracted"] == world.calls.height
+    assert world.ledger_states() == dict.fromkeys(world.calls["cdr_key"].to_list(), 1)
     world.assert_exactly_once()
 
 
@@ -157,7 +157,7 @@ def test_backfill_over_drop_folders_with_every_file_present_loses_nothing(world)
 def test_backfill_cli_dry_run_posts_nothing_and_exits_zero(world):
     from autobill.cli import app
 
-    world.drop(D1)  # (a D2 file too would hit the xfail below: D1's run would drop its rows)
+    world.drop(D1)
     result = CliRunner().invoke(app, ["backfill", "--from", str(D1), "--to", str(D2), "--dry-run",
                                       "-c", str(world.config_path), "--json"])
     assert result.exit_code == 0, result.output
