@@ -182,6 +182,8 @@ def run_demo(workdir: Path, keep_ui: bool = False, clients: int = 50, days: int 
             result.billed_total["USD"] = result.billed_total.get("USD", Decimal(0)) + i["amount"]
         result.seconds = time.monotonic() - t0
         _where_to_look(result, whmcs, echo)
+        if not keep_ui:
+            echo("  (the UI stops with the demo; `autobill demo --keep-ui` keeps it up until Ctrl-C)")
         if keep_ui:
             echo(f"\nThe UI stays up at {server.ui_url} (and the WHMCS sandbox at {whmcs.url}). Press Ctrl-C to stop.")
             _wait_for_stop(stop_event)
@@ -317,6 +319,8 @@ def _where_to_look(result: DemoResult, whmcs, echo: Callable[[str], None]) -> No
     echo(f"  Prefect UI        {ui}   (deployments: {ui}/deployments)")
     for step, run_id in result.flow_runs.items():
         echo(f"  {step:<17} {result.run_url(run_id)}")
+    if "nightly" in result.flow_runs:
+        echo(f"  its artifacts     {ui}/v2/runs/flow-run/{result.flow_runs['nightly']}?tab=Artifacts")
     echo("  artifacts         " + ", ".join(ARTIFACT_KEYS) + f"   ({ui}/artifacts)")
     echo(f"  ledger            {result.ledger}")
     echo(f"  run history       autobill runs -c {result.config_path}")
