@@ -92,6 +92,7 @@ def _run(world: BillingWorld, first: date, last: date, **kw) -> dict:
 
 
 @pytest.mark.flow
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_backfill_bills_each_date_by_its_own_child_in_order_and_a_rerun_posts_nothing(tmp_path, sandbox, pg_url):
     """PBX databases keep their history: a backfill after an outage bills day by day, in order."""
@@ -119,6 +120,7 @@ def test_backfill_bills_each_date_by_its_own_child_in_order_and_a_rerun_posts_no
 
 
 @pytest.mark.flow
+@pytest.mark.slow
 def test_backfill_of_billed_dates_bills_late_cdrs_as_new_lines_only(world):
     world.drop(D1)
     first = _run(world, D1, D2)
@@ -141,6 +143,7 @@ def test_backfill_of_billed_dates_bills_late_cdrs_as_new_lines_only(world):
 
 
 @pytest.mark.flow
+@pytest.mark.slow
 def test_backfill_over_drop_folders_with_every_file_present_bills_each_date_in_turn(world):
     """A drop folder is read by file: a file holding calls of later dates waits for their run."""
     for day in (D1, D2, D3):
@@ -154,6 +157,7 @@ def test_backfill_over_drop_folders_with_every_file_present_bills_each_date_in_t
 
 
 @pytest.mark.flow
+@pytest.mark.slow
 def test_backfill_cli_dry_run_posts_nothing_and_exits_zero(world):
     from autobill.cli import app
 
@@ -169,6 +173,7 @@ def test_backfill_cli_dry_run_posts_nothing_and_exits_zero(world):
 
 
 @pytest.mark.flow
+@pytest.mark.slow
 def test_backfill_with_a_server_down_is_partial_and_a_rerun_completes_it(world):
     down = world.server_ids[1]
     up = [s for s in world.server_ids if s != down]
