@@ -16,6 +16,7 @@ from prefect.states import Completed, Failed
 
 from autobill.billing_day import billing_cutoff, choose_servers, default_billing_date
 from autobill.config import load_settings
+from autobill.ledger.lock import ledger_lock
 from flows.runners import nightly_task_runner
 from tasks.aggregate import record_billing_task
 from tasks.extract import extract_task_for
@@ -52,9 +53,15 @@ def nightly(
         dry_run: compute everything and show the preview; post nothing, move no watermark.
         config_path: the config file (default: $AUTOBILL_CONFIG or ./autobill.yaml).
     """
-    logger = get_run_logger()
     settings = load_settings(config_path)
     day = billing_date or default_billing_date(settings)
+    # One nightly run at a time on a ledger, whoever started it (see autobill/ledger/lock.py).
+    with ledger_lock(settings.ledger, "nightly"):
+        return _bill(settings, day, servers, dry_run)
+
+
+def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
+    logger = get_run_logger()
     run_id = start_run_task(settings, "nightly", day, dry_run)
     if not dry_run:
         surface_interrupted_task(settings)

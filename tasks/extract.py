@@ -267,11 +267,6 @@ def read_batch(settings: Settings, batch_id: int) -> pl.DataFrame:
 # -- Prefect wrappers (thin) ----------------------------------------------------------------
 
 
-def task_timeout_seconds(server: Server) -> float:
-    """A backstop for the whole extraction; every network call has its own, shorter timeout."""
-    return 10 * server.timeout_seconds + 60
-
-
 @task(name="extract-server", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(BACKOFF_FACTOR),
       retry_jitter_factor=RETRY_JITTER_FACTOR)  # fmt: skip
 def extract_server_task(settings: Settings, server_id: str, until: datetime, run_id: int | None = None) -> ExtractResult:
@@ -289,7 +284,11 @@ def extract_server_task(settings: Settings, server_id: str, until: datetime, run
 
 def extract_task_for(settings: Settings, server_id: str, backoff_factor: float = BACKOFF_FACTOR):
     """`extract_server_task` configured for one server: its retries, exponential backoff with
-    jitter, a timeout, and the `server:<id>` tag (for a per-server concurrency limit)."""
+    jitter, and the `server:<id>` tag (for a per-server concurrency limit).
+
+    No task-level timeout: Prefect cannot interrupt a task in a worker thread (it only warns, on
+    every run), so the timeouts that matter are on every network call (psycopg2 connect and
+    statement timeouts, requests timeouts), from the server's `timeout_seconds`."""
     server = settings.server(server_id)
     return extract_server_task.with_options(
         name=f"extract-{server_id}",
@@ -297,7 +296,6 @@ def extract_task_for(settings: Settings, server_id: str, backoff_factor: float =
         retries=server.retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=backoff_factor),
         retry_jitter_factor=RETRY_JITTER_FACTOR,
-        timeout_seconds=task_timeout_seconds(server),
         tags=[f"server:{server_id}", "extract"],
     )
 

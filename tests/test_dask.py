@@ -124,8 +124,5 @@ def test_two_nightly_runs_at_once_on_a_postgresql_ledger_bill_every_cdr_once(tmp
         states = world.ledger_states()
         assert all(n == 1 for n in states.values())
         lost = sorted(set(world.calls_of(D1)["cdr_key"].to_list()) - set(states))
-        if lost:  # a known defect of concurrent extraction (see the reason); double billing above fails hard
-            pytest.xfail(f"{len(lost)} CDR(s) in no ledger state after two concurrent runs and a rerun, e.g. "
-                         f"{lost[0]}: a run that supersedes the other's extraction batch can leave rows of "
-                         "committed drop-folder files unbilled (tasks/extract.py one-pending-batch rule); "
-                         "deployment runs are serialised by the nightly concurrency limit, `autobill run` is not")
+        # The ledger lock serialises the two runs (autobill/ledger/lock.py): nothing may be lost.
+        assert not lost, f"{len(lost)} CDR(s) in no ledger state after two concurrent runs, e.g. {lost[0]}"

@@ -51,7 +51,8 @@ def test_two_posters_racing_post_each_charge_once(ledger_url, sandbox):
         t.start()
     for t in threads:
         t.join()
-    assert sum(r.posted for r in reports) == 60 and sum(r.skipped for r in reports) == 60
+    # Each charge posted by exactly one of them (how many the other skipped depends on timing).
+    assert sum(r.posted for r in reports) == 60
     items = sandbox.billable_items()
     assert len(items) == 60 and Counter(i["description"] for i in items).most_common(1)[0][1] == 1
     with session_scope(ledger_url) as s:
