@@ -36,7 +36,7 @@ def run_name() -> str:
     return f"autobill-{day}{'-dry-run' if params.get('dry_run') else ''}"
 
 
-@flow(name="autobill-nightly", flow_run_name=run_name, task_runner=nightly_task_runner(),
+@flow(name="autobill", flow_run_name=run_name, task_runner=nightly_task_runner(),
       validate_parameters=True)
 def nightly(
     billing_date: date | None = None,

@@ -5,7 +5,7 @@ Design (DESIGN.md "Backfill"; docs/OPERATING.md has the operator's view):
 - Children run one at a time, oldest date first, each waited for before the next starts, so the
   ledger sees the dates in order (a date bills every earlier CDR not billed yet, so order only
   changes which date a late CDR lands on, never whether it is billed).
-- When the nightly deployment exists (`autobill-nightly/nightly`), each child is a run of that
+- When the nightly deployment exists (`autobill/nightly`), each child is a run of that
   deployment (`run_deployment`, linked as a subflow): it runs on a worker like a scheduled run, is
   serialised with the scheduled run by the deployment's concurrency limit, and carries the
   idempotency key `backfill/<this run's id>/<date>`. Without the deployment (a laptop, `autobill
@@ -38,7 +38,7 @@ from prefect.states import Completed, Failed
 from autobill.config import Settings, load_settings
 from autobill.timeutil import utc_now
 
-NIGHTLY_DEPLOYMENT = "autobill-nightly/nightly"
+NIGHTLY_DEPLOYMENT = "autobill/nightly"
 MAX_DAYS = 366
 FINAL_BAD = ("FAILED", "CRASHED", "CANCELLED")
 

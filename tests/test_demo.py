@@ -103,7 +103,7 @@ def test_demo_keeps_the_ui_up_shows_deployments_and_a_completed_run_with_artifac
         assert items > 0 and "2 of 2 date(s) completed" in text
 
         deployments = _chrome(chromium, f"{ui}/v2/deployments")
-        for name in ("nightly", "every-5-min", "backfill", "autobill-nightly", "autosuspend"):
+        for name in ("nightly", "every-5-min", "backfill", "autobill", "autosuspend"):
             assert name in deployments, name
         run_url = f"{ui}/v2/runs/flow-run/{nightly_id}?tab=Artifacts"
         run = _chrome(chromium, run_url)

@@ -23,7 +23,7 @@ from tests._ops_helpers import ROOT, WHMCS_ENV, BillingWorld, summary_for
 
 D1, D2 = date(2026, 11, 16), date(2026, 11, 17)
 POOL = "autobill-process"
-NAMES = {"autobill-nightly/nightly", "autosuspend/every-5-min", "autobill-backfill/backfill"}
+NAMES = {"autobill/nightly", "autosuspend/every-5-min", "autobill-backfill/backfill"}
 
 # -- the YAML itself (fast) ---------------------------------------------------------------------
 
@@ -126,7 +126,7 @@ def test_autobill_deploy_then_a_worker_completes_a_run_triggered_through_the_api
         flows = {f.id: f.name for f in client.read_flows()}
         by_name = {f"{flows[d.flow_id]}/{d.name}": d for d in deployments}
         assert set(by_name) == NAMES
-        nightly = by_name["autobill-nightly/nightly"]
+        nightly = by_name["autobill/nightly"]
         (sched,) = nightly.schedules
         assert (sched.schedule.cron, sched.schedule.timezone) == ("55 0 * * *", "America/Toronto")
         assert nightly.work_pool_name == POOL and nightly.concurrency_options.collision_strategy.value == "ENQUEUE"
@@ -240,7 +240,7 @@ def test_serve_registers_the_deployments_and_runs_one_without_a_work_pool(api, t
     env = {**api.env(), **WHMCS_ENV, "PYTHONUNBUFFERED": "1"}
     with get_client(sync_client=True) as client:  # a machine that serves instead of running workers
         try:
-            client.delete_deployment(client.read_deployment_by_name("autobill-nightly/nightly").id)
+            client.delete_deployment(client.read_deployment_by_name("autobill/nightly").id)
         except Exception:  # noqa: BLE001 - not deployed by the earlier tests (run alone)
             pass
     proc = ManagedProcess([sys.executable, str(ROOT / "deployments" / "serve.py"), "-c", str(world.config_path),
@@ -251,7 +251,7 @@ def test_serve_registers_the_deployments_and_runs_one_without_a_work_pool(api, t
             while time.monotonic() < deadline:
                 assert proc.alive(), proc.tail()
                 try:
-                    dep = client.read_deployment_by_name("autobill-nightly/nightly")
+                    dep = client.read_deployment_by_name("autobill/nightly")
                     if dep.schedules:
                         break
                 except Exception:  # noqa: BLE001 - not registered yet
