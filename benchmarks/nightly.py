@@ -86,9 +86,26 @@ def run(workdir: Path) -> dict:
         pass
 
     warm_up()
+    import threading
+
+    import psutil
+
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:  # RSS every 0.2 s, to say which step the peak belongs to
+        me = psutil.Process()
+        while not stop.is_set():
+            samples.append((time.time(), me.memory_info().rss))
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     state = nightly(billing_date=DAY, config_path=str(workdir / "autobill.yaml"), return_state=True)
     wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
@@ -100,10 +117,14 @@ def run(workdir: Path) -> dict:
             span[0] = min(span[0], tr.start_time.timestamp())
             span[1] = max(span[1], tr.end_time.timestamp())
             span[2] += (tr.end_time - tr.start_time).total_seconds()
+    peak_at, peak_rss = max(samples, key=lambda x: x[1]) if samples else (0.0, 0)
+    during = [name for name, (a, b, _) in steps.items() if a <= peak_at <= b] or ["(between steps)"]
     summary = state.result(raise_on_failure=False) if state.is_completed() else None
     return {"state": state.type.value, "message": state.message, "wall": wall,
             "steps": {k: {"span": v[1] - v[0], "busy": v[2]} for k, v in steps.items()},
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "sampled_peak": {"mb": peak_rss / 2**20, "during": during,
+                             "before_flow_mb": samples[0][1] / 2**20 if samples else 0},
             "summary": summary if isinstance(summary, dict) else None}
 
 
@@ -157,6 +178,9 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     wall = result["wall"]
     print(f"\nnightly flow: {result['state']} in {wall:.1f} s wall; peak RSS {result['peak_rss_mb']:.0f} MB")
+    peak = result["sampled_peak"]
+    print(f"  RSS before the flow {peak['before_flow_mb']:.0f} MB; sampled peak {peak['mb']:.0f} MB during "
+          f"{', '.join(peak['during'])}")
     if result["state"] != "COMPLETED":
         print(f"  message: {result['message']}")
     print(f"  throughput {info['cdrs'] / wall:,.0f} CDR/s")

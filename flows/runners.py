@@ -61,8 +61,11 @@ def configured_address(config_path: str | os.PathLike | None = None) -> str | No
 
 
 def nightly_task_runner() -> TaskRunner:
-    """The nightly flow's default task runner, chosen from the environment at import."""
-    return task_runner_for(configured_address())
+    """The nightly flow's default task runner, chosen from the environment at import.
+
+    `AUTOBILL_NIGHTLY_THREADS` sets how many servers are extracted / validated at once with
+    threads (default 8): fewer bound the peak memory of a night with many large servers."""
+    return task_runner_for(configured_address(), int(os.environ.get("AUTOBILL_NIGHTLY_THREADS", DEFAULT_THREADS)))
 
 
 def with_runner(flow: Any, settings: Any) -> Any:

@@ -138,8 +138,8 @@ def with_billing_date(cdrs: pl.DataFrame, timezone: str) -> pl.DataFrame:
     )
 
 
-def _final_keys(session: Session, keys: list[str]) -> set[str]:
-    return keys_present(session, BilledCDR.__table__, "cdr_key", keys)
+def _final_keys(session: Session, keys: pl.Series) -> set[str]:
+    return keys_present(session, BilledCDR.__table__, "cdr_key", iter(keys))
 
 
 def _check(rated: pl.DataFrame) -> None:
@@ -179,7 +179,7 @@ def _record_once(
     settings: Settings, rated: pl.DataFrame, run_id: int | None, batch_ids: list[int], dry_run: bool
 ) -> BillingRecord:
     with session_scope(settings.ledger) as session:
-        already = _final_keys(session, rated["cdr_key"].to_list())
+        already = _final_keys(session, rated["cdr_key"])
         todo = rated.filter(~pl.col("cdr_key").is_in(list(already))) if already else rated
         counts = {o: 0 for o in OUTCOMES}
         counts.update(dict(todo.group_by("outcome").len().iter_rows()))
@@ -251,7 +251,7 @@ def _upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> N
     """New unrated CDRs are inserted with their canonical row; known ones count another attempt."""
     if unrated.height == 0:
         return
-    known = sorted(keys_present(session, UnratedCDR.__table__, "cdr_key", unrated["cdr_key"].to_list()))
+    known = sorted(keys_present(session, UnratedCDR.__table__, "cdr_key", iter(unrated["cdr_key"])))
     for i in range(0, len(known), _CHUNK):
         session.execute(
             update(UnratedCDR).where(UnratedCDR.cdr_key.in_(known[i : i + _CHUNK]))
@@ -301,7 +301,10 @@ def unrated_rows(settings: Settings, billing_date: date) -> pl.DataFrame:
 def record_billing_task(settings: Settings, rated_path: str, run_id: int | None, batch_ids: list[int],
                         dry_run: bool = False) -> BillingRecord:
     """Charge lines + billed CDRs + watermarks in one ledger transaction (a retry is safe: same keys)."""
-    record = record_billing(settings, pl.read_parquet(rated_path), run_id, batch_ids, dry_run)
+    present = pl.read_parquet_schema(rated_path)
+    wanted = {*REQUIRED, "source", "rate_number", "unrated_reason", *CDR_SCHEMA}
+    rated = pl.read_parquet(rated_path, columns=[c for c in present if c in wanted])
+    record = record_billing(settings, rated, run_id, batch_ids, dry_run)
     get_run_logger().info(
         "%s charge line(s) %s; outcomes %s; %s already billed",
         len(record.lines), "previewed" if dry_run else "recorded", record.outcomes, record.already_final,

@@ -30,18 +30,37 @@ from autobill.mapping import assign_services
 from autobill.timeutil import period_bounds
 from tasks.aggregate import unrated_rows, with_billing_date
 
+_LEAN = [c for c in CDR_SCHEMA if c != "source_row"]
+
+
+def _lean(path: str) -> pl.DataFrame:
+    """A validated parquet without `source_row` (the audit copy of the source row, the widest
+    column by far): only unrated rows need it, and `_source_rows` fetches it for them alone."""
+    return conform(pl.read_parquet(path, columns=_LEAN).with_columns(pl.lit(None, pl.String).alias("source_row")))
+
 
 def gather(settings: Settings, day: date, validated: list[str], requeued_path: str | None) -> pl.DataFrame:
-    """Canonical rows to rate, tagged with `source`, de-duplicated by key (first source wins)."""
-    parts = [conform(pl.read_parquet(p)).with_columns(pl.lit("batch").alias("source")) for p in validated]
+    """Canonical rows to rate, tagged with `source`, de-duplicated by key (first source wins).
+    `source_row` is null for parquet-backed rows (see `_lean`)."""
+    parts = [_lean(p).with_columns(pl.lit("batch").alias("source")) for p in validated]
     if requeued_path:
-        parts.append(conform(pl.read_parquet(requeued_path)).with_columns(pl.lit("requeued").alias("source")))
+        parts.append(_lean(requeued_path).with_columns(pl.lit("requeued").alias("source")))
     parts.append(unrated_rows(settings, day).with_columns(pl.lit("unrated").alias("source")))
     frame = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema={**CDR_SCHEMA, "source": pl.String})
     # No filter on the billing date here: a row dropped now would be lost once its batch commits.
     # Rows of later dates (released quarantine rows, a file holding the next day's first calls)
     # are billed with their own billing date on their charge line.
     return with_billing_date(frame.unique("cdr_key", keep="first", maintain_order=True), settings.timezone)
+
+
+def _source_rows(paths: list[str], keys: pl.Series) -> pl.DataFrame:
+    """(cdr_key, source_row) of these keys, read back from the validated parquet files."""
+    if not paths or keys.is_empty():
+        return pl.DataFrame(schema={"cdr_key": pl.String, "source_row": pl.String})
+    return (
+        pl.scan_parquet(paths).select("cdr_key", "source_row")
+        .filter(pl.col("cdr_key").is_in(keys.implode())).unique("cdr_key").collect()
+    )
 
 
 def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, date], int]:
@@ -83,6 +102,11 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
     unrated = rated.filter(pl.col("outcome") == "unrated").join(cdrs.select("cdr_key", *keep), on="cdr_key",
                                                                how="left")
     del cdrs
+    if "source_row" in keep:  # parquet-backed unrated rows get their audit copy back
+        found = _source_rows(validated + ([requeued_path] if requeued_path else []),
+                             unrated.filter(pl.col("source_row").is_null())["cdr_key"])
+        unrated = unrated.join(found.rename({"source_row": "_src"}), on="cdr_key", how="left").with_columns(
+            pl.coalesce("source_row", "_src").alias("source_row")).drop("_src")
     rated = pl.concat([rated.filter(pl.col("outcome") != "unrated"), unrated], how="diagonal_relaxed")
     path = settings.data_path / "rated" / f"run-{run_id if run_id is not None else 'adhoc'}.parquet"
     lake.write_parquet_atomic(rated, path)

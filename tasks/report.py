@@ -106,15 +106,30 @@ class RunSummary:
         return out
 
 
+REPORT_COLUMNS = ("cdr_key", "server", "source", "outcome", "currency", "cost", "rate_number", "unrated_reason")
+
+
+def outcome_counts(rated: pl.DataFrame) -> pl.DataFrame:
+    """(source, server, outcome, currency) -> calls and the exact sum of their costs, in one pass.
+    The sum is polars' 128-bit decimal: exact, and no Python object per call."""
+    source = pl.col("source") if "source" in rated.columns else pl.lit("batch")
+    return (
+        rated.with_columns(source.alias("source"), pl.col("cost").cast(pl.String).cast(pl.Decimal(38, 6)))
+        .group_by("source", "server", "outcome", "currency")
+        .agg(pl.len().alias("calls"), pl.col("cost").sum().alias("amount"))
+    )
+
+
 def count_outcomes(line: ServerLine, rated: pl.DataFrame) -> None:
     """Add one server's rating outcomes (and billed amounts per currency) to its line."""
-    if rated.height == 0:
-        return
-    for outcome, n in rated.group_by("outcome").len().iter_rows():
-        setattr(line, outcome, getattr(line, outcome) + n)
-    billed = rated.filter(pl.col("outcome") == "billed")
-    for ccy, costs in billed.group_by("currency").agg(pl.col("cost").cast(pl.String)).iter_rows():
-        line.amount[ccy] = line.amount.get(ccy, Decimal(0)) + sum((Decimal(c) for c in costs), Decimal(0))
+    for r in outcome_counts(rated).iter_rows(named=True):
+        _add(line, r)
+
+
+def _add(line: ServerLine, r: dict[str, Any]) -> None:
+    setattr(line, r["outcome"], getattr(line, r["outcome"]) + r["calls"])
+    if r["outcome"] == "billed":
+        line.amount[r["currency"]] = line.amount.get(r["currency"], Decimal(0)) + Decimal(r["amount"] or 0)
 
 
 def markdown(summary: RunSummary) -> str:
@@ -225,13 +240,11 @@ def build_summary(
         for server, n in hit.group_by("server").len().iter_rows():
             line(server).already_billed += n
         rated = rated.filter(~pl.col("cdr_key").is_in(list(already)))
-    for source, part in rated.partition_by("source", as_dict=True).items() if rated.height else []:
-        source = source[0]
-        for server, rows in part.partition_by("server", as_dict=True).items():
-            target = line(RELEASED) if source == "requeued" else line(server[0])
-            if source == "unrated":
-                target.carried_in += rows.height
-            count_outcomes(target, rows)
+    for r in outcome_counts(rated).iter_rows(named=True):
+        target = line(RELEASED) if r["source"] == "requeued" else line(r["server"])
+        if r["source"] == "unrated":
+            target.carried_in += r["calls"]
+        _add(target, r)
     if requeued is not None and requeued.rows:
         released = line(RELEASED)
         released.carried_in += requeued.rows
@@ -259,7 +272,8 @@ def build_summary(
 def report_task(billing_date: date, dry_run: bool, lines: dict[str, ServerLine], rated_path: str,
                 requeued: Any | None, record: Any, posting: Any | None, uncertain: list[str]) -> RunSummary:
     """`uncertain`: every charge still waiting for reconciliation (not only this run's)."""
-    rated = pl.read_parquet(rated_path)
+    present = pl.read_parquet_schema(rated_path)
+    rated = pl.read_parquet(rated_path, columns=[c for c in REPORT_COLUMNS if c in present])
     summary = build_summary(billing_date, dry_run, lines, rated, requeued, record, posting, uncertain)
     publish(summary, client_totals(record.lines), unrated_destinations(rated))
     return summary

@@ -129,6 +129,13 @@ def test_nightly_bills_once_and_a_rerun_posts_nothing(env):
     assert first["extracted"] > 0 and first["billed"] > 0 and first["charges_posted"] == first["charges_created"] > 0
     assert first["unrated"] > 0  # the generated tariff leaves some destinations out on purpose
     _assert_whmcs_matches_ledger(env)
+    import json
+
+    from autobill.ledger.models import UnratedCDR
+
+    with session_scope(env.settings.ledger) as s:  # kept whole, with the source row, to rate again
+        rows = [json.loads(u.row) for u in s.scalars(select(UnratedCDR))]
+    assert len(rows) == first["unrated"] and all(r["source_row"] and r["start_utc"] for r in rows)
     items = len(env.sandbox.billable_items())
 
     again = env.run(D1)

@@ -89,11 +89,9 @@ def dialect_of(session: Session) -> str:
     return session.connection().dialect.name
 
 
-def keys_present(session: Session, table: Table, column: str, keys: Sequence[str]) -> set[str]:
+def keys_present(session: Session, table: Table, column: str, keys: Iterable[str]) -> set[str]:
     """Which of `keys` exist in `table.column`: one temporary-table join instead of thousands of
     IN-list queries (their compilation alone costs seconds per million keys)."""
-    if not keys:
-        return set()
     conn = session.connection()
     dialect = conn.dialect.name
     raw = conn.connection.dbapi_connection
@@ -105,11 +103,11 @@ def keys_present(session: Session, table: Table, column: str, keys: Sequence[str
             cur.execute("CREATE TEMP TABLE IF NOT EXISTS _autobill_keys (k text PRIMARY KEY) ON COMMIT DROP")
             cur.execute("TRUNCATE _autobill_keys")
             execute_values(cur, "INSERT INTO _autobill_keys (k) VALUES %s ON CONFLICT DO NOTHING",
-                           [(k,) for k in keys], page_size=PAGE)
+                           ((k,) for k in keys), page_size=PAGE)
         else:
             cur.execute("CREATE TEMP TABLE IF NOT EXISTS _autobill_keys (k TEXT PRIMARY KEY)")
             cur.execute("DELETE FROM _autobill_keys")
-            cur.executemany("INSERT OR IGNORE INTO _autobill_keys (k) VALUES (?)", [(k,) for k in keys])
+            cur.executemany("INSERT OR IGNORE INTO _autobill_keys (k) VALUES (?)", ((k,) for k in keys))
         cur.execute(f"SELECT t.{column} FROM {table.name} t JOIN _autobill_keys k ON k.k = t.{column}")  # noqa: S608
         found = {row[0] for row in cur.fetchall()}
         cur.execute("DELETE FROM _autobill_keys")
