@@ -229,7 +229,7 @@ def test_killed_run_double_bills_nothing_and_surfaces_the_uncertain_charge(env, 
             proc.kill()
     env.sandbox.clear_faults()
     killed = [c for c in env.charges() if c.state == "posting"]
-    assert 1 <= len(killed) <= env.settings.whmcs.post_batch  # the claimed batch in flight when it died
+    assert 0 < len(killed) <= env.settings.whmcs.post_batch  # the claimed batch in flight when it died
     rerun = env.run(D1)
     assert {c.idempotency_key for c in killed} <= set(rerun["uncertain"])
     states = Counter(c.state for c in env.charges())
