@@ -244,17 +244,17 @@ def _register_deployments(timezone: str, echo: Callable[[str], None]) -> None:
 
 
 def _run_steps(result: DemoResult, settings, world, echo: Callable[[str], None]) -> None:
-    from autobill.cli.run_cmd import summary_for_flow_run
     from flows.autobill import nightly
     from flows.autosuspend import autosuspend
     from flows.backfill import backfill
     from flows.runners import with_runner
+    from tasks.runs import run_summary
 
     echo(f"\n== nightly run for {result.last} (bills the whole month: nothing was billed before) ==")
     state = with_runner(nightly, settings)(billing_date=result.last, config_path=str(result.config_path),
                                            return_state=True)
     result.flow_runs["nightly"] = str(state.state_details.flow_run_id)
-    result.nightly = summary_for_flow_run(settings, result.flow_runs["nightly"])
+    result.nightly = run_summary(settings, result.flow_runs["nightly"])
     if result.nightly:
         from autobill.cli.run_cmd import print_summary
 

@@ -73,7 +73,7 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
     for sid, future in extracting.items():
         future.wait()
         if future.state.is_failed():
-            lines[sid].status, lines[sid].error = "failed", _error(future)
+            lines[sid].status, lines[sid].error = "failed", _error(_exception(future))
             continue
         extracted = future.result()
         lines[sid].extracted = extracted.rows
@@ -89,7 +89,7 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
                 line.quarantined, line.duplicates = exc.outcome.quarantined, exc.outcome.duplicates
                 line.deferred = exc.outcome.rows - exc.outcome.quarantined - exc.outcome.duplicates
             else:
-                line.status, line.error = "failed", _error(future)
+                line.status, line.error = "failed", _error(exc)
                 line.deferred = line.extracted
             continue
         outcome = future.result()
@@ -100,14 +100,15 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
 
     rated_path = rate_run_task(settings, day, good_paths, requeued, run_id)
     record = record_billing_task(settings, rated_path, run_id, batch_ids, dry_run)
-    posting = None if dry_run else post_pending_task(settings, run_id)
+    posting = None if dry_run else post_pending_task(settings)
     uncertain = outstanding_uncertain_task(settings)
     summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain)
-    finish_run_task(settings, run_id, summary.status, summary.to_json())
+    data = summary.to_json()
+    finish_run_task(settings, run_id, summary.status, data)
     logger.info("billing date %s: %s", day, summary.status)
     if summary.status == "completed":
-        return Completed(message=f"billed {day}", data=summary.to_json())
-    return Failed(message=_partial_message(summary), data=summary.to_json())
+        return Completed(message=f"billed {day}", data=data)
+    return Failed(message=_partial_message(summary), data=data)
 
 
 def _exception(future) -> BaseException | None:
@@ -118,8 +119,7 @@ def _exception(future) -> BaseException | None:
     return None
 
 
-def _error(future) -> str:
-    exc = _exception(future)
+def _error(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {exc}"[:500] if exc else "failed"
 
 

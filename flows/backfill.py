@@ -24,7 +24,6 @@ Design (DESIGN.md "Backfill"; docs/OPERATING.md has the operator's view):
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
@@ -37,6 +36,7 @@ from prefect.states import Completed, Failed
 
 from autobill.config import Settings, load_settings
 from autobill.timeutil import utc_now
+from tasks.runs import run_summary
 
 NIGHTLY_DEPLOYMENT = "autobill/nightly"
 MAX_DAYS = 366
@@ -123,20 +123,6 @@ def markdown(summary: dict[str, Any], first: date, last: date, dry_run: bool) ->
 # -- reading what a child did --------------------------------------------------------------------
 
 
-def child_summary(settings: Settings, flow_run_id: str | None) -> dict[str, Any] | None:
-    """The latest summary the nightly flow stored in the ledger for this flow run."""
-    if not flow_run_id:
-        return None
-    from sqlalchemy import select
-
-    from autobill.ledger.db import session_scope
-    from autobill.ledger.models import Run
-
-    with session_scope(settings.ledger) as session:
-        run = session.scalars(select(Run).where(Run.flow_run_id == flow_run_id).order_by(Run.id.desc())).first()
-        return json.loads(run.summary) if run is not None and run.summary else None
-
-
 def result_for(day: date, state_type: str, flow_run_id: str | None, name: str | None, mode: str,
                summary: dict[str, Any] | None, message: str = "") -> DateResult:
     r = DateResult(day.isoformat(), state_type, "-", flow_run_id, name, mode, message=message[:300])
@@ -201,7 +187,7 @@ def run_child_deployment(settings: Settings, deployment: str, day: date, params:
     message = (run.state.message or "") if run.state else ""
     if not (run.state and run.state.is_final()):
         message = f"did not finish within {timeout} s (is a worker polling the nightly deployment's pool?)"
-    return result_for(day, state, str(run.id), run.name, "deployment", child_summary(settings, str(run.id)), message)
+    return result_for(day, state, str(run.id), run.name, "deployment", run_summary(settings, str(run.id)), message)
 
 
 def run_child_subflow(settings: Settings, day: date, params: dict[str, Any]) -> DateResult:
@@ -216,7 +202,7 @@ def run_child_subflow(settings: Settings, day: date, params: dict[str, Any]) -> 
 
         with get_client(sync_client=True) as client:
             name = client.read_flow_run(UUID(flow_run_id)).name
-    return result_for(day, state.type.value, flow_run_id, name, "subflow", child_summary(settings, flow_run_id),
+    return result_for(day, state.type.value, flow_run_id, name, "subflow", run_summary(settings, flow_run_id),
                       state.message or "")
 
 

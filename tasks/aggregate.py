@@ -72,10 +72,14 @@ class BillingRecord:
 
     outcomes: dict[str, int]
     lines: list[ChargeLine]
-    already_final: int = 0
     already_final_keys: list[str] = field(default_factory=list, repr=False)  # normally empty
     charge_ids: list[int] = field(default_factory=list)
     dry_run: bool = False
+
+    @property
+    def already_final(self) -> int:
+        """Rows rated again that were already final in the ledger (counted once, earlier)."""
+        return len(self.already_final_keys)
 
     @property
     def amount_by_currency(self) -> dict[str, Decimal]:
@@ -184,8 +188,7 @@ def _record_once(
         counts = {o: 0 for o in OUTCOMES}
         counts.update(dict(todo.group_by("outcome").len().iter_rows()))
         lines = charge_lines(todo.filter(pl.col("outcome") == "billed"))
-        record = BillingRecord(outcomes=counts, lines=lines, already_final=len(already),
-                               already_final_keys=sorted(already), dry_run=dry_run)
+        record = BillingRecord(outcomes=counts, lines=lines, already_final_keys=sorted(already), dry_run=dry_run)
         if dry_run:
             session.rollback()
             return record
@@ -294,7 +297,6 @@ def unrated_rows(settings: Settings, billing_date: date) -> pl.DataFrame:
             + [pl.col("billsec").cast(pl.Int64)]
         )
     )
-
 
 
 @task(name="aggregate-and-record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)

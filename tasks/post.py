@@ -146,22 +146,9 @@ def _settle(settings: Settings, sent: list[_Sent], report: PostingReport) -> Non
             report.failed.append((s.charge.idempotency_key, s.error or ""))
 
 
-def post_charge(settings: Settings, client: BillableItemPoster, charge_id: int, report: PostingReport,
-                run_id: int | None = None) -> str:
-    """Post one pending charge; returns posted | uncertain | failed | skipped."""
-    claimed = _claim(settings, [charge_id])
-    if not claimed:
-        report.skipped += 1
-        return "skipped"
-    sent = _send(client, claimed[0])
-    _settle(settings, [sent], report)
-    return sent.state
-
-
 def post_pending(
     settings: Settings,
     client: BillableItemPoster | Callable[[], BillableItemPoster],
-    run_id: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 1,
     batch: int = 1,
@@ -187,8 +174,9 @@ def post_pending(
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") if workers > 1 else None
     try:
-        for start in range(0, len(ids), max(1, batch)):
-            chunk = ids[start : start + max(1, batch)]
+        step = max(1, batch)
+        for start in range(0, len(ids), step):
+            chunk = ids[start : start + step]
             claimed = _claim(settings, chunk)
             report.skipped += len(chunk) - len(claimed)
             sent = list(pool.map(send, claimed)) if pool else [send(c) for c in claimed]
@@ -246,7 +234,7 @@ def outstanding_uncertain_task(settings: Settings) -> list[str]:
 
 
 @task(name="post-to-whmcs", cache_policy=NO_CACHE, retries=0)
-def post_pending_task(settings: Settings, run_id: int | None = None) -> PostingReport:
+def post_pending_task(settings: Settings) -> PostingReport:
     """Post every pending charge with a progress artifact. Not retried as a task: each charge's own
     state machine already decides what is safe to try again."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -272,7 +260,7 @@ def post_pending_task(settings: Settings, run_id: int | None = None) -> PostingR
         return clients[-1]
 
     try:
-        report = post_pending(settings, new_client, run_id, progress, workers=settings.whmcs.post_workers,
+        report = post_pending(settings, new_client, progress, workers=settings.whmcs.post_workers,
                               batch=settings.whmcs.post_batch)
     finally:
         for c in clients:

@@ -40,6 +40,16 @@ def finish_run(settings: Settings, run_id: int, status: str, summary: dict[str, 
             run.summary = json.dumps(summary, default=str, sort_keys=True)
 
 
+def run_summary(settings: Settings, flow_run_id: str | None) -> dict[str, Any] | None:
+    """The summary a run stored in the ledger for this Prefect flow run (the source of truth,
+    whatever Prefect kept); the latest one when the flow run was retried."""
+    if not flow_run_id:
+        return None
+    with session_scope(settings.ledger) as session:
+        run = session.scalars(select(Run).where(Run.flow_run_id == flow_run_id).order_by(Run.id.desc())).first()
+        return json.loads(run.summary) if run is not None and run.summary else None
+
+
 def run_history(settings: Settings, kind: str | None = None, limit: int = 30) -> list[dict[str, Any]]:
     with session_scope(settings.ledger) as session:
         query = select(Run).order_by(Run.id.desc()).limit(limit)

@@ -151,6 +151,6 @@ class BillingWorld:
 
 
 def summary_for(settings, flow_run_id: str) -> dict[str, Any] | None:
-    from flows.backfill import child_summary
+    from tasks.runs import run_summary
 
-    return child_summary(settings, flow_run_id)
+    return run_summary(settings, flow_run_id)

@@ -64,11 +64,11 @@ class Env:
             write_drop_folder(folder, part)
 
     def run(self, day: date, **kw) -> dict:
-        from autobill.cli.run_cmd import summary_for_flow_run
         from flows.autobill import nightly
+        from tasks.runs import run_summary
 
         state = nightly(billing_date=day, config_path=str(self.config_path), return_state=True, **kw)
-        summary = summary_for_flow_run(self.settings, str(state.state_details.flow_run_id))
+        summary = run_summary(self.settings, str(state.state_details.flow_run_id))
         assert summary is not None, state.message
         summary["_state"] = state.type.value
         return summary

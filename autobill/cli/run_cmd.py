@@ -13,20 +13,6 @@ import typer
 from autobill.cli.common import ConfigOption, fail, settings_or_exit
 
 
-def summary_for_flow_run(settings, flow_run_id: str | None) -> dict[str, Any] | None:
-    """The summary the run stored in the ledger (the source of truth, whatever Prefect kept)."""
-    from sqlalchemy import select
-
-    from autobill.ledger.db import session_scope
-    from autobill.ledger.models import Run
-
-    if not flow_run_id:
-        return None
-    with session_scope(settings.ledger) as session:
-        run = session.scalars(select(Run).where(Run.flow_run_id == flow_run_id).order_by(Run.id.desc())).first()
-        return json.loads(run.summary) if run is not None and run.summary else None
-
-
 def print_summary(summary: dict[str, Any]) -> None:
     typer.echo(f"billing date {summary['billing_date']}{' (dry run: nothing posted)' if summary['dry_run'] else ''}")
     cols = ("extracted", "carried_in", "quarantined", "duplicates", "deferred", "unrated", "included",
@@ -64,10 +50,11 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--date: not a date (YYYY-MM-DD): {on!r}") from None
         config_path = str(Path(config or os.environ.get("AUTOBILL_CONFIG") or "autobill.yaml").absolute())
         from flows.autobill import nightly
+        from tasks.runs import run_summary
 
         state = nightly(billing_date=day, servers=server or None, dry_run=dry_run, config_path=config_path,
                         return_state=True)
-        summary = summary_for_flow_run(settings, str(state.state_details.flow_run_id))
+        summary = run_summary(settings, str(state.state_details.flow_run_id))
         if summary is None:
             raise fail(f"the run ended {state.type.value} before writing a summary: {state.message}")
         if as_json:
