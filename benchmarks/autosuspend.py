@@ -21,7 +21,7 @@ from pathlib import Path
 
 from autobill.config import settings_from_dict
 from autobill.ledger.db import upgrade
-from connectors.whmcs_sandbox import WhmcsSandbox
+from sandboxes.whmcs import WhmcsSandbox
 from tasks.suspend import run_cycle
 
 BUDGET_SECONDS = 20.0

@@ -43,7 +43,13 @@ def prepare(workdir: Path, cdrs: int, servers: int, port: int) -> dict:
     import polars as pl
     import yaml
 
-    from autobill.generate import generate_calls, generate_config, make_world, tariff_frame, write_drop_folder
+    from sandboxes.generate import (
+        generate_calls,
+        generate_config,
+        make_world,
+        tariff_frame,
+        write_drop_folder,
+    )
 
     clients = max(servers, cdrs // 1000)
     world = make_world(clients=clients, servers_per_kind=servers, kinds=("file",), seed=11)

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autobill import lake  # noqa: E402
 from autobill.cdr import conform  # noqa: E402
 from autobill.config import settings_from_dict  # noqa: E402
-from autobill.generate import generate_calls, generate_config, make_world, tariff_frame  # noqa: E402
 from autobill.ledger.db import session_scope, upgrade  # noqa: E402
 from autobill.ledger.models import BilledCDR, ExtractionBatch  # noqa: E402
+from sandboxes.generate import generate_calls, generate_config, make_world, tariff_frame  # noqa: E402
 
 TARGET_SHARE = 0.20
 DAY = date(2026, 11, 18)

@@ -17,7 +17,7 @@ import time
 from urllib.parse import urlencode
 
 from connectors.whmcs import WhmcsClient
-from connectors.whmcs_sandbox import WhmcsSandbox
+from sandboxes.whmcs import WhmcsSandbox
 
 BUDGET_SECONDS = 20.0
 

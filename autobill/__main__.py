@@ -1,3 +1,0 @@
-from autobill.cli import main
-
-main()

@@ -1,0 +1,100 @@
+"""`autobill quarantine list|show|release`: see the CDRs validation held back, and let them go.
+
+A quarantined row is never billed until released; releasing only re-queues it: the next
+nightly run validates it again (with today's config) and rates it if it now passes. Imports
+are light (no prefect, no GX) so the command answers at once.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from typing import Annotated
+
+import typer
+
+from cli.common import ConfigOption, fail, settings_or_exit
+
+quarantine_app = typer.Typer(help="CDRs held back by validation (issue #5).", no_args_is_help=True)
+
+RELEASE_HELP = """\
+Release quarantined rows after fixing their cause (e.g. a newly mapped extension in `services`).
+They are validated again by the next nightly run and billed if they pass; a row that still
+fails is quarantined again with the new reason. Only held rows are released.
+"""
+
+
+def _settings(config):
+    from autobill.ledger.db import upgrade
+
+    settings = settings_or_exit(config)
+    upgrade(settings.ledger)
+    return settings
+
+
+def register(app: typer.Typer) -> None:
+    @quarantine_app.command("list")
+    def list_(
+        config: ConfigOption = None,
+        server: Annotated[str | None, typer.Option(help="Only this server.")] = None,
+        rule: Annotated[str | None, typer.Option(help="Only this rule, e.g. unknown_service.")] = None,
+        status: Annotated[str | None, typer.Option(help="held | released | requeued (default: all).")] = None,
+        limit: Annotated[int, typer.Option(help="At most this many rows (0: all).")] = 200,
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    ) -> None:
+        """List quarantined rows, oldest first, with a count per rule."""
+        from data_quality.quarantine import STATUSES, list_quarantine
+
+        if status and status not in STATUSES:
+            raise fail(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
+        entries = list_quarantine(_settings(config), server=server, rule=rule, status=status, limit=limit or None)
+        for e in entries:
+            if as_json:
+                typer.echo(json.dumps(e.to_dict()))
+            else:
+                day = e.billing_date.isoformat() if e.billing_date else "-"
+                typer.echo(f"{e.id:>7} {e.status:<8} {e.server:<12} {day:<10} {e.rule:<22} "
+                           f"{e.cdr_key or '(no key)'}  {e.reason[:100]}")
+        if not as_json:
+            by_rule: dict[str, int] = {}
+            for e in entries:
+                by_rule[e.rule] = by_rule.get(e.rule, 0) + 1
+            summary = ", ".join(f"{r} {n}" for r, n in sorted(by_rule.items()))
+            more = f" (the first {limit}; --limit 0 shows all)" if limit and len(entries) == limit else ""
+            typer.echo(f"{len(entries)} row(s){more}" + (f": {summary}" if summary else ""))
+
+    @quarantine_app.command("show")
+    def show_(
+        entry_id: Annotated[int, typer.Argument(help="Quarantine id (first column of `list`).")],
+        config: ConfigOption = None,
+    ) -> None:
+        """Everything about one quarantined row: rule, full reason and the original row."""
+        from data_quality.quarantine import get_entry
+
+        entry = get_entry(_settings(config), entry_id)
+        if entry is None:
+            raise fail(f"no quarantined row {entry_id}")
+        typer.echo(json.dumps(entry.to_dict(with_row=True), indent=2, sort_keys=True))
+
+    @quarantine_app.command("release", help=RELEASE_HELP)
+    def release_(
+        ids: Annotated[list[int] | None, typer.Argument(help="Quarantine ids to release.")] = None,
+        rule: Annotated[str | None, typer.Option(help="Release every held row of this rule.")] = None,
+        server: Annotated[str | None, typer.Option(help="With --rule: only this server.")] = None,
+        by: Annotated[str | None, typer.Option(help="Who releases (default: your user name).")] = None,
+        config: ConfigOption = None,
+    ) -> None:
+        from data_quality.quarantine import release
+
+        if not ids and not rule:
+            raise fail("give quarantine ids, or --rule RULE [--server SERVER]")
+        if server and not rule:
+            raise fail("--server narrows --rule; give --rule too")
+        try:
+            who = by or getpass.getuser()
+        except (KeyError, OSError):
+            who = "operator"
+        count = release(_settings(config), ids=ids or (), rule=rule, server=server, by=who)
+        typer.echo(f"released {count} row(s); the next nightly run validates them again")
+
+    app.add_typer(quarantine_app, name="quarantine")

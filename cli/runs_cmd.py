@@ -1,0 +1,73 @@
+"""`autobill runs`: recent runs and how long the nightly job takes against its budget.
+
+The budget (`nightly_budget_minutes`) is the time between the nightly start (00:55) and the
+WHMCS daily cron that invoices billable items; a nightly run finishing after it leaves its
+charges for the next invoice cycle. `--check` exits 1 when there is a warning, for a monitoring
+probe (cron, Nagios) that should page before the run is actually late.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from cli.common import ConfigOption, settings_or_exit
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("runs")
+    def runs(
+        kind: Annotated[str | None, typer.Option("--kind", help="Only runs of this kind (nightly, autosuspend).")] = None,
+        limit: Annotated[int, typer.Option("--limit", min=1, help="How many recent runs to show.")] = 30,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+        check: Annotated[bool, typer.Option("--check", help="Exit 1 when the nightly runs need attention.")] = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Show recent runs with their durations; warn when the nightly run nears its budget."""
+        from autobill.durations import analyse
+        from autobill.ledger.db import upgrade
+        from tasks.runs import run_history
+
+        settings = settings_or_exit(config)
+        upgrade(settings.ledger)
+        history = run_history(settings, kind, limit)
+        nightly = history if kind == "nightly" else run_history(settings, "nightly", limit)
+        report = analyse(nightly, settings.nightly_budget_minutes, settings.tz)
+        if as_json:
+            doc = {
+                "budget_minutes": settings.nightly_budget_minutes, "warnings": report.warnings,
+                "trend_minutes_per_week": report.trend_minutes_per_week, "days_to_budget": report.days_to_budget,
+                "runs": [{k: (str(v) if v is not None and not isinstance(v, int | float | bool) else v)
+                          for k, v in h.items()} for h in history],
+            }  # fmt: skip
+            typer.echo(json.dumps(doc, sort_keys=True))
+        else:
+            _print(history, settings, report)
+        if check and report.warnings:
+            raise typer.Exit(1)
+
+
+def _print(history, settings, report) -> None:
+    tz, budget = settings.tz, settings.nightly_budget_minutes
+    if not history:
+        typer.echo("no runs recorded yet")
+    else:
+        typer.echo(f"{'id':>6}  {'kind':<12}{'billing date':<14}{'status':<11}{'started (' + tz.key + ')':<28}"
+                   f"{'minutes':>9}  budget {budget} min")
+    for h in history:
+        seconds = h["seconds"]
+        minutes = "" if seconds is None else f"{seconds / 60:.1f}"
+        bar = ""
+        if h["kind"] == "nightly" and seconds is not None:
+            used = seconds / 60 / budget
+            bar = "#" * min(40, round(used * 20)) + (" OVER" if used > 1 else "")
+        started = h["started_at"].astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+        dry = " (dry)" if h["dry_run"] else ""
+        typer.echo(f"{h['id']:>6}  {h['kind']:<12}{str(h['billing_date'] or '-'):<14}{h['status'] + dry:<11}"
+                   f"{started:<28}{minutes:>9}  {bar}")
+    if report.trend_minutes_per_week is not None:
+        typer.echo(f"nightly trend: {report.trend_minutes_per_week:+.2f} min/week")
+    for w in report.warnings:
+        typer.echo(f"WARNING: {w}", err=True)

@@ -1,0 +1,131 @@
+"""`autobill rate` end to end: files in, files out, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from tests.support.reference_rater import ref_rate
+
+TARIFF = "prefix,rate,description,connect_fee,first_increment,next_increment\n1,0.01,NANP,,60,6\n44,0.02,UK,0.1,,\n"
+CDRS = (
+    "cdr_id,start,billsec,dst,extra\n"
+    "a,2024-07-01T12:00:00Z,61,2125550100, keep me \n"
+    "b,2024-07-01T14:00:00+02:00,30,011442071234567,\n"
+    "b,2024-07-01T14:00:00+02:00,30,011442071234567,\n"
+    "c,2024-07-01T12:00:00,30,2125550100,0012\n"
+    "d,2024-07-01T12:00:00Z,0,+861234,\n"
+)
+
+runner = CliRunner()
+
+
+def files(tmp_path: Path, tariff: str = TARIFF, cdrs: str = CDRS) -> tuple[Path, Path]:
+    (tmp_path / "tariff.csv").write_text(tariff)
+    (tmp_path / "cdrs.csv").write_text(cdrs)
+    return tmp_path / "tariff.csv", tmp_path / "cdrs.csv"
+
+
+def run(*args: str | Path):
+    return runner.invoke(app, ["rate", *map(str, args)])
+
+
+def test_csv_to_csv_matches_reference(tmp_path):
+    tariff, cdrs = files(tmp_path)
+    out = tmp_path / "out.csv"
+    result = run("--tariff", tariff, "--cdrs", cdrs, "--out", out, "--markup", "12.5")
+    assert result.exit_code == 0, result.stderr
+    got = pl.read_csv(out, infer_schema=False).fill_null("").to_dicts()
+    t_rows = pl.read_csv(tariff, infer_schema=False).to_dicts()
+    c_rows = pl.read_csv(cdrs, infer_schema=False).to_dicts()
+    from decimal import Decimal
+
+    assert got == ref_rate(t_rows, c_rows, markup=Decimal("12.5"))
+    assert [r["status"] for r in got] == ["rated", "rated", "duplicate", "invalid", "unanswered"]
+    assert got[0]["extra"] == " keep me " and got[3]["extra"] == "0012"
+    assert got[1]["cost"] == "0.123750"  # (0.1 + 0.02 * 30/60) * 1.125
+
+
+def test_parquet_in_and_out(tmp_path):
+    tariff, cdrs = files(tmp_path)
+    pl.read_csv(tariff, infer_schema=False).write_parquet(tmp_path / "t.parquet")
+    pl.read_csv(cdrs, infer_schema=False).write_parquet(tmp_path / "c.parquet")
+    result = run("--tariff", tmp_path / "t.parquet", "--cdrs", tmp_path / "c.parquet", "--out", tmp_path / "o.parquet")
+    assert result.exit_code == 0, result.stderr
+    out = pl.read_parquet(tmp_path / "o.parquet")
+    assert out.schema["billable_seconds"] == pl.Int64 and out.schema["cost"] == pl.String
+    assert out["billable_seconds"].to_list() == [66, 30, 30, None, 0]
+    assert out["cost"].to_list() == ["0.011000", "0.110000", None, None, "0.000000"]
+    # and the CSV output of the same input agrees
+    assert run("--tariff", tariff, "--cdrs", cdrs, "--out", tmp_path / "o.csv").exit_code == 0
+    as_csv = pl.read_csv(tmp_path / "o.csv", infer_schema=False)
+    assert as_csv["cost"].to_list() == out["cost"].to_list()
+
+
+def test_numbering_options(tmp_path):
+    tariff, cdrs = files(
+        tmp_path,
+        tariff="prefix,rate\n44,0.02\n33,0.05\n",
+        cdrs="cdr_id,start,billsec,dst\n1,2024-07-01T12:00:00Z,60,02071234567\n2,2024-07-01T12:00:00Z,60,0033123\n",
+    )
+    out = tmp_path / "o.csv"
+    assert run("--tariff", tariff, "--cdrs", cdrs, "--out", out, "--country-code", "44").exit_code == 0
+    got = pl.read_csv(out, infer_schema=False)
+    assert got["e164"].to_list() == ["442071234567", "33123"]
+    assert got["cost"].to_list() == ["0.020000", "0.050000"]
+    assert run("--tariff", tariff, "--cdrs", cdrs, "--out", out, "--country-code", "44", "--trunk-prefix", "9").exit_code == 0
+    assert pl.read_csv(out, infer_schema=False)["status"].to_list() == ["no_rate", "rated"]
+
+
+@pytest.mark.parametrize(
+    ("tariff", "cdrs", "args", "needle"),
+    [
+        ("prefix,rate\n1,x\n", CDRS, (), "tariff.csv: row 1 (line 2), column 'rate': "),
+        ("prefix,price\n1,1\n", CDRS, (), "tariff.csv: header (line 1), column 'rate': missing required column"),
+        (TARIFF, "cdr_id,start,dst\n1,2024-07-01T12:00:00Z,1\n", (), "cdrs.csv: header (line 1), column 'billsec': missing"),
+        (TARIFF, "", (), "cdrs.csv: header (line 1): the file is empty"),
+        (TARIFF, "cdr_id,start,billsec,dst\n1,x,1,2\n2,x,1,2,3\n", (), "cdrs.csv: row 2 (line 3), column #5: "),
+        (TARIFF, CDRS, ("--markup", "abc"), "--markup"),
+        (TARIFF, CDRS, ("--markup", "-101"), "below -100"),
+        (TARIFF, CDRS, ("--country-code", "01"), "--country-code"),
+        (TARIFF, CDRS, ("--intl-prefix", "+00"), "--intl-prefix"),
+    ],
+)
+def test_errors_are_one_line_and_nothing_is_written(tmp_path, tariff, cdrs, args, needle):
+    t, c = files(tmp_path, tariff, cdrs)
+    out = tmp_path / "out.csv"
+    result = run("--tariff", t, "--cdrs", c, "--out", out, *args)
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not out.exists()
+
+
+def test_bad_output_type_and_directory(tmp_path):
+    t, c = files(tmp_path)
+    result = run("--tariff", t, "--cdrs", c, "--out", tmp_path / "out.xlsx")
+    assert result.exit_code != 0 and "unsupported file type" in result.stderr
+    result = run("--tariff", t, "--cdrs", c, "--out", tmp_path / "missing" / "out.csv")
+    assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_real_process_exit_codes(tmp_path):
+    """The installed entry point, as an operator's script would call it."""
+    t, c = files(tmp_path)
+    exe = Path(sys.executable).with_name("autobill")
+    ok = subprocess.run([exe, "rate", "--tariff", t, "--cdrs", c, "--out", tmp_path / "o.csv"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stderr == ""
+    (tmp_path / "bad.csv").write_text("prefix,rate\n1,0.1\n1,0.2\n")
+    bad = subprocess.run(
+        [exe, "rate", "--tariff", tmp_path / "bad.csv", "--cdrs", c, "--out", tmp_path / "o2.csv"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0
+    assert bad.stderr.count("\n") == 1 and "bad.csv: row 2 (line 3), column 'prefix'" in bad.stderr

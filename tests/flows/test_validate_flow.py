@@ -1,0 +1,48 @@
+"""The validate task under a real Prefect engine: artifacts published, a bad server's task Failed,
+the other server's task Completed."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.dq import NOW, add_batch, cdr, good_rows, make_settings
+
+pytestmark = pytest.mark.flow
+
+
+def test_validate_task_in_a_flow(tmp_path, prefect_harness):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.runtime import flow_run
+
+    from tasks.validate import validate_batch_task
+
+    settings = make_settings(tmp_path, migrate=True)
+    good_id = add_batch(settings, "pbx2", good_rows(5, server="pbx2"))
+    bad_id = add_batch(settings, "pbx", good_rows(5) + [cdr(f"b{i}", billsec=-1) for i in range(6)])
+
+    @flow(name="tiny-validation")
+    def tiny() -> dict:
+        futures = {"pbx2": validate_batch_task.submit(settings, good_id, now=NOW),
+                   "pbx": validate_batch_task.submit(settings, bad_id, now=NOW)}
+        for f in futures.values():
+            f.wait()
+        return {"flow_run_id": str(flow_run.id),
+                **{k: (f.state.type.value, f.state.message or "") for k, f in futures.items()}}
+
+    got = tiny()
+    assert got["pbx2"][0] == "COMPLETED"
+    assert got["pbx"][0] == "FAILED" and "batch rejected" in got["pbx"][1]
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[got["flow_run_id"]])))
+    by_key = {a.key: a for a in artifacts}
+    assert {"validation-pbx", "validation-pbx2", "validation-pbx-file", "validation-pbx2-file"} <= set(by_key)
+    assert by_key["validation-pbx"].type == "markdown"
+    assert "REJECTED" in by_key["validation-pbx"].data and "negative_billsec" in by_key["validation-pbx"].data
+    assert "ACCEPTED" in by_key["validation-pbx2"].data
+    link = by_key["validation-pbx-file"]
+    # Prefect stores a link artifact as markdown "[text](url)"; the url is the report file.
+    assert f"(file://{(settings.data_path / 'reports' / 'validation' / f'batch-{bad_id}.md').absolute()})" in link.data
