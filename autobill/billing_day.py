@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
+import polars as pl
+
 from autobill.config import Settings
 from autobill.timeutil import day_bounds_utc, utc_now, yesterday
 
@@ -41,3 +43,10 @@ def choose_servers(settings: Settings, requested: list[str] | None) -> list[str]
     if unknown:
         raise ValueError(f"unknown server(s) {unknown} (known: {known})")
     return list(dict.fromkeys(requested))
+
+
+def with_billing_date(cdrs: pl.DataFrame, timezone: str) -> pl.DataFrame:
+    """The billing date of a call is the local calendar date of its start in the billing timezone."""
+    return cdrs.with_columns(
+        pl.col("start_utc").dt.convert_time_zone(timezone).dt.date().alias("billing_date")
+    )

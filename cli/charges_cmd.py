@@ -73,9 +73,9 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Settle charges whose WHMCS call may or may not have happened."""
+        from autobill.ledger.charges import ReconcileError, reconcile
         from autobill.ledger.db import session_scope, upgrade
         from autobill.ledger.models import Charge
-        from tasks.post import ReconcileError, reconcile
 
         settings = settings_or_exit(config)
         upgrade(settings.ledger)

@@ -244,11 +244,11 @@ def _register_deployments(timezone: str, echo: Callable[[str], None]) -> None:
 
 
 def _run_steps(result: DemoResult, settings, world, echo: Callable[[str], None]) -> None:
+    from autobill.ledger.runs import run_summary
     from flows.autobill import nightly
     from flows.autosuspend import autosuspend
     from flows.backfill import backfill
     from flows.runners import with_runner
-    from tasks.runs import run_summary
 
     echo(f"\n== nightly run for {result.last} (bills the whole month: nothing was billed before) ==")
     state = with_runner(nightly, settings)(billing_date=result.last, config_path=str(result.config_path),

@@ -49,8 +49,8 @@ def register(app: typer.Typer) -> None:
         except ValueError:
             raise fail(f"--date: not a date (YYYY-MM-DD): {on!r}") from None
         config_path = str(Path(config or os.environ.get("AUTOBILL_CONFIG") or "autobill.yaml").absolute())
+        from autobill.ledger.runs import run_summary
         from flows.autobill import nightly
-        from tasks.runs import run_summary
 
         state = nightly(billing_date=day, servers=server or None, dry_run=dry_run, config_path=config_path,
                         return_state=True)

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         """Show recent runs with their durations; warn when the nightly run nears its budget."""
         from autobill.durations import analyse
         from autobill.ledger.db import upgrade
-        from tasks.runs import run_history
+        from autobill.ledger.runs import run_history
 
         settings = settings_or_exit(config)
         upgrade(settings.ledger)

@@ -30,8 +30,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run one autosuspend cycle now: suspend, unsuspend, alert; print what was decided."""
         from autobill.ledger.db import upgrade
+        from autobill.ledger.runs import RunBusy
         from connectors.whmcs import WhmcsError
-        from tasks.suspend import CycleBusy, run_cycle
+        from tasks.suspend import run_cycle
 
         settings = settings_or_exit(config)
         if settings.whmcs is None:
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
         upgrade(settings.ledger)
         try:
             report = run_cycle(settings, dry_run, actor="suspend-check")
-        except (WhmcsError, CycleBusy) as exc:
+        except (WhmcsError, RunBusy) as exc:
             raise fail(str(exc)) from None
         if as_json:
             doc = report.to_json()

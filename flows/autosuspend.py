@@ -19,7 +19,8 @@ from prefect.runtime import flow_run
 
 from autobill.config import load_settings
 from autobill.ledger.db import upgrade
-from tasks.suspend import CycleBusy, CycleContext, CycleReport, begin, fail_run, prefect_tasks
+from autobill.ledger.runs import RunBusy
+from tasks.suspend import CycleContext, CycleReport, begin, fail_run, prefect_tasks
 
 
 def summary_markdown(report: CycleReport) -> str:
@@ -59,7 +60,7 @@ def autosuspend(dry_run: bool = False, config_path: str | None = None) -> dict[s
     t = prefect_tasks()
     try:
         ctx = begin(CycleContext(settings, dry_run), flow_run_id=str(flow_run.get_id() or "") or None)
-    except CycleBusy as exc:
+    except RunBusy as exc:
         logger.warning("%s", exc)
         return {"status": "busy", "message": str(exc)}
     try:

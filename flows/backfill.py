@@ -35,8 +35,8 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
 
 from autobill.config import Settings, load_settings
+from autobill.ledger.runs import run_summary
 from autobill.timeutil import utc_now
-from tasks.runs import run_summary
 
 NIGHTLY_DEPLOYMENT = "autobill/nightly"
 MAX_DAYS = 366
@@ -209,7 +209,7 @@ def run_child_subflow(settings: Settings, day: date, params: dict[str, Any]) -> 
 def _durations(settings: Settings, logger) -> None:
     """The nightly duration history (artifact `autobill-run-durations`): a backfill is when runs pile up."""
     from autobill.durations import analyse, publish_artifact
-    from tasks.runs import run_history
+    from autobill.ledger.runs import run_history
 
     report = analyse(run_history(settings, "nightly", 30), settings.nightly_budget_minutes, settings.tz)
     publish_artifact(report)

@@ -1,5 +1,7 @@
 """Extraction: one server's new CDRs into the raw lake, and the watermark moved only when kept.
 
+The batch lifecycle itself is ledger logic: autobill/ledger/batches.py.
+
 The life of a batch (ledger `extraction_batches.status`)::
 
     extract_server  -> "extracting" (row created to get an id) -> lake files written durably
@@ -29,33 +31,33 @@ bill a PBX's two years of retained history.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from autobill import lake
 from autobill.cdr import conform
 from autobill.config import Server, Settings
-from autobill.ledger.db import session_scope
-from autobill.ledger.models import ExtractionBatch, ProcessedFile, ServerWatermark
+from autobill.ledger.batches import (
+    PENDING,
+    CommitResult,
+    close_batch,
+    commit_batch,
+    open_batch,
+    reject_batch,
+    reject_pending,
+    server_position,
+    supersede_pending,
+)
 from autobill.timeutil import as_utc
 from connectors.registry import connector_for
 
-PENDING = ("extracting", "extracted")
 BACKOFF_FACTOR = 10.0  # seconds before the first retry; doubles each time (10, 20, 40, ...)
 RETRY_JITTER_FACTOR = 0.5
-
-
-class BatchStateError(RuntimeError):
-    """A batch asked to do something its state forbids (commit a rejected batch, reject a committed one)."""
 
 
 @dataclass
@@ -74,20 +76,7 @@ class ExtractResult:
     files: list[tuple[str, str, int]] = field(default_factory=list)  # (name, sha256, rows) consumed
 
 
-@dataclass
-class CommitResult:
-    batch_id: int
-    server: str
-    watermark: datetime | None
-    files_recorded: int
-    already_committed: bool
-
-
 # -- plain functions ------------------------------------------------------------------------
-
-
-def _json_or_none(value) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, default=str)
 
 
 def _file_rows(cdrs: pl.DataFrame, files: list[tuple[str, str]]) -> list[tuple[str, str, int]]:
@@ -104,21 +93,6 @@ def _file_rows(cdrs: pl.DataFrame, files: list[tuple[str, str]]) -> list[tuple[s
     return [(name, digest, counts.get(name, 0)) for name, digest in files]
 
 
-def supersede_pending(settings: Settings, server_id: str, by: str = "a later extraction") -> list[int]:
-    """Set aside this server's batches left pending by an earlier run (see the module docstring)."""
-    with session_scope(settings.ledger) as s:
-        ids = list(
-            s.scalars(
-                select(ExtractionBatch.id).where(
-                    ExtractionBatch.server == server_id, ExtractionBatch.status.in_(PENDING)
-                )
-            )
-        )
-    for batch_id in ids:
-        _reject(settings, batch_id, f"superseded by {by}: never committed, its window is read again", allow=PENDING)
-    return ids
-
-
 def extract_server(settings: Settings, server_id: str, until: datetime, run_id: int | None = None) -> ExtractResult:
     """Read one server up to `until` (exclusive), store the new rows durably, record the batch.
 
@@ -126,10 +100,7 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
     until = as_utc(until)
     server: Server = settings.server(server_id)
     data = settings.data_path
-    with session_scope(settings.ledger) as s:
-        wm = s.get(ServerWatermark, server_id)
-        before = wm.watermark_utc if wm else None
-        cursor = json.loads(wm.cursor) if wm and wm.cursor else None
+    before, cursor = server_position(settings, server_id)
     superseded = supersede_pending(settings, server_id)
     since = before if before is not None else until - timedelta(days=settings.validation.lookback_days)
 
@@ -157,111 +128,18 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
         notes.append(f"{server_id}: {duplicate_rows} row(s) repeat a cdr_key of this batch (kept for validation)")
     window_start = since - timedelta(minutes=server.overlap_minutes)
 
-    with session_scope(settings.ledger) as s:
-        batch = ExtractionBatch(
-            server=server_id, run_id=run_id, window_start=window_start, window_end=until,
-            rows=0, status="extracting",
-        )  # fmt: skip
-        s.add(batch)
-        s.flush()
-        batch_id = batch.id
+    batch_id = open_batch(settings, server_id, run_id, window_start, until)
     try:
         paths = [str(p.absolute()) for p in lake.write_batch(data, server_id, batch_id, new)]
     except BaseException:
-        _reject(settings, batch_id, "the lake write failed", allow=PENDING)
+        reject_pending(settings, batch_id, "the lake write failed", allow=PENDING)
         raise
-    with session_scope(settings.ledger) as s:
-        batch = s.get(ExtractionBatch, batch_id)
-        batch.rows = new.height
-        batch.path = json.dumps(paths)
-        batch.proposed_watermark = proposed
-        batch.proposed_cursor = _json_or_none(got.cursor)
-        batch.files = json.dumps(files) if files else None
-        batch.notes = json.dumps(notes) if notes else None
-        batch.status = "extracted"
+    close_batch(settings, batch_id, new.height, paths, proposed, got.cursor, files, notes)
     return ExtractResult(
         batch_id=batch_id, server=server_id, rows=new.height, paths=paths, overlap_skipped=overlap_skipped,
         watermark_before=before, proposed_watermark=proposed, notes=notes, duplicate_rows=duplicate_rows,
         window_start=window_start, window_end=until, files=files,
     )  # fmt: skip
-
-
-def commit_batch_in(session: Session, batch_id: int) -> CommitResult:
-    """`commit_batch` inside the caller's transaction, for a step that must keep a batch in the
-    same transaction as what it writes (the billing step: billed CDRs + watermark together).
-
-    Moves the server's watermark (never backwards) and cursor, records the batch's files in
-    `processed_files`, marks the batch committed. Idempotent; refuses a rejected batch."""
-    batch = session.get(ExtractionBatch, batch_id, with_for_update=True)
-    if batch is None:
-        raise KeyError(f"no extraction batch {batch_id}")
-    if batch.status == "committed":
-        wm = session.get(ServerWatermark, batch.server)
-        return CommitResult(batch_id, batch.server, wm.watermark_utc if wm else None, 0, True)
-    if batch.status != "extracted":
-        raise BatchStateError(f"batch {batch_id} of {batch.server} is {batch.status!r}: only an extracted batch commits")
-    wm = session.get(ServerWatermark, batch.server, with_for_update=True)
-    if wm is None:
-        wm = ServerWatermark(server=batch.server)
-        session.add(wm)
-    if batch.proposed_watermark is not None and (wm.watermark_utc is None or batch.proposed_watermark > wm.watermark_utc):
-        wm.watermark_utc = batch.proposed_watermark
-    if batch.proposed_cursor is not None:
-        wm.cursor = batch.proposed_cursor
-    recorded = 0
-    known = set(session.scalars(select(ProcessedFile.content_hash).where(ProcessedFile.server == batch.server)))
-    for name, digest, rows in json.loads(batch.files or "[]"):
-        if digest not in known:
-            session.add(ProcessedFile(server=batch.server, content_hash=digest, name=name, rows=rows))
-            known.add(digest)
-            recorded += 1
-    batch.status = "committed"
-    session.flush()
-    return CommitResult(batch_id, batch.server, wm.watermark_utc, recorded, False)
-
-
-def commit_batch(settings: Settings, batch_id: int) -> CommitResult:
-    """Keep a batch: move the watermark (never backwards), the cursor, and record its files as
-    processed, in one ledger transaction. Idempotent: committing twice changes nothing."""
-    with session_scope(settings.ledger) as s:
-        return commit_batch_in(s, batch_id)
-
-
-def _reject(settings: Settings, batch_id: int, reason: str, allow: tuple[str, ...]) -> list[str]:
-    with session_scope(settings.ledger) as s:
-        batch = s.get(ExtractionBatch, batch_id)
-        if batch is None:
-            raise KeyError(f"no extraction batch {batch_id}")
-        server, status, paths = batch.server, batch.status, json.loads(batch.path or "[]")
-    if status == "rejected":
-        return paths
-    if status not in allow:
-        raise BatchStateError(f"batch {batch_id} of {server} is {status!r}: it cannot be rejected")
-    # Files first: a crash between the two steps leaves a pending batch with its files aside,
-    # which the next extraction supersedes (moving nothing more) - never stored data left behind.
-    moved = [str(p.absolute()) for p in lake.move_aside(settings.data_path, server, batch_id)]
-    with session_scope(settings.ledger) as s:
-        batch = s.get(ExtractionBatch, batch_id)
-        batch.status = "rejected"
-        batch.path = json.dumps(moved)
-        batch.notes = json.dumps([*json.loads(batch.notes or "[]"), f"rejected: {reason}"])
-    return moved
-
-
-def reject_batch(settings: Settings, batch_id: int, reason: str) -> list[str]:
-    """Refuse a batch: its files leave the stored lake (to lake/rejected/...), the watermark stays,
-    so the window is extracted again next run. Returns the files' new paths. Idempotent."""
-    return _reject(settings, batch_id, reason, allow=PENDING)
-
-
-def read_batch(settings: Settings, batch_id: int) -> pl.DataFrame:
-    """The canonical rows of a batch (from wherever its files are now)."""
-    with session_scope(settings.ledger) as s:
-        batch = s.get(ExtractionBatch, batch_id)
-        if batch is None:
-            raise KeyError(f"no extraction batch {batch_id}")
-        paths = json.loads(batch.path or "[]")
-    return lake.read_paths(Path(p) for p in paths)
 
 
 # -- Prefect wrappers (thin) ----------------------------------------------------------------

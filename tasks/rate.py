@@ -22,13 +22,14 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select
 
 from autobill import lake
+from autobill.billing_day import with_billing_date
 from autobill.cdr import CDR_SCHEMA, conform
 from autobill.config import Settings
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import BilledCDR
+from autobill.ledger.unrated import unrated_rows
 from autobill.mapping import assign_services
 from autobill.timeutil import period_bounds
-from tasks.aggregate import unrated_rows, with_billing_date
 
 _LEAN = [c for c in CDR_SCHEMA if c != "source_row"]
 

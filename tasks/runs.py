@@ -1,75 +1,20 @@
-"""Run bookkeeping in the ledger: one `runs` row per flow run, with its summary and duration.
-
-The history is what lets an operator see the nightly run creeping toward the WHMCS cron time
-(`autobill runs`), so every run records when it started and finished, even when it fails.
-"""
+"""Run bookkeeping as tasks (the ledger side is autobill/ledger/runs.py)."""
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import select
+from prefect.runtime import flow_run
 
 from autobill.config import Settings
-from autobill.ledger.db import session_scope, upgrade
-from autobill.ledger.models import Run
-from autobill.timeutil import utc_now
-
-
-def start_run(settings: Settings, kind: str, billing_date: date | None = None, dry_run: bool = False,
-              flow_run_id: str | None = None) -> int:
-    upgrade(settings.ledger)
-    with session_scope(settings.ledger) as session:
-        run = Run(kind=kind, billing_date=billing_date, dry_run=dry_run, flow_run_id=flow_run_id, status="running",
-                  started_at=utc_now())
-        session.add(run)
-        session.flush()
-        return run.id
-
-
-def finish_run(settings: Settings, run_id: int, status: str, summary: dict[str, Any] | None = None) -> None:
-    with session_scope(settings.ledger) as session:
-        run = session.get(Run, run_id)
-        run.status = status
-        run.finished_at = utc_now()
-        if summary is not None:
-            run.summary = json.dumps(summary, default=str, sort_keys=True)
-
-
-def run_summary(settings: Settings, flow_run_id: str | None) -> dict[str, Any] | None:
-    """The summary a run stored in the ledger for this Prefect flow run (the source of truth,
-    whatever Prefect kept); the latest one when the flow run was retried."""
-    if not flow_run_id:
-        return None
-    with session_scope(settings.ledger) as session:
-        run = session.scalars(select(Run).where(Run.flow_run_id == flow_run_id).order_by(Run.id.desc())).first()
-        return json.loads(run.summary) if run is not None and run.summary else None
-
-
-def run_history(settings: Settings, kind: str | None = None, limit: int = 30) -> list[dict[str, Any]]:
-    with session_scope(settings.ledger) as session:
-        query = select(Run).order_by(Run.id.desc()).limit(limit)
-        if kind:
-            query = query.where(Run.kind == kind)
-        out = []
-        for r in session.scalars(query):
-            seconds = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
-            out.append({
-                "id": r.id, "kind": r.kind, "billing_date": r.billing_date, "status": r.status, "dry_run": r.dry_run,
-                "started_at": r.started_at, "finished_at": r.finished_at, "seconds": seconds,
-                "flow_run_id": r.flow_run_id,
-            })
-        return out
+from autobill.ledger.runs import finish_run, start_run
 
 
 @task(name="start-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def start_run_task(settings: Settings, kind: str, billing_date: date | None = None, dry_run: bool = False) -> int:
-    from prefect.runtime import flow_run
-
     return start_run(settings, kind, billing_date, dry_run, flow_run_id=str(flow_run.id) if flow_run.id else None)
 
 

@@ -42,7 +42,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
 from typing import Any
@@ -51,7 +51,9 @@ from sqlalchemy import delete, func, or_, select
 
 from autobill.config import Service, Settings
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import Notification, Run, SuspensionLog, SuspensionState
+from autobill.ledger.models import Notification, SuspensionLog, SuspensionState
+from autobill.ledger.runs import finish_run as finish_ledger_run
+from autobill.ledger.runs import start_exclusive_run
 from autobill.suspension import Action, Decision, Policy, Snapshot, State, decide, resolve_threshold
 from autobill.timeutil import utc_now
 from connectors.fusionpbx_switch import FusionPBXSwitch, SwitchError, SwitchInconsistent
@@ -692,45 +694,23 @@ def _decision_row(d: Decision) -> dict[str, Any]:
     return row
 
 
-class CycleBusy(RuntimeError):
-    """Another autosuspend cycle is running: two at once could act on the same service twice."""
-
-
 def start_run(settings: Settings, dry_run: bool, flow_run_id: str | None = None) -> int | None:
-    """Record the run; refuse when another non-dry cycle started less than `stale_after_seconds`
-    ago and has not finished (the deployment's concurrency limit covers flow runs; this also
-    covers `suspend-check` started by hand meanwhile; a killed run stops counting once stale)."""
+    """Record the run; refuse (RunBusy) when another non-dry cycle started less than
+    `stale_after_seconds` ago and has not finished (the deployment's concurrency limit covers flow
+    runs; this also covers `suspend-check` started by hand meanwhile)."""
     if dry_run:
         return None
-    with session_scope(settings.ledger) as s:
-        cutoff = utc_now() - timedelta(seconds=settings.autosuspend.stale_after_seconds)
-        busy = s.scalar(
-            select(Run.id).where(Run.kind == "autosuspend", Run.status == "running", Run.started_at >= cutoff).limit(1)
-        )
-        if busy is not None:
-            raise CycleBusy(f"autosuspend run {busy} is still running; not starting another cycle")
-        run = Run(kind="autosuspend", dry_run=False, status="running", flow_run_id=flow_run_id, started_at=utc_now())
-        s.add(run)
-        s.flush()
-        return run.id
+    return start_exclusive_run(settings, "autosuspend", settings.autosuspend.stale_after_seconds, flow_run_id)
 
 
 def finish_run(settings: Settings, report: CycleReport) -> None:
-    if report.run_id is None:
-        return
-    with session_scope(settings.ledger) as s:
-        run = s.get(Run, report.run_id)
-        run.status, run.finished_at = report.status, report.finished_at
-        run.summary = json.dumps(report.summary(), default=str)
+    if report.run_id is not None:
+        finish_ledger_run(settings, report.run_id, report.status, report.summary())
 
 
 def fail_run(settings: Settings, run_id: int | None, exc: BaseException) -> None:
-    if run_id is None:
-        return
-    with session_scope(settings.ledger) as s:
-        run = s.get(Run, run_id)
-        run.status, run.finished_at = "failed", utc_now()
-        run.summary = json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]})
+    if run_id is not None:
+        finish_ledger_run(settings, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:500]})
 
 
 def default_whmcs_factory(settings: Settings) -> WhmcsFactory:

@@ -135,7 +135,7 @@ def _finish(
 def validate_batch(settings: Settings, batch_id: int, run_id: int | None = None,
                    now: datetime | None = None) -> ValidationOutcome:
     """Validate one extraction batch (see the module docstring). Raises BatchRejected."""
-    from tasks.extract import read_batch, reject_batch
+    from autobill.ledger.batches import read_batch, reject_batch
 
     now = as_utc(now) if now else utc_now()
     with session_scope(settings.ledger) as session:

@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from autobill.config import load_settings
+from autobill.ledger.batches import commit_batch
 from autobill.ledger.db import upgrade
 from cli import app
-from tasks.extract import commit_batch, extract_server
+from tasks.extract import extract_server
 
 UNTIL = datetime(2026, 3, 12, tzinfo=UTC)
 

@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import select
 
 from autobill.config import FileDropServer
+from autobill.ledger.batches import commit_batch, read_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ProcessedFile
 from connectors.base import SourceError
 from connectors.filedrop import FileDropConnector
-from tasks.extract import commit_batch, extract_server, read_batch
+from tasks.extract import extract_server
 from tests.support.extract import drop_server, make_settings
 
 UNTIL = datetime(2026, 6, 2, tzinfo=UTC)

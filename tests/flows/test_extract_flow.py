@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.extract import commit_batch, extract_task_for
+from autobill.ledger.batches import commit_batch
+from tasks.extract import extract_task_for
 from tests.support.extract import closed_port, drop_server, make_settings
 
 pytestmark = pytest.mark.flow

@@ -64,8 +64,8 @@ class Env:
             write_drop_folder(folder, part)
 
     def run(self, day: date, **kw) -> dict:
+        from autobill.ledger.runs import run_summary
         from flows.autobill import nightly
-        from tasks.runs import run_summary
 
         state = nightly(billing_date=day, config_path=str(self.config_path), return_state=True, **kw)
         summary = run_summary(self.settings, str(state.state_details.flow_run_id))
@@ -175,7 +175,7 @@ def test_lost_answer_becomes_uncertain_and_is_never_reposted(env):
     again = env.run(D1)
     assert again["charges_posted"] == 0 and key in again["uncertain"]
     assert len([i for i in env.sandbox.billable_items() if key in i["description"]]) == 1
-    from tasks.post import reconcile
+    from autobill.ledger.charges import reconcile
 
     reconcile(env.settings, key, posted=True, billable_id=stored[0]["id"])
     _assert_whmcs_matches_ledger(env)

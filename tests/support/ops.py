@@ -151,6 +151,6 @@ class BillingWorld:
 
 
 def summary_for(settings, flow_run_id: str) -> dict[str, Any] | None:
-    from tasks.runs import run_summary
+    from autobill.ledger.runs import run_summary
 
     return run_summary(settings, flow_run_id)

@@ -12,11 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from autobill.billing_day import with_billing_date
 from autobill.config import settings_from_dict
+from autobill.ledger.charges import idempotency_key
 from autobill.ledger.db import session_scope, upgrade
 from autobill.ledger.models import BilledCDR, Charge, ExtractionBatch, ServerWatermark, UnratedCDR
+from autobill.ledger.unrated import unrated_rows
 from autobill.money import round_minor
-from tasks.aggregate import charge_lines, idempotency_key, record_billing, unrated_rows, with_billing_date
+from tasks.aggregate import charge_lines, record_billing
 
 DAY = date(2026, 11, 20)
 

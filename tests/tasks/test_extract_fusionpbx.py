@@ -11,10 +11,11 @@ from sqlalchemy import select
 
 import tests.support.fusionpbx_schema as fx
 from autobill import lake
+from autobill.ledger.batches import BatchStateError, commit_batch, read_batch, reject_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ExtractionBatch, ServerWatermark
 from connectors.base import SourceError
-from tasks.extract import BatchStateError, commit_batch, extract_server, read_batch, reject_batch
+from tasks.extract import extract_server
 from tests.support.extract import closed_port, fusion_server, make_settings
 
 pytestmark = pytest.mark.postgres

@@ -38,7 +38,8 @@ def settings_for(tmp_path: Path, servers: list[dict]):
 
 
 def test_lesnet_cursor_is_kept_by_commit_and_the_unchanged_file_adds_nothing(tmp_path: Path) -> None:
-    from tasks.extract import commit_batch, extract_server, reject_batch
+    from autobill.ledger.batches import commit_batch, reject_batch
+    from tasks.extract import extract_server
 
     with LesNetSandbox(ROWS) as sb:
         settings = settings_for(
@@ -60,7 +61,8 @@ def test_lesnet_cursor_is_kept_by_commit_and_the_unchanged_file_adds_nothing(tmp
 
 
 def test_vodia_through_the_extract_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.extract import commit_batch, extract_server, read_batch
+    from autobill.ledger.batches import commit_batch, read_batch
+    from tasks.extract import extract_server
 
     monkeypatch.setenv("VODIA_TEST_PASSWORD", "pw")
     t0 = datetime(2024, 3, 1, 14, tzinfo=UTC)

@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from autobill.config import settings_from_dict
+from autobill.ledger.charges import reconcile, surface_interrupted
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Charge
 from connectors.whmcs import WhmcsClient
 from sandboxes.whmcs import WhmcsSandbox
-from tasks.post import post_pending, reconcile, surface_interrupted
+from tasks.post import post_pending
 
 
 def _charges(url: str, n: int) -> None:

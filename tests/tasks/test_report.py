@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import polars as pl
 
+from autobill.ledger.runs import finish_run, run_history, start_run
 from tasks.report import RunSummary, ServerLine, count_outcomes, markdown, unrated_destinations
-from tasks.runs import finish_run, run_history, start_run
 
 
 def _rated():

@@ -1,0 +1,146 @@
+"""Record a night's rated CDRs in the ledger, exactly once.
+
+The one transaction in `record_rated` is the heart of invariant 1: the `charges` rows and the
+`billed_cdrs` rows that mark their CDRs billed commit together (or not at all), with the
+unrated CDRs to rate again and, when given, the extraction batches whose watermarks may now move.
+A CDR already final in the ledger is never billed again: it is filtered inside the transaction,
+and the primary key on `billed_cdrs.cdr_key` stops a concurrent run that raced past the filter
+(its transaction rolls back and is recomputed).
+
+How rated rows become charge lines (the DuckDB query in sql/charge_lines.sql) is the aggregate
+step's: it passes `lines_of` in, so the core never reads SQL files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import polars as pl
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from autobill.config import Settings
+from autobill.ledger.batches import commit_batch_in
+from autobill.ledger.bulk import dialect_of, insert_rows, keys_present, utc_text
+from autobill.ledger.charges import ChargeLine, insert_charges
+from autobill.ledger.db import session_scope
+from autobill.ledger.models import BilledCDR
+from autobill.ledger.unrated import resolve_unrated, upsert_unrated
+from autobill.timeutil import utc_now
+
+FINAL_OUTCOMES = ("billed", "included", "zero_cost")
+OUTCOMES = (*FINAL_OUTCOMES, "unrated")
+REQUIRED = (
+    "cdr_key", "server", "client_id", "service_id", "outcome", "charge_class", "cost", "currency",
+    "tariff_version", "charged_seconds", "billable_seconds", "included_seconds", "billing_date",
+)
+_CHUNK = 5000
+
+LinesOf = Callable[[pl.DataFrame], list[ChargeLine]]
+
+
+@dataclass
+class BillingRecord:
+    """What one `record_rated` call did (or, in a dry run, would do)."""
+
+    outcomes: dict[str, int]
+    lines: list[ChargeLine]
+    already_final_keys: list[str] = field(default_factory=list, repr=False)  # normally empty
+    charge_ids: list[int] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def already_final(self) -> int:
+        """Rows rated again that were already final in the ledger (counted once, earlier)."""
+        return len(self.already_final_keys)
+
+    @property
+    def amount_by_currency(self) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for line in self.lines:
+            totals[line.currency] = totals.get(line.currency, Decimal(0)) + line.amount
+        return totals
+
+
+def _final_keys(session: Session, keys: pl.Series) -> set[str]:
+    return keys_present(session, BilledCDR.__table__, "cdr_key", iter(keys))
+
+
+def _check(rated: pl.DataFrame) -> None:
+    missing = [c for c in REQUIRED if c not in rated.columns]
+    if missing:
+        raise ValueError(f"rated CDRs lack columns {missing}")
+    bad = rated.filter(~pl.col("outcome").is_in(OUTCOMES))
+    if bad.height:
+        raise ValueError(f"unknown outcome(s) {bad['outcome'].unique().to_list()} (known: {OUTCOMES})")
+    dup = rated.filter(pl.col("cdr_key").is_duplicated())
+    if dup.height:
+        raise ValueError(f"{dup.height} rated rows share a cdr_key (e.g. {dup['cdr_key'][0]!r}); dedupe first")
+
+
+def record_rated(
+    settings: Settings,
+    rated: pl.DataFrame,
+    run_id: int | None = None,
+    batch_ids: Iterable[int] = (),
+    dry_run: bool = False,
+    attempts: int = 3,
+    *,
+    lines_of: LinesOf,
+) -> BillingRecord:
+    """Create the charge lines and mark every final CDR in one ledger transaction."""
+    _check(rated)
+    batch_ids = list(batch_ids)
+    for attempt in range(1, attempts + 1):
+        try:
+            return _record_once(settings, rated, run_id, batch_ids, dry_run, lines_of)
+        except IntegrityError:
+            # A concurrent run marked some of these CDRs first; our transaction rolled back whole.
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _record_once(
+    settings: Settings, rated: pl.DataFrame, run_id: int | None, batch_ids: list[int], dry_run: bool,
+    lines_of: LinesOf,
+) -> BillingRecord:
+    with session_scope(settings.ledger) as session:
+        already = _final_keys(session, rated["cdr_key"])
+        todo = rated.filter(~pl.col("cdr_key").is_in(list(already))) if already else rated
+        counts = {o: 0 for o in OUTCOMES}
+        counts.update(dict(todo.group_by("outcome").len().iter_rows()))
+        lines = lines_of(todo.filter(pl.col("outcome") == "billed"))
+        record = BillingRecord(outcomes=counts, lines=lines, already_final_keys=sorted(already), dry_run=dry_run)
+        if dry_run:
+            session.rollback()
+            return record
+        dialect = dialect_of(session)
+        now = utc_now()
+        record.charge_ids = insert_charges(session, lines, run_id, now)
+        charge_of = pl.DataFrame(
+            {"cdr_key": [k for ln in lines for k in ln.cdr_keys],
+             "charge_id": [cid for ln, cid in zip(lines, record.charge_ids, strict=True) for _ in ln.cdr_keys]},
+            schema={"cdr_key": pl.String, "charge_id": pl.Int64},
+        )
+        final = todo.filter(pl.col("outcome").is_in(FINAL_OUTCOMES))
+        rows = (
+            final.join(charge_of, on="cdr_key", how="left")
+            .select(
+                "cdr_key", "server", pl.col("client_id").cast(pl.Int64), pl.col("service_id").cast(pl.Int64),
+                pl.col("billing_date").cast(pl.String), "outcome", "charge_id",
+                pl.col("cost").cast(pl.String).fill_null("0"),
+                pl.col("billable_seconds").fill_null(0).cast(pl.Int64),
+                pl.col("included_seconds").fill_null(0).cast(pl.Int64),
+                pl.lit(run_id, pl.Int64).alias("run_id"), pl.lit(utc_text(now, dialect)).alias("created_at"),
+            )
+        )
+        insert_rows(session, BilledCDR.__table__, rows.columns, rows.iter_rows(), encoded=True)
+        carried = final.filter(pl.col("source") == "unrated") if "source" in final.columns else final
+        resolve_unrated(session, carried["cdr_key"].to_list(), now)
+        upsert_unrated(session, todo.filter(pl.col("outcome") == "unrated"), now)
+        for batch_id in batch_ids:
+            commit_batch_in(session, batch_id)  # the watermark moves with the billing, never before
+        return record

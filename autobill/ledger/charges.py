@@ -1,0 +1,213 @@
+"""Charges in the ledger: the line, its idempotency key, and its posting states.
+
+Idempotency key: derived from (client, service, billing date, class, currency, tariff version)
+plus a digest of the exact set of CDR keys in the line. The same CDRs always give the same key
+(a crashed run recomputed cannot create a second charge), while late CDRs for an already billed
+date form a different set and so a new charge line, never an edit of the posted one.
+
+Posting states (every change is its own committed transaction, so a crash leaves a precise trace):
+- `pending`: certainly not in WHMCS. Posted by the next run.
+- `posting`: claimed and (maybe) sent. A run that finds a charge in `posting` at its start knows
+  the previous run died mid-call: the charge becomes `uncertain`.
+- `uncertain`: the call may or may not have created the billable item; never re-posted blindly.
+- `posted`: WHMCS returned its billable id.
+- `zero`: the rounded amount is zero; never posted.
+The WHMCS calls themselves are the post step's (tasks/post.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from autobill.config import Settings
+from autobill.ledger.bulk import insert_rows
+from autobill.ledger.db import session_scope
+from autobill.ledger.models import Charge
+from autobill.timeutil import utc_now
+
+_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class ChargeLine:
+    client_id: int
+    service_id: int
+    billing_date: date
+    charge_class: str
+    currency: str
+    tariff_version: str
+    exact_amount: Decimal
+    amount: Decimal
+    charged_seconds: int
+    cdr_count: int
+    idempotency_key: str
+    description: str
+    cdr_keys: tuple[str, ...] = field(repr=False)
+
+
+def idempotency_key(
+    client_id: int, service_id: int, billing_date: date, charge_class: str, currency: str,
+    tariff_version: str, cdr_keys: Iterable[str],
+) -> str:
+    digest = hashlib.sha256("\n".join(sorted(cdr_keys)).encode()).hexdigest()[:16]
+    head = f"{client_id}-{service_id}-{billing_date:%Y%m%d}-{charge_class}-{currency}-{tariff_version[:12]}"
+    return f"ab-{head}-{digest}"
+
+
+def describe(line_class: str, billing_date: date, cdr_count: int, seconds: int, key: str) -> str:
+    """The WHMCS invoice line: what, for which period, and the key an operator can search for."""
+    minutes = Decimal(seconds) / 60
+    return (
+        f"VoIP {line_class} calls {billing_date:%Y-%m-%d}: {cdr_count} call(s), "
+        f"{minutes.quantize(Decimal('0.1'))} min [{key}]"
+    )
+
+
+def insert_charges(session: Session, lines: list[ChargeLine], run_id: int | None, now: datetime) -> list[int]:
+    """Insert the charge lines; returns their ids in `lines` order."""
+    columns = ("idempotency_key", "client_id", "service_id", "billing_date", "charge_class", "currency", "amount",
+               "exact_amount", "billable_seconds", "cdr_count", "tariff_version", "description", "state",
+               "attempts", "run_id", "created_at")
+    insert_rows(session, Charge.__table__, columns, (
+        (ln.idempotency_key, ln.client_id, ln.service_id, ln.billing_date, ln.charge_class, ln.currency, ln.amount,
+         ln.exact_amount, ln.charged_seconds, ln.cdr_count, ln.tariff_version, ln.description,
+         "pending" if ln.amount != 0 else "zero", 0, run_id, now)
+        for ln in lines
+    ))
+    keys = [ln.idempotency_key for ln in lines]
+    ids: dict[str, int] = {}
+    for i in range(0, len(keys), _CHUNK):
+        ids.update(session.execute(
+            select(Charge.idempotency_key, Charge.id).where(Charge.idempotency_key.in_(keys[i : i + _CHUNK]))
+        ).tuples().all())
+    return [ids[k] for k in keys]
+
+
+@dataclass
+class PostingReport:
+    posted: int = 0
+    amount_posted: dict[str, Decimal] = field(default_factory=dict)
+    uncertain: list[str] = field(default_factory=list)  # idempotency keys needing reconciliation
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error): still pending, retried next run
+    skipped: int = 0  # claimed by someone else
+
+    def add_posted(self, currency: str, amount: Decimal) -> None:
+        self.posted += 1
+        self.amount_posted[currency] = self.amount_posted.get(currency, Decimal(0)) + amount
+
+
+@dataclass
+class Sent:
+    """What one attempt to post a charge came to."""
+
+    charge: Charge
+    state: str  # posted | uncertain | failed
+    billable_id: int | None = None
+    error: str | None = None
+
+
+def surface_interrupted(settings: Settings) -> list[str]:
+    """Charges left in `posting` by a run that died mid-call become `uncertain`; returns their keys."""
+    with session_scope(settings.ledger) as session:
+        keys = list(session.scalars(select(Charge.idempotency_key).where(Charge.state == "posting")))
+        if keys:
+            session.execute(
+                update(Charge)
+                .where(Charge.state == "posting")
+                .values(state="uncertain", last_error="found in `posting` at the start of a run: the call "
+                        "may or may not have reached WHMCS; reconcile by hand")
+            )
+    return keys
+
+
+def outstanding_uncertain(settings: Settings) -> list[str]:
+    """Every charge still waiting for an operator's reconciliation, oldest first."""
+    with session_scope(settings.ledger) as session:
+        return list(session.scalars(
+            select(Charge.idempotency_key).where(Charge.state == "uncertain").order_by(Charge.id)
+        ))
+
+
+def pending_charge_ids(settings: Settings) -> list[int]:
+    with session_scope(settings.ledger) as session:
+        return list(session.scalars(select(Charge.id).where(Charge.state == "pending").order_by(Charge.id)))
+
+
+def claim(settings: Settings, charge_ids: list[int]) -> list[Charge]:
+    """pending -> posting for these charges, committed before any of them is sent. Each row is
+    claimed by its own conditional UPDATE, so of two runs racing, exactly one gets it."""
+    with session_scope(settings.ledger) as session:
+        now, mine = utc_now(), []
+        for charge_id in charge_ids:
+            claimed = session.execute(
+                update(Charge)
+                .where(Charge.id == charge_id, Charge.state == "pending")
+                .values(state="posting", posting_started_at=now, attempts=Charge.attempts + 1, last_error=None)
+            ).rowcount
+            if claimed == 1:
+                mine.append(charge_id)
+        charges = list(session.scalars(select(Charge).where(Charge.id.in_(mine)).order_by(Charge.id)))
+        for charge in charges:
+            session.expunge(charge)
+        return charges
+
+
+def settle(settings: Settings, sent: list[Sent], report: PostingReport) -> None:
+    """Record what WHMCS said, for a batch of charges, in one transaction."""
+    with session_scope(settings.ledger) as session:
+        for s in sent:
+            where = update(Charge).where(Charge.id == s.charge.id)
+            if s.state == "posted":
+                # A concurrent run may have marked it uncertain meanwhile; we know better now.
+                session.execute(where.where(Charge.state.in_(("posting", "uncertain"))).values(
+                    state="posted", whmcs_billable_id=s.billable_id, posted_at=utc_now(), last_error=None))
+            else:
+                session.execute(where.where(Charge.state == "posting").values(
+                    state="uncertain" if s.state == "uncertain" else "pending", last_error=s.error))
+    for s in sent:
+        if s.state == "posted":
+            report.add_posted(s.charge.currency, s.charge.amount)
+        elif s.state == "uncertain":
+            report.uncertain.append(s.charge.idempotency_key)
+        else:
+            report.failed.append((s.charge.idempotency_key, s.error or ""))
+
+
+class ReconcileError(ValueError):
+    pass
+
+
+def find_charge(settings: Settings, ref: str) -> Charge:
+    with session_scope(settings.ledger) as session:
+        query = select(Charge).where(Charge.idempotency_key == ref)
+        if ref.isdigit():
+            query = select(Charge).where(Charge.id == int(ref))
+        charge = session.scalars(query).one_or_none()
+        if charge is None:
+            raise ReconcileError(f"no charge with id or idempotency key {ref!r}")
+        session.expunge(charge)
+        return charge
+
+
+def reconcile(settings: Settings, ref: str, posted: bool, billable_id: int | None = None, note: str = "") -> Charge:
+    """An operator's verdict on an uncertain charge: it is in WHMCS (posted) or it is not (pending again)."""
+    charge = find_charge(settings, ref)
+    if charge.state != "uncertain":
+        raise ReconcileError(f"charge {charge.idempotency_key} is {charge.state}, not uncertain: nothing to reconcile")
+    if posted:
+        values = {"state": "posted", "whmcs_billable_id": billable_id, "posted_at": utc_now(),
+                  "last_error": f"reconciled by operator as posted. {note}".strip()}
+    else:
+        values = {"state": "pending", "last_error": f"reconciled by operator as not posted. {note}".strip()}
+    with session_scope(settings.ledger) as session:
+        session.execute(update(Charge).where(Charge.id == charge.id, Charge.state == "uncertain").values(**values))
+    return find_charge(settings, str(charge.id))
+
+
