@@ -1,6 +1,6 @@
 """One autosuspend cycle for N clients against the WHMCS sandbox (target: 10 000 clients <= 20 s).
 
-What runs is the real cycle (`tasks.suspend.run_cycle`): paginated GetClientsProducts, GetClients
+What runs is the real cycle (`flows.autosuspend.run_cycle`): paginated GetClientsProducts, GetClients
 and GetInvoices(Unpaid), one GetClientsDetails per VoIP client on a thread pool, decisions, and
 every change applied (ModuleSuspend, emails, ledger writes in a SQLite ledger). The sandbox's
 `bulk_seed` gives every client "Has VoIP Service" = on, credit 0.00-99.99 and every 5th an unpaid
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from autobill.config import settings_from_dict
 from autobill.ledger.db import upgrade
+from flows.autosuspend import run_cycle
 from sandboxes.whmcs import WhmcsSandbox
-from tasks.suspend import run_cycle
 
 BUDGET_SECONDS = 20.0
 

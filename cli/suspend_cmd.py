@@ -1,6 +1,6 @@
 """`autobill suspend-check`: run one autosuspend cycle by hand and print the decisions (issue #7).
 
-The same plain functions as the 5-minute flow (tasks.suspend.run_cycle), without Prefect or a
+The same plain functions as the 5-minute flow (flows.autosuspend.run_cycle), without Prefect or a
 Prefect server. `--dry-run` reads and decides only: nothing is changed on the PBX or in WHMCS,
 no email is sent, nothing is written to the ledger. The log rows it writes otherwise carry the
 actor `suspend-check`. Exit status 1 when the cycle could not read WHMCS at all.
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         from autobill.ledger.db import upgrade
         from autobill.ledger.runs import RunBusy
         from connectors.whmcs import WhmcsError
-        from tasks.suspend import run_cycle
+        from flows.autosuspend import run_cycle
 
         settings = settings_or_exit(config)
         if settings.whmcs is None:

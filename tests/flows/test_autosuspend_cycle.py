@@ -14,9 +14,9 @@ from autobill.ledger.db import session_scope, upgrade
 from autobill.ledger.models import Notification, Run, SuspensionLog, SuspensionState
 from connectors.esl import EslClient
 from connectors.fusionpbx_switch import FusionPBXSwitch
+from flows.autosuspend import run_cycle
 from sandboxes.esl import EslSandbox
 from sandboxes.whmcs import WhmcsSandbox
-from tasks.suspend import run_cycle
 from tests.support.suspend import PBX, WHMCS_IDENT, WHMCS_SECRET, settings_for
 
 ESL_PW = "esl-cycle-pw"
