@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from autobill.billing_day import billing_cutoff, choose_servers, default_billing_date
@@ -29,8 +30,6 @@ from tasks.validate import BatchRejected, validate_batch_task, validate_requeued
 
 def run_name() -> str:
     """`autobill-2026-11-20` (or `autobill-2026-11-20-dry-run`) in the UI."""
-    from prefect.runtime import flow_run
-
     params = flow_run.parameters or {}
     day = params.get("billing_date") or "scheduled"
     return f"autobill-{day}{'-dry-run' if params.get('dry_run') else ''}"

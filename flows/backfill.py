@@ -25,114 +25,28 @@ Design (DESIGN.md "Backfill"; docs/OPERATING.md has the operator's view):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.states import Completed, Failed
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, Scheduled
 
+from autobill.backfill import DateResult, billing_dates, markdown, result_for, summarise
 from autobill.config import Settings, load_settings
-from autobill.ledger.runs import run_summary
+from autobill.durations import analyse, publish_artifact
+from autobill.ledger.runs import run_history, run_summary
 from autobill.timeutil import utc_now
+from flows.autobill import nightly
+from flows.runners import with_runner
 
 NIGHTLY_DEPLOYMENT = "autobill/nightly"
-MAX_DAYS = 366
 FINAL_BAD = ("FAILED", "CRASHED", "CANCELLED")
-
-
-@dataclass
-class DateResult:
-    """One billing date of the range, as the summary shows it."""
-
-    billing_date: str
-    state: str  # the child flow run's state type (COMPLETED, FAILED, ..., or NOT_RUN)
-    status: str  # the nightly summary's status (completed | partial), or "-" without a summary
-    flow_run_id: str | None = None
-    flow_run_name: str | None = None
-    mode: str = "subflow"  # subflow | deployment
-    extracted: int = 0
-    billed: int = 0
-    charges_created: int = 0
-    charges_posted: int = 0
-    amount_posted: dict[str, str] | None = None
-    uncertain: int = 0
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "COMPLETED" and self.status == "completed"
-
-
-def billing_dates(start_date: date, end_date: date, max_days: int = MAX_DAYS) -> list[date]:
-    """Every date of [start_date, end_date], oldest first; a backward or oversized range is an error
-    (a typo in a year must not start four hundred runs)."""
-    if end_date < start_date:
-        raise ValueError(f"end date {end_date} is before start date {start_date}")
-    n = (end_date - start_date).days + 1
-    if n > max_days:
-        raise ValueError(f"{n} dates ({start_date} .. {end_date}) is more than the {max_days} allowed; split the range")
-    return [start_date + timedelta(days=i) for i in range(n)]
-
-
-def summarise(results: list[DateResult]) -> dict[str, Any]:
-    """Totals across the range; amounts are summed exactly per currency (decimal strings in, out)."""
-    posted: dict[str, Decimal] = {}
-    for r in results:
-        for ccy, amount in (r.amount_posted or {}).items():
-            posted[ccy] = posted.get(ccy, Decimal(0)) + Decimal(amount)
-    not_ok = [r.billing_date for r in results if not r.ok]
-    return {
-        "dates": len(results),
-        "completed": sum(r.ok for r in results),
-        "not_completed": not_ok,
-        "extracted": sum(r.extracted for r in results),
-        "billed": sum(r.billed for r in results),
-        "charges_created": sum(r.charges_created for r in results),
-        "charges_posted": sum(r.charges_posted for r in results),
-        "amount_posted": {k: str(v) for k, v in sorted(posted.items())},
-        "uncertain": sum(r.uncertain for r in results),
-        "results": [asdict(r) for r in results],
-    }
-
-
-def markdown(summary: dict[str, Any], first: date, last: date, dry_run: bool) -> str:
-    amount = ", ".join(f"{v} {k}" for k, v in summary["amount_posted"].items()) or "0"
-    lines = [
-        f"# Backfill {first} .. {last}{' (dry run: nothing posted)' if dry_run else ''}",
-        "",
-        f"{summary['completed']} of {summary['dates']} dates completed; {summary['billed']} CDRs billed, "
-        f"{summary['charges_created']} charge lines created, {summary['charges_posted']} posted ({amount}).",
-    ]
-    if summary["not_completed"]:
-        lines.append(f"Not completed: {', '.join(summary['not_completed'])}; rerun those dates "
-                     "(from the UI, or `autobill backfill`): they bill only what is missing.")
-    if summary["uncertain"]:
-        lines.append(f"{summary['uncertain']} uncertain charge(s): run `autobill charges reconcile`.")
-    lines += ["", "| date | run | state | status | extracted | billed | charges | posted | amount |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in summary["results"]:
-        amt = ", ".join(f"{v} {k}" for k, v in (r["amount_posted"] or {}).items()) or "0"
-        lines.append(f"| {r['billing_date']} | {r['flow_run_name'] or '-'} | {r['state']} | {r['status']} "
-                     f"| {r['extracted']} | {r['billed']} | {r['charges_created']} | {r['charges_posted']} | {amt} |")
-    return "\n".join(lines) + "\n"
-
-
-# -- reading what a child did --------------------------------------------------------------------
-
-
-def result_for(day: date, state_type: str, flow_run_id: str | None, name: str | None, mode: str,
-               summary: dict[str, Any] | None, message: str = "") -> DateResult:
-    r = DateResult(day.isoformat(), state_type, "-", flow_run_id, name, mode, message=message[:300])
-    if summary:
-        r.status = summary.get("status", "-")
-        r.extracted, r.billed = summary.get("extracted", 0), summary.get("billed", 0)
-        r.charges_created, r.charges_posted = summary.get("charges_created", 0), summary.get("charges_posted", 0)
-        r.amount_posted = {k: str(v) for k, v in (summary.get("amount_posted") or {}).items()}
-        r.uncertain = len(summary.get("uncertain") or [])
-    return r
 
 
 # -- running children --------------------------------------------------------------------------
@@ -141,9 +55,6 @@ def result_for(day: date, state_type: str, flow_run_id: str | None, name: str | 
 def deployment_exists(name: str | None) -> bool:
     if not name:
         return False
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
     with get_client(sync_client=True) as client:
         try:
             client.read_deployment_by_name(name)
@@ -153,8 +64,6 @@ def deployment_exists(name: str | None) -> bool:
 
 
 def _wait(flow_run_id: UUID, timeout: float | None, poll: float = 2.0):
-    from prefect.client.orchestration import get_client
-
     deadline = None if timeout is None else time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
@@ -169,10 +78,6 @@ def _wait(flow_run_id: UUID, timeout: float | None, poll: float = 2.0):
 def run_child_deployment(settings: Settings, deployment: str, day: date, params: dict[str, Any], key: str,
                          attempt_started: datetime, timeout: float | None) -> DateResult:
     """One date through the nightly deployment; an old failed child (a retried backfill) is rescheduled."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.states import Scheduled
-
     logger = get_run_logger()
     run = run_deployment(deployment, parameters=params, idempotency_key=key, as_subflow=True, timeout=timeout,
                          tags=["backfill"], flow_run_name=f"autobill-{day.isoformat()}", poll_interval=2)
@@ -191,15 +96,10 @@ def run_child_deployment(settings: Settings, deployment: str, day: date, params:
 
 
 def run_child_subflow(settings: Settings, day: date, params: dict[str, Any]) -> DateResult:
-    from flows.autobill import nightly
-    from flows.runners import with_runner
-
     state = with_runner(nightly, settings)(**{**params, "billing_date": day}, return_state=True)
     flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     name = None
     if flow_run_id:
-        from prefect.client.orchestration import get_client
-
         with get_client(sync_client=True) as client:
             name = client.read_flow_run(UUID(flow_run_id)).name
     return result_for(day, state.type.value, flow_run_id, name, "subflow", run_summary(settings, flow_run_id),
@@ -208,9 +108,6 @@ def run_child_subflow(settings: Settings, day: date, params: dict[str, Any]) -> 
 
 def _durations(settings: Settings, logger) -> None:
     """The nightly duration history (artifact `autobill-run-durations`): a backfill is when runs pile up."""
-    from autobill.durations import analyse, publish_artifact
-    from autobill.ledger.runs import run_history
-
     report = analyse(run_history(settings, "nightly", 30), settings.nightly_budget_minutes, settings.tz)
     publish_artifact(report)
     for warning in report.warnings:
@@ -218,8 +115,6 @@ def _durations(settings: Settings, logger) -> None:
 
 
 def backfill_run_name() -> str:
-    from prefect.runtime import flow_run
-
     p = flow_run.parameters or {}
     return f"backfill-{p.get('start_date')}-to-{p.get('end_date')}{'-dry-run' if p.get('dry_run') else ''}"
 
@@ -254,9 +149,6 @@ def backfill(
     attempt_started = utc_now()
     days = billing_dates(start_date, end_date)
     settings = load_settings(config_path)
-    from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-    from prefect.runtime import flow_run
-
     use_deployment = deployment_exists(deployment)
     logger.info("backfill %s .. %s (%d dates) %s", start_date, end_date, len(days),
                 f"on deployment {deployment}" if use_deployment else "as subflows in this process")

@@ -22,6 +22,8 @@ from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from autobill.config import ConfigError, load_settings
+
 ENV_ADDRESS = "AUTOBILL_DASK_ADDRESS"
 DEFAULT_THREADS = 8
 
@@ -52,8 +54,6 @@ def configured_address(config_path: str | os.PathLike | None = None) -> str | No
     path = config_path or os.environ.get("AUTOBILL_CONFIG")
     if not path or not os.path.exists(path):
         return None
-    from autobill.config import ConfigError, load_settings
-
     try:
         return load_settings(path).dask_address
     except ConfigError:

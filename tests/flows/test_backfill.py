@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from flows.backfill import DateResult, billing_dates, markdown, summarise
+from autobill.backfill import DateResult, billing_dates, markdown, summarise
 from sandboxes.whmcs import WhmcsSandbox
 from tests.support.ops import WHMCS_ENV, BillingWorld
 
