@@ -6,7 +6,7 @@ the previous window), so this runs on every batch.
 
 How: the batch's keys are sent as ONE JSON array parameter, unpacked server-side
 (`json_each` in SQLite, `json_array_elements_text` in PostgreSQL) and joined with the three
-tables on their key indexes in one UNION ALL query. Measured on a million keys: `IN (...)`
+tables on their key indexes in one UNION ALL query (sql/known_keys_<dialect>.sql). Measured on a million keys: `IN (...)`
 lists in chunks cost 10-30 s (statement building and parameter binding dominate), a temp
 table about 2 s, the JSON array under 1 s on SQLite and about 2 s on PostgreSQL. The tables
 themselves are never read whole: they grow forever.
@@ -25,28 +25,12 @@ from collections.abc import Sequence
 import polars as pl
 from sqlalchemy import text
 
+import sql
 from autobill.ledger.db import engine_for
 
 # Priority when a key is in several places: final beats unrated beats quarantine.
 _PRIORITY = {"billed": 0, "unrated": 1, "quarantine:held": 2, "quarantine:released": 3, "quarantine:requeued": 4}
 MAX_KEY_LENGTH = 200  # longer keys cannot be in the ledger (column width)
-
-_KEYS = {
-    "sqlite": "SELECT value AS cdr_key FROM json_each(:keys)",
-    "postgresql": "SELECT value AS cdr_key FROM json_array_elements_text(CAST(:keys AS json))",
-}
-_QUERY = """
-WITH k AS MATERIALIZED ({keys})
-SELECT k.cdr_key, 'billed' FROM k JOIN billed_cdrs b ON b.cdr_key = k.cdr_key
-UNION ALL
-SELECT k.cdr_key, 'unrated' FROM k JOIN unrated_cdrs u ON u.cdr_key = k.cdr_key
-"""
-_QUARANTINE = """
-UNION ALL
-SELECT k.cdr_key, 'quarantine:' || q.status FROM k JOIN quarantine q ON q.cdr_key = k.cdr_key
-WHERE q.status IN ('held', 'released'{requeued})
-"""
-
 
 def _probe_keys(keys: Sequence[str] | pl.Series) -> list[str]:
     """Distinct keys that could be in the ledger (no whitespace/control characters, <= 200 chars):
@@ -68,11 +52,10 @@ def load_known_keys(
     if not wanted:
         return pl.DataFrame(schema=schema)
     engine = engine_for(ledger_url)
-    query = _QUERY.format(keys=_KEYS[engine.dialect.name])
-    if include_quarantine:
-        query += _QUARANTINE.format(requeued=", 'requeued'" if include_requeued else "")
+    query = sql.load(f"known_keys_{engine.dialect.name}")
+    params = {"keys": json.dumps(wanted), "quarantine": int(include_quarantine), "requeued": int(include_requeued)}
     with engine.connect() as conn:
-        found = conn.execute(text(query), {"keys": json.dumps(wanted)}).all()
+        found = conn.execute(text(query), params).all()
     frame = pl.DataFrame([tuple(r) for r in found], schema=schema, orient="row")
     return (
         frame.with_columns(pl.col("state").replace_strict(_PRIORITY, return_dtype=pl.Int32).alias("_p"))

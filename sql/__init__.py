@@ -1,4 +1,5 @@
-"""DuckDB SQL, one query per file, loaded by name (`load("charge_lines")`).
+"""SQL, one query per file, loaded by name (`load("charge_lines")`): DuckDB queries over the lake
+and the ledger queries that are not ORM (`known_keys_<dialect>`).
 
 Each query's contract (inputs, output columns) is in the comment block at the top of its file.
 """
