@@ -29,14 +29,10 @@ import time
 from datetime import date
 from pathlib import Path
 
+from sandboxes.loopback import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DAY = date(2026, 11, 18)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare(workdir: Path, cdrs: int, servers: int, port: int) -> dict:
@@ -150,7 +146,7 @@ def main() -> None:
            "PREFECT_HOME": str(workdir / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     env.pop("PREFECT_API_URL", None)
-    port = _free_port()
+    port = free_port()
     sandbox = None
     try:
         t0 = time.perf_counter()

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from sandboxes.loopback import Served
+
 DISCONNECT = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 
 
@@ -121,23 +123,20 @@ class EslSandbox:
         self.delay_on: dict[str, float] = {}  # command prefix -> seconds before replying
         self._connections = 0
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._served: Served | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> EslSandbox:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.sandbox = self
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="esl-sandbox", daemon=True)
-        self._thread.start()
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.sandbox = self
+        self._served = Served(server, "esl-sandbox")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._served is not None:
+            self._served.stop()
+            self._served = None
 
     def __enter__(self) -> EslSandbox:
         return self.start()
@@ -151,8 +150,8 @@ class EslSandbox:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start the sandbox first"
-        return self._server.server_address[1]
+        assert self._served is not None, "start the sandbox first"
+        return self._served.port
 
     @property
     def connections(self) -> int:

@@ -1,17 +1,62 @@
-"""A loopback HTTP server in a thread, with the fault switches every sandbox shares.
+"""The loopback-server base every stand-in uses.
 
-Why a base class: the Vodia and LesNet sandboxes differ only in what they answer; binding to
+- `free_port()`: a free 127.0.0.1 port (also: a port nothing listens on, for "connection refused").
+- `Served`: any `socketserver` server served on a daemon thread, with its port and a clean stop;
+  the WHMCS sandbox, the event-socket sandbox and `LoopbackServer` all run on it.
+- `LoopbackServer`: an HTTP sandbox with the fault switches the PBX sandboxes share.
+
+Why a base class for the HTTP sandboxes: the Vodia and LesNet sandboxes differ only in what they answer; binding to
 127.0.0.1 port 0, recording requests, injecting HTTP errors and slowness, and shutting down
 cleanly (even while a slow request sleeps) are the same, and tests depend on them behaving.
 """
 
 from __future__ import annotations
 
+import socket
+import socketserver
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` when nothing listens on it, else any free loopback port (bound, then released:
+    until someone binds it, a connection to it is refused)."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """`server` served on a daemon thread from construction until `stop()` (idempotent)."""
+
+    def __init__(self, server: socketserver.BaseServer, name: str) -> None:
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name,
+                                       daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
 
 
 @dataclass
@@ -95,8 +140,7 @@ class LoopbackServer:
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._served: Served | None = None
         self.delay: float = 0.0
         self.requests: list[Request] = []
 
@@ -105,23 +149,15 @@ class LoopbackServer:
     def start(self) -> Self:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.app = self
-        self._server = server
         self._stopping.clear()
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__, daemon=True
-        )
-        self._thread.start()
+        self._served = Served(server, type(self).__name__)
         return self
 
     def stop(self) -> None:
         self._stopping.set()  # wakes requests sleeping in `delay`
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._served is not None:
+            self._served.stop()
+            self._served = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -131,9 +167,9 @@ class LoopbackServer:
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._served is None:
             raise RuntimeError("sandbox not started: use it as a context manager or call start()")
-        return self._server.server_address[1]
+        return self._served.port
 
     @property
     def url(self) -> str:

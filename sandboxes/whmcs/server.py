@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from sandboxes.loopback import Served
 from sandboxes.whmcs.actions import Api, ApiError
 from sandboxes.whmcs.faults import Faults
 from sandboxes.whmcs.store import CUSTOM_FIELDS, Store
@@ -121,8 +122,7 @@ class WhmcsSandbox:
         self.faults = Faults(seed)
         self._identifier, self._secret, self._accesskey = identifier, secret, accesskey
         self._host, self._port = host, port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._served: Served | None = None
         self._counts: Counter[str] = Counter()
         self._idle = threading.Condition()
         self._in_flight = 0
@@ -130,29 +130,25 @@ class WhmcsSandbox:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> WhmcsSandbox:
-        if self._server is None:
-            self._server = _Server((self._host, self._port), _Handler)
-            self._server.sandbox = self
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="whmcs-sandbox", daemon=True
-            )
-            self._thread.start()
+        if self._served is None:
+            server = _Server((self._host, self._port), _Handler)
+            server.sandbox = self
+            self._served = Served(server, "whmcs-sandbox")
         return self
 
     def serve_forever(self) -> None:
         """Block serving (for `autobill sandbox serve`); Ctrl-C stops it."""
         self.start()
         try:
-            while self._thread is not None and self._thread.is_alive():
-                self._thread.join(0.5)
+            while self._served is not None and self._served.alive():
+                self._served.thread.join(0.5)
         finally:
             self.close()
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._served is not None:
+            self._served.stop()
+            self._served = None
         self.store.close()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
@@ -166,9 +162,9 @@ class WhmcsSandbox:
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._served is None:
             raise RuntimeError("sandbox not started")
-        return int(self._server.server_address[1])
+        return self._served.port
 
     @property
     def base_url(self) -> str:

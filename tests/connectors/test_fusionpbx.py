@@ -15,7 +15,8 @@ import tests.support.fusionpbx_schema as fx
 from autobill.config import FusionPBXServer
 from connectors.base import SourceError
 from connectors.fusionpbx import FusionPBXConnector, epoch_seconds
-from tests.support.extract import closed_port, fusion_server
+from tests.support import closed_port
+from tests.support.extract import fusion_server
 
 pytestmark = pytest.mark.postgres
 

@@ -16,7 +16,8 @@ from connectors.whmcs import (
     charge_description,
     parse_charge_key,
 )
-from tests.support.whmcs import IDENT, SECRET, closed_port, make_client, new_sandbox, settle
+from tests.support import closed_port
+from tests.support.whmcs import IDENT, SECRET, make_client, new_sandbox, settle
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,3 @@ def make_settings(tmp_path: Path, ledger_url: str, servers: list[dict[str, Any]]
         **extra,
     }
     return settings_from_dict(raw, base_dir=tmp_path)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

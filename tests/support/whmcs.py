@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 
@@ -35,12 +34,3 @@ def settle(sb: WhmcsSandbox, action: str, received: int) -> None:
     """Wait until the sandbox received `received` `action` requests and finished handling them."""
     wait_until(lambda: sb.request_count(action) >= received)
     assert sb.wait_idle(10.0)
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (connection refused)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
