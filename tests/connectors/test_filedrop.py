@@ -19,7 +19,8 @@ from autobill.ledger.models import ProcessedFile
 from connectors.base import SourceError
 from connectors.filedrop import FileDropConnector
 from tasks.extract import extract_server
-from tests.support.extract import drop_server, make_settings
+from tests.support import make_settings
+from tests.support.extract import drop_server
 
 UNTIL = datetime(2026, 6, 2, tzinfo=UTC)
 HEADER = "call_id,start,billsec,dst,direction,tenant,src,extension\n"

@@ -12,7 +12,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from data_quality.rules import RULE_ORDER, check_rows, decode_rows, known_frame
-from tests.support.dq import NOW, START, cdr, frame, good_rows, make_settings, where
+from tests.support.dq import NOW, START, cdr, dq_settings, frame, good_rows, where
 
 S = START
 GOOD = ("good", None)
@@ -111,7 +111,7 @@ CASES = [
 
 @pytest.mark.parametrize(("rows", "known", "expected", "reasons"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_corpus(tmp_path, rows, known, expected, reasons):
-    settings = make_settings(tmp_path)
+    settings = dq_settings(tmp_path)
     background = good_rows(3)
     batch = frame(background + rows)
     check = check_rows(batch, settings, NOW, known, server="pbx")
@@ -136,7 +136,7 @@ def test_corpus_has_at_least_thirty_bad_kinds():
 
 
 def test_quarantine_record_keeps_the_whole_row_and_its_billing_date(tmp_path):
-    settings = make_settings(tmp_path)
+    settings = dq_settings(tmp_path)
     row = cdr("a", billsec=-5, start_utc=START.replace(hour=2))  # 21:00 the day before in Toronto
     check = check_rows(frame([row]), settings, NOW, None, server="pbx")
     record = check.quarantined.row(0, named=True)
@@ -146,7 +146,7 @@ def test_quarantine_record_keeps_the_whole_row_and_its_billing_date(tmp_path):
 
 
 def test_decode_rows_round_trips_nulls_and_fractional_seconds(tmp_path):
-    settings = make_settings(tmp_path)
+    settings = dq_settings(tmp_path)
     rows = [cdr("a", cdr_key=None, answer_utc=None, billsec=None),
             cdr("b", billsec=-1, start_utc=START + timedelta(microseconds=1234))]
     check = check_rows(frame(rows), settings, NOW, None, server="pbx")
@@ -159,7 +159,7 @@ def test_known_keys_accepts_a_plain_set_as_billed():
 
 
 def test_row_tuple_unpacking_and_counts(tmp_path):
-    settings = make_settings(tmp_path)
+    settings = dq_settings(tmp_path)
     good, quarantined, duplicates = check_rows(frame(good_rows(2) + [cdr("x", billsec=-1)]), settings, NOW)
     assert (good.height, quarantined.height, duplicates.height) == (2, 1, 0)
 
@@ -180,7 +180,7 @@ MUTATIONS = {
 @given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from(sorted(MUTATIONS))), min_size=0, max_size=25),
        st.sets(st.integers(0, 6), max_size=3))
 def test_property_nothing_disappears(tmp_path, spec, billed):
-    settings = make_settings(tmp_path)
+    settings = dq_settings(tmp_path)
     rows = [cdr(str(key), **MUTATIONS[m], source_row=json.dumps({"tag": f"{i}"})) for i, (key, m) in enumerate(spec)]
     known = {f"pbx:{k}" for k in billed}
     check = check_rows(frame(rows), settings, NOW, known, server="pbx")

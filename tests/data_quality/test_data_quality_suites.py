@@ -14,7 +14,7 @@ from data_quality.policy import decide
 from data_quality.rules import RowCheck, check_rows
 from data_quality.suites import BatchReport, CheckResult, batch_report, run_suite, run_suite_pandas, to_pandas
 from data_quality.volume import MIN_HISTORY, Sample, volume_check
-from tests.support.dq import NOW, START, cdr, frame, good_rows, make_settings
+from tests.support.dq import NOW, START, cdr, dq_settings, frame, good_rows
 
 
 def _failed(checks: list[CheckResult]) -> set[tuple[str, str]]:
@@ -55,7 +55,7 @@ BAD_BATCHES = [
 
 @pytest.mark.parametrize(("make", "expected"), [b[1:] for b in BAD_BATCHES], ids=[b[0] for b in BAD_BATCHES])
 def test_bad_batches(tmp_path, make, expected):
-    settings = make_settings(tmp_path)  # max_bad_row_fraction 0.2: "mostly" 0.8
+    settings = dq_settings(tmp_path)  # max_bad_row_fraction 0.2: "mostly" 0.8
     checks, gx_result = run_suite(make(), settings)
     assert _failed(checks) == expected
     assert all(c.error is None for c in checks)
@@ -65,13 +65,13 @@ def test_bad_batches(tmp_path, make, expected):
 
 def test_threshold_follows_config(tmp_path):
     batch = _spoil(30, 3, billsec=-1)  # 10 of 30 bad
-    assert _failed(run_suite(batch, make_settings(tmp_path, max_bad_row_fraction=0.5))[0]) == set()
-    assert _failed(run_suite(batch, make_settings(tmp_path, max_bad_row_fraction=0.1))[0]) == {
+    assert _failed(run_suite(batch, dq_settings(tmp_path, max_bad_row_fraction=0.5))[0]) == set()
+    assert _failed(run_suite(batch, dq_settings(tmp_path, max_bad_row_fraction=0.1))[0]) == {
         ("expect_column_values_to_be_between(billsec)", "critical")}
 
 
 def test_missing_column_and_wrong_type_are_critical(tmp_path):
-    settings = make_settings(tmp_path)
+    settings = dq_settings(tmp_path)
     pdf = to_pandas(frame(good_rows(5))).drop(columns=["tenant"])
     pdf["billsec"] = pdf["billsec"].astype(str)
     checks, _ = run_suite_pandas(pdf, settings)
@@ -154,7 +154,7 @@ def _report(settings, batch, volume=None) -> BatchReport:
 
 
 def test_policy_rejects_above_the_bad_row_fraction(tmp_path):
-    settings = make_settings(tmp_path)
+    settings = dq_settings(tmp_path)
     rows = good_rows(10) + [cdr(f"b{i}", billsec=-1) for i in range(5)]  # 5 of 15 bad = 33 %
     check = check_rows(frame(rows), settings, NOW, server="pbx")
     decision = decide(check, None, settings)
@@ -163,16 +163,16 @@ def test_policy_rejects_above_the_bad_row_fraction(tmp_path):
 
 
 def test_policy_small_batches_need_min_bad_rows(tmp_path):
-    settings = make_settings(tmp_path)  # min_bad_rows 5
+    settings = dq_settings(tmp_path)  # min_bad_rows 5
     check = check_rows(frame(good_rows(2) + [cdr("b", billsec=-1)]), settings, NOW, server="pbx")
     decision = decide(check, None, settings)
     assert decision.accepted and "fewer than min_bad_rows 5" in decision.warnings[0]
-    strict = make_settings(tmp_path, min_bad_rows=1)
+    strict = dq_settings(tmp_path, min_bad_rows=1)
     assert not decide(check, None, strict).accepted
 
 
 def test_policy_ignores_overlap_duplicates_but_counts_held_rereads(tmp_path):
-    settings = make_settings(tmp_path, min_bad_rows=1)
+    settings = dq_settings(tmp_path, min_bad_rows=1)
     rows = good_rows(10) + [cdr(f"d{i}") for i in range(20)]
     billed = {f"pbx:d{i}": "billed" for i in range(20)}
     assert decide(check_rows(frame(rows), settings, NOW, billed, server="pbx"), None, settings).accepted
@@ -182,10 +182,10 @@ def test_policy_ignores_overlap_duplicates_but_counts_held_rereads(tmp_path):
 
 
 def test_policy_rejects_on_a_critical_batch_check(tmp_path):
-    settings = make_settings(tmp_path, max_bad_row_fraction=1.0)  # the fraction alone would pass
+    settings = dq_settings(tmp_path, max_bad_row_fraction=1.0)  # the fraction alone would pass
     batch = _spoil(30, 2, billsec=-1)
     check = check_rows(batch, settings, NOW, server="pbx")
-    report = _report(make_settings(tmp_path), batch)  # a suite with the default 0.2 threshold
+    report = _report(dq_settings(tmp_path), batch)  # a suite with the default 0.2 threshold
     decision = decide(check, report, settings)
     assert not decision.accepted
     assert any("expect_column_values_to_be_between(billsec) failed" in r for r in decision.reasons)
@@ -195,7 +195,7 @@ def test_volume_drop_warns_by_default_and_blocks_when_configured(tmp_path):
     batch = frame(good_rows(5))
     volume = volume_check(_night(5), [_night(1000, d) for d in range(1, 8)], 0.9)
     for blocks, accepted in ((False, True), (True, False)):
-        settings = make_settings(tmp_path, volume_drop_blocks=blocks)
+        settings = dq_settings(tmp_path, volume_drop_blocks=blocks)
         report = _report(settings, batch, volume)
         decision = decide(check_rows(batch, settings, NOW, server="pbx"), report, settings)
         assert decision.accepted is accepted
@@ -204,7 +204,7 @@ def test_volume_drop_warns_by_default_and_blocks_when_configured(tmp_path):
 
 
 def test_empty_rowcheck_is_accepted(tmp_path):
-    settings = make_settings(tmp_path)
+    settings = dq_settings(tmp_path)
     empty = RowCheck(frame([]), pl.DataFrame(), frame([]).with_columns(pl.lit("x").alias("duplicate_of")))
     decision = decide(empty, None, settings)
     assert decision.accepted and decision.bad_fraction == 0.0

@@ -16,7 +16,7 @@ from autobill.ledger.models import BilledCDR, QuarantinedRow, Run
 from cli import app
 from data_quality.quarantine import get_entry, list_quarantine, release, requeue_released
 from data_quality.rules import check_rows
-from tests.support.dq import NOW, START, add_batch, cdr, frame, good_rows, make_settings, settings_raw
+from tests.support.dq import NOW, START, add_batch, cdr, dq_settings, frame, good_rows, settings_raw
 
 
 def _statuses(settings) -> dict[str | None, str]:
@@ -40,7 +40,7 @@ def _quarantine_rows(settings, rows):
 
 
 def test_release_and_requeue_round_trip(tmp_path, ledger_url):
-    settings = make_settings(tmp_path, ledger_url)
+    settings = dq_settings(tmp_path, ledger_url)
     bad = [cdr("new-ext", tenant="beta", extension="2002"), cdr("neg", billsec=-1)]
     out = _quarantine_rows(settings, bad)
     assert out.quarantined_by_rule == {"negative_billsec": 1, "unknown_service": 1}
@@ -60,7 +60,7 @@ def test_release_and_requeue_round_trip(tmp_path, ledger_url):
 def test_requeued_rows_are_validated_again_with_the_fixed_config(tmp_path, ledger_url):
     from tasks.validate import validate_requeued
 
-    settings = make_settings(tmp_path, ledger_url)
+    settings = dq_settings(tmp_path, ledger_url)
     old_start = START.replace(month=9)  # more than lookback_days before NOW: only released rows may pass
     bad = [cdr("ext", tenant="beta", extension="2002"), cdr("still", tenant="nobody"),
            cdr("old", start_utc=old_start, answer_utc=None, end_utc=old_start.replace(minute=2))]
@@ -86,7 +86,7 @@ def test_requeued_rows_are_validated_again_with_the_fixed_config(tmp_path, ledge
 
 
 def test_stranded_requeued_rows_come_back(tmp_path, ledger_url):
-    settings = make_settings(tmp_path, ledger_url)
+    settings = dq_settings(tmp_path, ledger_url)
     _quarantine_rows(settings, [cdr("a", tenant="nobody"), cdr("b", tenant="nobody")])
     release(settings, rule="unknown_service")
     assert requeue_released(settings, run_id=1).height == 2
@@ -101,7 +101,7 @@ def test_stranded_requeued_rows_come_back(tmp_path, ledger_url):
 def test_requeued_key_is_a_duplicate_for_a_batch_that_reads_it_again(tmp_path, ledger_url):
     from data_quality.known import load_known_keys
 
-    settings = make_settings(tmp_path, ledger_url)
+    settings = dq_settings(tmp_path, ledger_url)
     _quarantine_rows(settings, [cdr("a", tenant="nobody")])
     release(settings, rule="unknown_service")
     requeue_released(settings)
@@ -113,7 +113,7 @@ def test_requeued_key_is_a_duplicate_for_a_batch_that_reads_it_again(tmp_path, l
 
 
 def test_release_needs_a_target(tmp_path):
-    settings = make_settings(tmp_path, migrate=True)
+    settings = dq_settings(tmp_path, migrate=True)
     with pytest.raises(ValueError):
         release(settings)
 
@@ -123,7 +123,7 @@ def test_release_needs_a_target(tmp_path):
 
 @pytest.fixture
 def cli_config(tmp_path):
-    settings = make_settings(tmp_path, migrate=True)
+    settings = dq_settings(tmp_path, migrate=True)
     _quarantine_rows(settings, [cdr("x1", tenant="nobody"), cdr("x2", tenant="nobody"), cdr("n1", billsec=-4),
                                 cdr("p2", cdr_key="pbx2:p2")])
     path = tmp_path / "autobill.yaml"

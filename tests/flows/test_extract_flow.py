@@ -9,8 +9,8 @@ import pytest
 
 from autobill.ledger.batches import commit_batch
 from tasks.extract import extract_task_for
-from tests.support import closed_port
-from tests.support.extract import drop_server, make_settings
+from tests.support import closed_port, make_settings
+from tests.support.extract import drop_server
 
 pytestmark = pytest.mark.flow
 

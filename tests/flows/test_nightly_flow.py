@@ -18,75 +18,17 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 from sqlalchemy import select
 
-from autobill.config import load_settings
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, Charge
+from autobill.ledger.models import BilledCDR
 from autobill.money import round_minor
-from sandboxes.generate import generate_calls, generate_config, make_world, tariff_frame, write_drop_folder
 from sandboxes.whmcs import WhmcsSandbox
+from tests.support.ops import BillingWorld
 
 pytestmark = [pytest.mark.flow]
 ROOT = Path(__file__).resolve().parents[2]
 D1, D2 = date(2026, 11, 18), date(2026, 11, 19)
-
-
-class Env:
-    """A generated world on disk: config, drop folders, a WHMCS sandbox with the same clients."""
-
-    def __init__(self, tmp: Path, sandbox: WhmcsSandbox, clients: int = 6, servers: int = 2) -> None:
-        self.tmp, self.sandbox = tmp, sandbox
-        self.world = make_world(clients=clients, servers_per_kind=servers, kinds=("file",), seed=7)
-        self.calls = generate_calls(self.world, D1, D2, calls_per_client_day=15)
-        config = generate_config(self.world)
-        (tmp / "tariffs").mkdir(parents=True)
-        tariff_frame().write_csv(tmp / "tariffs" / "retail.csv")
-        for server in config["servers"]:
-            server["settle_seconds"] = 0
-            server["retries"] = 0
-        config["whmcs"] = {"url": sandbox.url, "identifier": {"env": "TEST_WHMCS_ID"},
-                           "secret": {"env": "TEST_WHMCS_SECRET"}, "retries": 3, "timeout_seconds": 5}
-        self.config_path = tmp / "autobill.yaml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        for _ in range(clients):
-            sandbox.add_client()
-        self.settings = load_settings(self.config_path)
-
-    def drop(self, day: date, servers: list[str] | None = None) -> None:
-        """Put the calls of `day` (local) into the drop folders, as the PBXs would."""
-        local = pl.col("start_utc").dt.convert_time_zone(self.world.timezone).dt.date()
-        for sid in servers or self.world.servers["id"].to_list():
-            part = self.calls.filter((pl.col("server") == sid) & (local == day))
-            folder = self.tmp / "drop" / sid
-            folder.mkdir(parents=True, exist_ok=True)
-            write_drop_folder(folder, part)
-
-    def run(self, day: date, **kw) -> dict:
-        from autobill.ledger.runs import run_summary
-        from flows.autobill import nightly
-
-        state = nightly(billing_date=day, config_path=str(self.config_path), return_state=True, **kw)
-        summary = run_summary(self.settings, str(state.state_details.flow_run_id))
-        assert summary is not None, state.message
-        summary["_state"] = state.type.value
-        return summary
-
-    def charges(self) -> list[Charge]:
-        with session_scope(self.settings.ledger) as s:
-            rows = s.scalars(select(Charge).order_by(Charge.id)).all()
-            for r in rows:
-                s.expunge(r)
-            return rows
-
-    def billed_cost(self) -> dict[int, Decimal]:
-        """Exact per-client sum of the billed CDRs' rounded costs, from the ledger."""
-        totals: dict[int, Decimal] = {}
-        with session_scope(self.settings.ledger) as s:
-            for b in s.scalars(select(BilledCDR).where(BilledCDR.outcome == "billed")):
-                totals[b.client_id] = totals.get(b.client_id, Decimal(0)) + b.cost
-        return totals
 
 
 @pytest.fixture
@@ -94,10 +36,10 @@ def env(tmp_path, prefect_harness, monkeypatch):
     monkeypatch.setenv("TEST_WHMCS_ID", "demo")
     monkeypatch.setenv("TEST_WHMCS_SECRET", "demo")
     with WhmcsSandbox() as sandbox:
-        yield Env(tmp_path, sandbox)
+        yield BillingWorld(tmp_path, sandbox, D1, D2, calls_per_day=15, whmcs_timeout=5)
 
 
-def _assert_whmcs_matches_ledger(env: Env) -> None:
+def _assert_whmcs_matches_ledger(env: BillingWorld) -> None:
     items = env.sandbox.billable_items()
     charges = [c for c in env.charges() if c.state == "posted"]
     # One item per posted charge, and each charge's key appears in exactly one item.

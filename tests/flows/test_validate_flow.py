@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.dq import NOW, add_batch, cdr, good_rows, make_settings
+from tests.support.dq import NOW, add_batch, cdr, dq_settings, good_rows
 
 pytestmark = pytest.mark.flow
 
@@ -18,7 +18,7 @@ def test_validate_task_in_a_flow(tmp_path, prefect_harness):
 
     from tasks.validate import validate_batch_task
 
-    settings = make_settings(tmp_path, migrate=True)
+    settings = dq_settings(tmp_path, migrate=True)
     good_id = add_batch(settings, "pbx2", good_rows(5, server="pbx2"))
     bad_id = add_batch(settings, "pbx", good_rows(5) + [cdr(f"b{i}", billsec=-1) for i in range(6)])
 

@@ -1,8 +1,31 @@
 """Shared builders for the tests (one place each: reuse them, never write a twin)."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from autobill.config import Settings, settings_from_dict
+from autobill.ledger.db import upgrade
 from sandboxes.loopback import free_port
 
 
 def closed_port() -> int:
     """A loopback port nothing listens on (connection refused)."""
     return free_port()
+
+
+def make_settings(tmp_path: Path, ledger_url: str | None = None, servers: list[dict[str, Any]] | None = None,
+                  migrate: bool = True, **extra: Any) -> Settings:
+    """Settings for a test: America/Toronto, data and ledger (SQLite unless `ledger_url`) under
+    `tmp_path`, these servers and any other config keys; the ledger migrated unless `migrate=False`."""
+    raw: dict[str, Any] = {
+        "timezone": "America/Toronto",
+        "data_dir": str(tmp_path / "data"),
+        "ledger_url": ledger_url or f"sqlite:///{tmp_path / 'ledger.db'}",
+        "servers": servers or [],
+        **extra,
+    }
+    if migrate:
+        upgrade(raw["ledger_url"])
+    return settings_from_dict(raw, base_dir=tmp_path)

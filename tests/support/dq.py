@@ -11,21 +11,19 @@ import polars as pl
 
 from autobill import lake
 from autobill.cdr import CDR_SCHEMA, conform
-from autobill.config import Settings, settings_from_dict
-from autobill.ledger.db import session_scope, upgrade
+from autobill.config import Settings
+from autobill.ledger.db import session_scope
 from autobill.ledger.models import ExtractionBatch
+from tests.support import make_settings
 
 NOW = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)  # 01:00 in America/Toronto: the nightly run
 START = datetime(2026, 11, 19, 15, 0, tzinfo=UTC)
 
 
-def make_settings(tmp_path: Path, ledger_url: str | None = None, migrate: bool = False, **validation: Any) -> Settings:
+def dq_settings(tmp_path: Path, ledger_url: str | None = None, migrate: bool = False, **validation: Any) -> Settings:
     """Two servers; services: pbx/acme (whole tenant, plan basic), pbx/beta extension 2001
     (plan rich: bills inbound and local), pbx2/acme2 (whole tenant)."""
-    raw = settings_raw(tmp_path, ledger_url, **validation)
-    if migrate:
-        upgrade(raw["ledger_url"])
-    return settings_from_dict(raw, base_dir=tmp_path)
+    return make_settings(tmp_path, migrate=migrate, **settings_raw(tmp_path, ledger_url, **validation))
 
 
 def settings_raw(tmp_path: Path, ledger_url: str | None = None, **validation: Any) -> dict[str, Any]:

@@ -164,18 +164,15 @@ CREATE TABLE {table} (
 )
 """
 
-V_EXTENSIONS = """
+# The switch tables (autosuspend and the extension lookup). `enabled` is text ('true'/'false',
+# FusionPBX <= 5.4) or boolean (5.5+): format with enabled_type="text" or "boolean".
+V_DOMAINS = """
 CREATE TABLE {table} (
-    extension_uuid uuid PRIMARY KEY,
-    domain_uuid uuid,
-    extension text,
-    number_alias text,
-    accountcode text,
-    effective_caller_id_name text,
-    effective_caller_id_number text,
-    user_context text,
-    enabled text,
-    description text
+    domain_uuid uuid PRIMARY KEY,
+    domain_parent_uuid uuid,
+    domain_name text,
+    domain_enabled {enabled_type},
+    domain_description text
 )
 """
 
@@ -190,7 +187,24 @@ CREATE TABLE {table} (
     register text,
     profile text,
     hostname text,
-    enabled text,
+    enabled {enabled_type},
+    description text,
+    update_date timestamptz
+)
+"""
+
+V_EXTENSIONS = """
+CREATE TABLE {table} (
+    extension_uuid uuid PRIMARY KEY,
+    domain_uuid uuid,
+    extension text,
+    number_alias text,
+    password text,
+    accountcode text,
+    effective_caller_id_name text,
+    effective_caller_id_number text,
+    user_context text,
+    enabled {enabled_type},
     description text
 )
 """
@@ -226,7 +240,7 @@ def create_extensions_table(schema: str, extensions: dict[str, str] | None = Non
     """v_extensions with rows {extension number: extension_uuid}; returns that mapping."""
     extensions = dict(extensions or {})
     with connect(schema) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL(V_EXTENSIONS).format(table=_qualified(schema, "v_extensions")))
+        cur.execute(sql.SQL(V_EXTENSIONS).format(table=_qualified(schema, "v_extensions"), enabled_type=sql.SQL("text")))
         for number, ext_uuid in extensions.items():
             cur.execute(
                 sql.SQL("INSERT INTO {} (extension_uuid, extension, enabled) VALUES (%s, %s, 'true')").format(
@@ -237,9 +251,11 @@ def create_extensions_table(schema: str, extensions: dict[str, str] | None = Non
     return extensions
 
 
-def create_gateways_table(schema: str) -> None:
+def create_switch_tables(schema: str, enabled_type: str = "text") -> None:
+    """v_domains, v_gateways and v_extensions in `schema` (autosuspend's FusionPBX side)."""
     with connect(schema) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL(V_GATEWAYS).format(table=_qualified(schema, "v_gateways")))
+        for name, ddl in (("v_domains", V_DOMAINS), ("v_gateways", V_GATEWAYS), ("v_extensions", V_EXTENSIONS)):
+            cur.execute(sql.SQL(ddl).format(table=_qualified(schema, name), enabled_type=sql.SQL(enabled_type)))
 
 
 def epoch(moment: datetime) -> int:

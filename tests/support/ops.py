@@ -19,7 +19,9 @@ from sqlalchemy import select
 
 from autobill.config import load_settings
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, Charge
+from autobill.ledger.models import BilledCDR, Charge, QuarantinedRow, UnratedCDR
+from autobill.ledger.runs import run_summary
+from flows.autobill import nightly
 from sandboxes.generate import (
     fusionpbx_server_fields,
     generate_calls,
@@ -38,7 +40,7 @@ WHMCS_ENV = {"TEST_WHMCS_ID": "demo", "TEST_WHMCS_SECRET": "demo"}
 class BillingWorld:
     def __init__(self, tmp: Path, sandbox: Any, first: date, last: date, clients: int = 6, servers: int = 2,
                  seed: int = 7, ledger_url: str | None = None, calls_per_day: float = 12, kind: str = "file",
-                 pg_url: str | None = None, **extra: Any) -> None:
+                 pg_url: str | None = None, whmcs_timeout: float = 10, **extra: Any) -> None:
         """`kind="fusionpbx"` keeps each server's calls in a `v_xml_cdr_<n>` table of `pg_url`'s schema
         (read by window, like a real PBX database); `"file"` uses drop folders (read whole, once)."""
         self.tmp, self.sandbox, self.kind, self.pg_url = tmp, sandbox, kind, pg_url
@@ -58,7 +60,7 @@ class BillingWorld:
                 server["settle_seconds"] = 0
             server["retries"] = 0
         config["whmcs"] = {"url": sandbox.url, "identifier": {"env": "TEST_WHMCS_ID"},
-                           "secret": {"env": "TEST_WHMCS_SECRET"}, "retries": 3, "timeout_seconds": 10}
+                           "secret": {"env": "TEST_WHMCS_SECRET"}, "retries": 3, "timeout_seconds": whmcs_timeout}
         if ledger_url:
             config["ledger_url"] = ledger_url
         config.update(extra)
@@ -98,6 +100,14 @@ class BillingWorld:
             path.replace(target)
         return late
 
+    def run(self, day: date, **kw: Any) -> dict[str, Any]:
+        """The nightly flow for `day` on this world; its ledger summary, with `_state` (the flow state)."""
+        state = nightly(billing_date=day, config_path=str(self.config_path), return_state=True, **kw)
+        summary = run_summary(self.settings, str(state.state_details.flow_run_id))
+        assert summary is not None, state.message
+        summary["_state"] = state.type.value
+        return summary
+
     # -- what the ledger and WHMCS hold ------------------------------------------------------
 
     def charges(self) -> list[Charge]:
@@ -114,10 +124,16 @@ class BillingWorld:
                 s.expunge(r)
             return rows
 
+    def billed_cost(self) -> dict[int, Decimal]:
+        """Exact per-client sum of the billed CDRs' rounded costs, from the ledger."""
+        totals: dict[int, Decimal] = {}
+        for b in self.billed():
+            if b.outcome == "billed":
+                totals[b.client_id] = totals.get(b.client_id, Decimal(0)) + b.cost
+        return totals
+
     def ledger_states(self) -> dict[str, int]:
         """cdr_key -> in how many final-or-waiting ledger states it is (billed_cdrs, unrated, quarantine)."""
-        from autobill.ledger.models import QuarantinedRow, UnratedCDR
-
         counts: Counter[str] = Counter()
         with session_scope(self.settings.ledger) as s:
             for model in (BilledCDR, UnratedCDR, QuarantinedRow):
@@ -151,6 +167,4 @@ class BillingWorld:
 
 
 def summary_for(settings, flow_run_id: str) -> dict[str, Any] | None:
-    from autobill.ledger.runs import run_summary
-
     return run_summary(settings, flow_run_id)

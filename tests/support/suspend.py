@@ -10,43 +10,7 @@ from collections.abc import Callable
 import psycopg2
 from psycopg2 import sql
 
-DOMAINS = """
-CREATE TABLE v_domains (
-    domain_uuid uuid PRIMARY KEY,
-    domain_parent_uuid uuid,
-    domain_name text,
-    domain_enabled {enabled_type},
-    domain_description text
-)"""
-
-GATEWAYS = """
-CREATE TABLE v_gateways (
-    gateway_uuid uuid PRIMARY KEY,
-    domain_uuid uuid,
-    gateway text,
-    username text,
-    password text,
-    proxy text,
-    register text,
-    profile text,
-    hostname text,
-    enabled {enabled_type},
-    description text,
-    update_date timestamptz
-)"""
-
-EXTENSIONS = """
-CREATE TABLE v_extensions (
-    extension_uuid uuid PRIMARY KEY,
-    domain_uuid uuid,
-    extension text,
-    number_alias text,
-    password text,
-    accountcode text,
-    user_context text,
-    enabled {enabled_type},
-    description text
-)"""
+from tests.support.fusionpbx_schema import create_switch_tables
 
 
 def connector(schema: str) -> Callable[[], object]:
@@ -68,9 +32,7 @@ class PBX:
         self.schema, self.enabled_type = schema, enabled_type
         self.connect = connector(schema)
         self.domains: dict[str, str] = {}
-        with self._cur() as cur:
-            for ddl in (DOMAINS, GATEWAYS, EXTENSIONS):
-                cur.execute(ddl.format(enabled_type=enabled_type))
+        create_switch_tables(schema, enabled_type)
 
     def _cur(self):
         conn = self.connect()

@@ -16,8 +16,8 @@ from autobill.ledger.db import session_scope
 from autobill.ledger.models import ExtractionBatch, ServerWatermark
 from connectors.base import SourceError
 from tasks.extract import extract_server
-from tests.support import closed_port
-from tests.support.extract import fusion_server, make_settings
+from tests.support import closed_port, make_settings
+from tests.support.extract import fusion_server
 
 pytestmark = pytest.mark.postgres
 

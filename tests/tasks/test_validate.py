@@ -16,11 +16,11 @@ from autobill.ledger.db import session_scope
 from autobill.ledger.models import BilledCDR, ExtractionBatch, QuarantinedRow, ServerWatermark
 from data_quality.quarantine import release
 from tasks.validate import BatchRejected, validate_batch, validated_path
-from tests.support.dq import NOW, START, add_batch, cdr, good_rows, history, make_settings
+from tests.support.dq import NOW, START, add_batch, cdr, dq_settings, good_rows, history
 
 
 def _settings(tmp_path, ledger_url, **validation):
-    return make_settings(tmp_path, ledger_url, **validation)
+    return dq_settings(tmp_path, ledger_url, **validation)
 
 
 def _quarantine(settings) -> list[QuarantinedRow]:
