@@ -52,9 +52,12 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from sqlalchemy import select
 
 from autobill.cdr import conform, empty_cdrs
 from autobill.config import FileDropServer, Settings
+from autobill.ledger.db import session_scope
+from autobill.ledger.models import ProcessedFile
 from autobill.numbering import normalise_expr
 from connectors.base import Extracted, SourceError
 
@@ -191,11 +194,6 @@ class FileDropConnector:
             return set(self._processed)
         if self.settings is None:
             return set()
-        from sqlalchemy import select
-
-        from autobill.ledger.db import session_scope
-        from autobill.ledger.models import ProcessedFile
-
         with session_scope(self.settings.ledger) as session:
             rows = session.execute(select(ProcessedFile.content_hash).where(ProcessedFile.server == self.server.id))
             return {r[0] for r in rows}

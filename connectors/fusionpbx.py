@@ -32,10 +32,12 @@ from decimal import Decimal
 from typing import Any
 
 import polars as pl
+import psycopg2
 
 from autobill.cdr import conform
 from autobill.config import FusionPBXServer, Settings
 from autobill.numbering import normalise_expr
+from autobill.secrets import SecretError
 from connectors.base import Extracted, SourceError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,10 +96,6 @@ class FusionPBXConnector:
     # -- connection ----------------------------------------------------------------------
 
     def connect(self):
-        import psycopg2
-
-        from autobill.secrets import SecretError
-
         srv = self.server
         try:
             password = srv.password.get() if srv.password is not None else None
@@ -124,8 +122,6 @@ class FusionPBXConnector:
     # -- extraction ----------------------------------------------------------------------
 
     def extract(self, since: datetime | None, until: datetime, cursor: dict[str, Any] | None = None) -> Extracted:
-        import psycopg2
-
         srv = self.server
         low = None if since is None else since - timedelta(minutes=srv.overlap_minutes)
         conn = self.connect()

@@ -52,6 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+
+from autobill.secrets import reveal
 from connectors.esl import EslClient, EslCommandError, EslError
 
 log = logging.getLogger(__name__)
@@ -111,10 +114,6 @@ class FusionPBXSwitch:
     @classmethod
     def from_server(cls, server) -> FusionPBXSwitch:
         """From a `FusionPBXServer` config: same database as the CDR connector, read-write."""
-        import psycopg2
-
-        from autobill.secrets import reveal
-
         if server.esl_password is None:
             raise SwitchError(f"server {server.id}: esl_password is not configured; cannot make changes live")
 

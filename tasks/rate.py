@@ -29,6 +29,7 @@ from autobill.ledger.db import session_scope
 from autobill.ledger.models import BilledCDR
 from autobill.ledger.unrated import unrated_rows
 from autobill.mapping import assign_services
+from autobill.rating.billing import load_tariffs, rate_for_billing
 from autobill.timeutil import period_bounds
 
 _LEAN = [c for c in CDR_SCHEMA if c != "source_row"]
@@ -89,8 +90,6 @@ def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, dat
 def rate_run(settings: Settings, day: date, validated: list[str], requeued_path: str | None,
              run_id: int | None = None) -> Path:
     """Rate what this run bills; writes `<data>/rated/run-<id>.parquet` and returns its path."""
-    from autobill.rating.billing import load_tariffs, rate_for_billing
-
     cdrs = assign_services(gather(settings, day, validated, requeued_path), settings)
     rated = rate_for_billing(cdrs, settings, load_tariffs(settings), included_used(settings, cdrs))
     if rated.height != cdrs.height:

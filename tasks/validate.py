@@ -37,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 
 from autobill import lake
 from autobill.config import Settings
+from autobill.ledger.batches import read_batch, reject_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ExtractionBatch
 from autobill.timeutil import as_utc, utc_now
@@ -135,8 +136,6 @@ def _finish(
 def validate_batch(settings: Settings, batch_id: int, run_id: int | None = None,
                    now: datetime | None = None) -> ValidationOutcome:
     """Validate one extraction batch (see the module docstring). Raises BatchRejected."""
-    from autobill.ledger.batches import read_batch, reject_batch
-
     now = as_utc(now) if now else utc_now()
     with session_scope(settings.ledger) as session:
         batch = session.get(ExtractionBatch, batch_id)

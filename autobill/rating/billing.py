@@ -49,7 +49,7 @@ import polars as pl
 from autobill.config import Settings
 from autobill.rating import exact
 from autobill.rating.match import match
-from autobill.rating.tariff import LoadedTariff, load_tariff
+from autobill.rating.tariff import LoadedTariff, load_tariff, tariff_from_frame
 
 OUTCOMES = ("billed", "included", "zero_cost", "unrated")
 OUTPUT_SCHEMA: dict[str, pl.DataType] = {
@@ -349,6 +349,4 @@ def rate_for_billing(
 
 
 def _empty_tariff() -> LoadedTariff:
-    from autobill.rating.tariff import tariff_from_frame
-
     return tariff_from_frame(pl.DataFrame(schema={"prefix": pl.String, "rate": pl.String}), name="")
