@@ -19,10 +19,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from autobill.config import Settings, load_settings
+from autobill.config import ConfigError, Settings, load_settings
 from autobill.ledger.db import upgrade
 from autobill.ledger.runs import RunBusy
 from autobill.suspension.planning import CycleReport
+from autobill.timeutil import utc_now
 from tasks.suspend import (
     CycleContext,
     apply_cycle,
@@ -64,7 +65,19 @@ def run_cycle(settings: Settings, dry_run: bool = False, *, flow_run_id: str | N
     return cycle(begin(CycleContext(settings, dry_run, **context), flow_run_id), PLAIN_STEPS)
 
 
-@flow(name="autosuspend", timeout_seconds=270, log_prints=True)
+def run_name() -> str:
+    """`autosuspend-2026-11-26-0905` in the UI: the cycle's scheduled time in the billing timezone
+    (UTC when the configuration cannot be read; the flow then fails with the reason)."""
+    params = flow_run.parameters or {}
+    when = flow_run.scheduled_start_time or utc_now()
+    try:
+        when = when.astimezone(load_settings(params.get("config_path")).tz)
+    except ConfigError:
+        pass
+    return f"autosuspend-{when:%Y-%m-%d-%H%M}{'-dry-run' if params.get('dry_run') else ''}"
+
+
+@flow(name="autosuspend", flow_run_name=run_name, timeout_seconds=270, log_prints=True)
 def autosuspend(dry_run: bool = False, config_path: str | None = None) -> dict[str, Any]:
     """One cycle: read WHMCS, decide, apply, notify, record. `config_path`: default $AUTOBILL_CONFIG."""
     logger = get_run_logger()

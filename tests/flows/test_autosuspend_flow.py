@@ -98,3 +98,28 @@ def test_flow_with_whmcs_down_changes_nothing(prefect_harness, tmp_path, sb) -> 
     assert summary["status"] == "failed"
     sb.clear_faults()
     assert sb.module_calls() == []
+
+
+def test_flow_run_is_named_by_its_local_time(prefect_harness, tmp_path, sb) -> None:
+    """Runs are named by the billing timezone's clock (not a random "unbeatable-griffin")."""
+    import re
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from prefect.client.orchestration import get_client
+
+    from flows.autosuspend import autosuspend
+
+    client_id = sb.add_client(credit="70.00")
+    config = write_config(tmp_path, sb, [{"client_id": client_id, "service_id": sb.add_product(client_id)}])
+    raw = yaml.safe_load(config.read_text())
+    raw["timezone"] = "Asia/Kolkata"  # +05:30: a UTC name would differ in hour and minute
+    config.write_text(yaml.safe_dump(raw))
+    before = datetime.now(UTC)
+    state = autosuspend(config_path=str(config), dry_run=True, return_state=True)
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(state.state_details.flow_run_id).name
+    match = re.fullmatch(r"autosuspend-(\d{4}-\d{2}-\d{2}-\d{4})-dry-run", name)
+    assert match, name
+    named = datetime.strptime(match.group(1), "%Y-%m-%d-%H%M").replace(tzinfo=ZoneInfo("Asia/Kolkata"))
+    assert abs((named - before).total_seconds()) < 120, (name, before)
