@@ -204,10 +204,25 @@ class WHMCS(_Strict):
     page_size: Annotated[int, Field(ge=1, le=1000)] = 250
     # Charges posted concurrently (each still claimed, posted and committed one by one).
     post_workers: Annotated[int, Field(ge=1, le=32)] = 4
-    # Charges claimed / settled per ledger commit; after a crash up to this many need reconciling.
+    # Deprecated and ignored: each worker now claims one charge at a time (a crash leaves at most
+    # post_workers charges uncertain). Still accepted so existing config files keep loading.
     post_batch: Annotated[int, Field(ge=1, le=500)] = 20
     # Client custom field name -> WHMCS field id (GetClientsDetails returns ids, not names).
     custom_field_ids: dict[str, Annotated[int, Field(ge=1)]] = {}
+    # Reconciliation of uncertain charges (tasks/reconcile.py). WHMCS writes its dates and times
+    # in its server's timezone without an offset; default: the billing timezone.
+    timezone: str | None = None
+    # Automation Settings > Time of Day ("HH:MM", WHMCS local). Only used when GetAutomationLog
+    # cannot be read: the daily cron is then assumed complete at this time + cron_margin_minutes.
+    cron_time: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] | None = None
+    cron_margin_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 90
+    # A daily cron counts for a charge only if it started this long after the charge became uncertain.
+    reconcile_margin_seconds: Annotated[int, Field(ge=0, le=24 * 3600)] = 0
+    # Optional read-only WHMCS database (MySQL/MariaDB), e.g. {env: WHMCS_DB_URL} holding
+    # mysql+pymysql://reader:pw@host/whmcs: uncertain charges are settled from tblbillableitems.
+    database_url: SecretRef | None = None
+
+    _whmcs_tz = field_validator("timezone")(lambda v: None if v is None else _check_timezone(v))
 
 
 class Autosuspend(_Strict):
@@ -323,6 +338,12 @@ class Settings(_Strict):
 
     def resolve_path(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def whmcs_tz(self) -> ZoneInfo:
+        """The WHMCS server's timezone (its API dates carry no offset); default the billing timezone."""
+        tz = self.whmcs.timezone if self.whmcs is not None else None
+        return ZoneInfo(tz or self.timezone)
 
     @property
     def data_path(self) -> Path:

@@ -13,11 +13,13 @@ from cli.common import ConfigOption, fail, settings_or_exit
 charges_app = typer.Typer(help="Charge lines posted (or to post) to WHMCS.", no_args_is_help=True)
 
 RECONCILE_HELP = """\
-An uncertain charge may or may not be in WHMCS (the answer to AddBillableItem was lost).
-For each one: in WHMCS open Billing > Billable Items (or the client's Billable Items tab) and
-search the description for the charge's key (ab-...). Then:
-  found      autobill charges reconcile KEY --posted --billable-id N
-  not found  autobill charges reconcile KEY --not-posted      (posted by the next run)
+Each nightly run settles uncertain charges itself once WHMCS's daily cron has run after them
+(the key [ab-...] is looked for on the client's new invoices), or at once with whmcs.database_url.
+What is listed here could not be decided yet; the reason says why. To settle by hand, search
+WHMCS (Billing > Billable Items, or the client's invoices) for the key, then:
+  found      autobill charges reconcile KEY [KEY ...] --posted --billable-id N [--billable-id M ...]
+  not found  autobill charges reconcile KEY [KEY ...] --not-posted      (posted by the next run)
+  ask WHMCS  autobill charges reconcile --check                          (what the nightly run does)
 """
 
 
@@ -41,11 +43,11 @@ def register(app: typer.Typer) -> None:
         """List charge lines, newest first."""
         from sqlalchemy import select
 
-        from autobill.ledger.db import session_scope, upgrade
+        from autobill.ledger.db import ensure_current, session_scope
         from autobill.ledger.models import Charge
 
         settings = settings_or_exit(config)
-        upgrade(settings.ledger)
+        ensure_current(settings.ledger)
         query = select(Charge).order_by(Charge.id.desc())
         if state:
             query = query.where(Charge.state == state)
@@ -66,38 +68,102 @@ def register(app: typer.Typer) -> None:
 
     @charges_app.command("reconcile")
     def reconcile_(
-        ref: Annotated[str | None, typer.Argument(help="Charge id or idempotency key; omit to list uncertain ones.")] = None,
+        refs: Annotated[list[str] | None, typer.Argument(
+            help="Charge ids or idempotency keys; omit to list the uncertain ones with their evidence.")] = None,
         posted: Annotated[bool | None, typer.Option("--posted/--not-posted", help="Your finding in WHMCS.")] = None,
-        billable_id: Annotated[int | None, typer.Option(help="The WHMCS billable item id, with --posted.")] = None,
-        note: Annotated[str, typer.Option(help="Free text kept with the charge.")] = "",
+        billable_id: Annotated[list[int] | None, typer.Option(
+            help="With --posted: the WHMCS billable item id, once per charge, in the same order.")] = None,
+        note: Annotated[str, typer.Option(help="Free text kept with the decision.")] = "",
+        check: Annotated[bool, typer.Option("--check", help="Ask WHMCS now, as the nightly run does.")] = False,
         config: ConfigOption = None,
     ) -> None:
         """Settle charges whose WHMCS call may or may not have happened."""
-        from autobill.ledger.charges import ReconcileError, reconcile
-        from autobill.ledger.db import session_scope, upgrade
-        from autobill.ledger.models import Charge
+        from autobill.ledger.db import ensure_current
 
         settings = settings_or_exit(config)
-        upgrade(settings.ledger)
-        if ref is None:
-            from sqlalchemy import select
-
-            with session_scope(settings.ledger) as session:
-                rows = [_row(c) for c in session.scalars(select(Charge).where(Charge.state == "uncertain"))]
-            for r in rows:
-                typer.echo(f"{r['key']}  client {r['client_id']}  {r['amount']} {r['currency']}  ({r['last_error']})")
-            typer.echo(f"{len(rows)} uncertain charge(s)")
-            if rows:
-                typer.echo(RECONCILE_HELP)
+        ensure_current(settings.ledger)
+        if check:
+            raise typer.Exit(_check(settings))
+        if not refs:
+            _list_uncertain(settings)
             return
         if posted is None:
             raise fail("say what you found in WHMCS: --posted (with --billable-id) or --not-posted")
-        if posted and billable_id is None:
-            raise fail("--posted needs --billable-id N (the WHMCS billable item you found)")
-        try:
-            charge = reconcile(settings, ref, posted=posted, billable_id=billable_id, note=note)
+        ids = billable_id or []
+        if posted and len(ids) != len(refs):
+            raise fail(f"--posted needs one --billable-id per charge, in order ({len(refs)} charge(s), "
+                       f"{len(ids)} id(s))")
+        if not posted and ids:
+            raise fail("--billable-id goes with --posted")
+        from autobill.ledger.charges import ReconcileError, find_charge, reconcile
+
+        try:  # every reference is checked before any is settled
+            for ref in refs:
+                if find_charge(settings, ref).state != "uncertain":
+                    raise ReconcileError(f"charge {ref} is {find_charge(settings, ref).state}, not uncertain: "
+                                         "nothing to reconcile")
         except ReconcileError as exc:
             raise fail(str(exc)) from None
-        typer.echo(f"{charge.idempotency_key}: {charge.state}")
+        for i, ref in enumerate(refs):
+            try:
+                charge = reconcile(settings, ref, posted=posted, billable_id=ids[i] if posted else None, note=note)
+            except ReconcileError as exc:
+                raise fail(str(exc)) from None
+            typer.echo(f"{charge.idempotency_key}: {charge.state}")
 
     app.add_typer(charges_app, name="charges")
+
+
+def _list_uncertain(settings) -> None:
+    from sqlalchemy import select
+
+    from autobill.ledger.db import session_scope
+    from autobill.ledger.models import Charge
+    from autobill.ledger.reconciliation import latest_decisions
+
+    with session_scope(settings.ledger) as session:
+        rows = [_row(c) for c in session.scalars(select(Charge).where(Charge.state == "uncertain").order_by(Charge.id))]
+    decided = latest_decisions(settings, [r["id"] for r in rows])
+    for r in rows:
+        typer.echo(f"{r['key']}  client {r['client_id']}  {r['amount']} {r['currency']}  ({r['last_error']})")
+        d = decided.get(r["id"])
+        if d is None:
+            typer.echo("    not checked yet: the next nightly run (or --check) looks for it in WHMCS")
+        else:
+            scanned = json.loads(d.invoices_scanned) if d.invoices_scanned else []
+            typer.echo(f"    last checked {d.decided_at:%Y-%m-%d %H:%M} UTC ({d.source}): {d.reason}")
+            if scanned:
+                typer.echo(f"    invoices read: {', '.join(str(i) for i in scanned)}")
+    typer.echo(f"{len(rows)} uncertain charge(s)")
+    if rows:
+        typer.echo(RECONCILE_HELP)
+
+
+def _check(settings) -> int:
+    """Run the nightly run's reconciliation now; exit 0 when nothing is left uncertain, else 2."""
+    if settings.whmcs is None:
+        raise fail("whmcs: not configured; cannot ask WHMCS")
+    from connectors.whmcs import WhmcsClient, WhmcsError
+    from connectors.whmcs_db import WhmcsDatabase, WhmcsDatabaseError
+    from tasks.reconcile import reconcile_uncertain
+
+    db = None
+    try:
+        if settings.whmcs.database_url is not None:
+            db = WhmcsDatabase(settings.whmcs.database_url.get(), timeout_seconds=settings.whmcs.timeout_seconds)
+        with WhmcsClient.from_settings(settings.whmcs) as client:
+            report = reconcile_uncertain(settings, client, db, actor="autobill charges reconcile --check")
+    except (WhmcsError, WhmcsDatabaseError) as exc:
+        raise fail(str(exc)) from None
+    finally:
+        if db is not None:
+            db.close()
+    for key in report.posted:
+        typer.echo(f"{key}: posted (found in WHMCS)")
+    for key in report.pending:
+        typer.echo(f"{key}: pending (not in WHMCS: posted by the next run)")
+    for key, why in report.undecided:
+        typer.echo(f"{key}: still uncertain: {why}")
+    typer.echo(f"{report.checked} checked: {len(report.posted)} posted, {len(report.pending)} pending, "
+               f"{len(report.undecided)} undecided")
+    return 2 if report.undecided else 0

@@ -24,6 +24,7 @@ def serve(
     secret: Annotated[
         str, typer.Option(envvar="AUTOBILL_SANDBOX_SECRET", help="API secret it accepts (env AUTOBILL_SANDBOX_SECRET).")
     ] = "demo",
+    timezone: Annotated[str, typer.Option(help="The simulated WHMCS server's timezone (its dates and times).")] = "UTC",
 ) -> None:
     """Serve until Ctrl-C; prints the API URL and the client custom field ids."""
     import signal
@@ -34,7 +35,14 @@ def serve(
         raise KeyboardInterrupt  # SIGTERM cleans up (temporary state file) like Ctrl-C
 
     signal.signal(signal.SIGTERM, _stop)
-    sandbox = WhmcsSandbox(db_path=db, identifier=identifier, secret=secret, host=host, port=port)
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        typer.echo(f"error: --timezone: unknown IANA timezone {timezone!r}", err=True)
+        raise typer.Exit(1) from None
+    sandbox = WhmcsSandbox(db_path=db, identifier=identifier, secret=secret, host=host, port=port, timezone=timezone)
     try:
         if seed_clients:
             ids = sandbox.bulk_seed(seed_clients)
@@ -46,6 +54,7 @@ def serve(
         fields = ", ".join(f"{name!r}: {fid}" for name, fid in sandbox.custom_field_ids.items())
         typer.echo(f"  whmcs.custom_field_ids: {{{fields}}}")
         typer.echo(f"  faults     POST {sandbox.base_url}/_sandbox/faults  (JSON; loopback only)")
+        typer.echo(f"  daily cron POST {sandbox.base_url}/_sandbox/cron    (nextcron items -> invoices; loopback only)")
         sandbox.serve_forever()
     except KeyboardInterrupt:
         typer.echo("stopped")

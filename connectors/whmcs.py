@@ -455,6 +455,37 @@ class WhmcsClient:
             self._pages("GetInvoices", "invoices", "invoice", userid=user_id, status=status, orderby="id", order="asc")
         )
 
+    def get_invoice(self, invoice_id: int) -> dict:
+        """One invoice with its lines: `items` is a list of {id, type, relid, description, amount, …}
+        (for a line made from a billable item, type "Item" and relid = the billable item id)."""
+        resp = self.call("GetInvoice", invoiceid=int(invoice_id))
+        return {**resp, "items": _items(resp.get("items"), "item")}
+
+    def invoices_since(self, client_id: int, since: date, lookback_days: int = 31) -> list[dict]:
+        """The client's invoices dated `since` or later (WHMCS-local dates), newest first.
+
+        GetInvoices has no date filter: pages are read newest id first and filtered here. Paging
+        stops at an invoice dated more than `lookback_days` before `since`, so an invoice an admin
+        backdated a little after `since` does not end the scan early."""
+        out: list[dict] = []
+        stop = since.toordinal() - lookback_days
+        for inv in self._pages("GetInvoices", "invoices", "invoice", userid=int(client_id), orderby="id", order="desc"):
+            try:
+                day = date.fromisoformat(str(inv.get("date", ""))[:10])
+            except ValueError:
+                out.append(inv)  # no readable date: keep it rather than miss it
+                continue
+            if day >= since:
+                out.append(inv)
+            elif day.toordinal() < stop:
+                break
+        return out
+
+    def get_automation_log(self, start: date | None = None, end: date | None = None) -> dict:
+        """GetAutomationLog: `lastDailyCronInvocationTime` and `currentDatetime` are the WHMCS
+        server's local times without an offset (read them with autobill.reconcile.whmcs_time)."""
+        return self.call("GetAutomationLog", startdate=start, enddate=end)
+
     def unpaid_balance(self, client_id: int) -> Decimal:
         """What the client still owes on Unpaid invoices.
 

@@ -1,4 +1,4 @@
-"""The nightly autobill flow: extract -> validate -> rate -> aggregate -> post -> report.
+"""The nightly autobill flow: extract -> validate -> rate -> aggregate -> reconcile -> post -> report.
 
 Orchestration only; every step is a task over a plain function in `tasks/`. Servers are
 extracted and validated in parallel, each in its own tasks: a server that fails (down, or its
@@ -23,6 +23,7 @@ from tasks.aggregate import record_billing_task
 from tasks.extract import extract_task_for
 from tasks.post import outstanding_uncertain_task, post_pending_task, surface_interrupted_task
 from tasks.rate import rate_run_task
+from tasks.reconcile import reconcile_task
 from tasks.report import RunSummary, ServerLine, report_task
 from tasks.runs import finish_run_task, start_run_task
 from tasks.validate import BatchRejected, validate_batch_task, validate_requeued_task
@@ -99,9 +100,11 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
 
     rated_path = rate_run_task(settings, day, good_paths, requeued, run_id)
     record = record_billing_task(settings, rated_path, run_id, batch_ids, dry_run)
+    reconciled = None if dry_run else reconcile_task(settings, run_id)
     posting = None if dry_run else post_pending_task(settings)
     uncertain = outstanding_uncertain_task(settings)
-    summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain)
+    summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain,
+                                      reconciled)
     data = summary.to_json()
     finish_run_task(settings, run_id, summary.status, data)
     logger.info("billing date %s: %s", day, summary.status)

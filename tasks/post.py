@@ -6,9 +6,11 @@ makes the WHMCS calls between a claim and its settlement.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
@@ -20,10 +22,9 @@ from autobill.config import Settings
 from autobill.ledger.charges import (
     PostingReport,
     Sent,
-    claim,
     outstanding_uncertain,
     pending_charge_ids,
-    settle,
+    settle_and_claim,
     surface_interrupted,
 )
 from autobill.ledger.models import Charge
@@ -54,46 +55,92 @@ def _send(client: BillableItemPoster, charge: Charge) -> Sent:
     return Sent(charge, "posted", billable_id=int(billable_id))
 
 
+@dataclass
+class _Turn:
+    """A worker's request to the committer: settle `sent` (if any), give me my next charge."""
+
+    sent: Sent | None
+    done: threading.Event = field(default_factory=threading.Event)
+    charge: Charge | None = None
+    error: BaseException | None = None
+
+
 def post_pending(
     settings: Settings,
     client: BillableItemPoster | Callable[[], BillableItemPoster],
     progress: Callable[[int, int], None] | None = None,
     workers: int = 1,
-    batch: int = 1,
 ) -> PostingReport:
     """Post every pending charge, oldest first; `progress(done, total)` is called as it goes.
 
-    Charges go in batches of `batch`: one commit claims them all (`posting`), then each is sent,
-    then one commit records the answers. A crash mid-batch leaves its charges in `posting`,
-    which the next run turns `uncertain` (never re-sent): a bigger batch costs fewer commits and
-    more charges to reconcile after a crash. With `workers` > 1, `client` is a factory called
-    once per worker thread (an HTTP session is not shared between threads)."""
+    Each worker holds at most ONE claimed charge: it asks for a charge, sends it, then hands the
+    answer back with its request for the next one. The calling thread is the only ledger writer:
+    it takes every request waiting at that moment and settles + claims for all of them in one
+    commit (`settle_and_claim`, a group commit), so commits stay few while only the charges in
+    flight are `posting`: a crash leaves at most `workers` charges for reconciliation. With
+    `workers` > 1, `client` is a factory called once per worker thread (an HTTP session is not
+    shared between threads); a single client object gets a single worker."""
     report = PostingReport()
     ids = pending_charge_ids(settings)
     is_factory = callable(client) and not hasattr(client, "add_billable_item")
-    local = threading.local()
+    n = max(1, workers) if is_factory else 1
+    candidates = iter(ids)
+    turns: queue.Queue[_Turn] = queue.Queue()
+    results: list[list[Sent]] = []
 
-    def send(charge: Charge) -> Sent:
-        if not is_factory:
-            return _send(client, charge)
-        if not hasattr(local, "client"):
-            local.client = client()
-        return _send(local.client, charge)
+    def work() -> list[Sent]:
+        poster = client() if is_factory else client
+        sent: Sent | None = None
+        out: list[Sent] = []
+        while True:
+            turn = _Turn(sent)
+            turns.put(turn)
+            turn.done.wait()
+            if sent is not None:
+                out.append(sent)
+            if turn.error is not None or turn.charge is None:
+                return out
+            sent = _send(poster, turn.charge)
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") if workers > 1 else None
-    try:
-        step = max(1, batch)
-        for start in range(0, len(ids), step):
-            chunk = ids[start : start + step]
-            claimed = claim(settings, chunk)
-            report.skipped += len(chunk) - len(claimed)
-            sent = list(pool.map(send, claimed)) if pool else [send(c) for c in claimed]
-            settle(settings, sent, report)
-            if progress is not None:
-                progress(start + len(chunk), len(ids))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+    failure: BaseException | None = None
+    done = skipped = 0
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="post") as pool:
+        futures = [pool.submit(work) for _ in range(n)]
+        active = n
+        while active:
+            try:
+                group = [turns.get(timeout=0.5)]
+            except queue.Empty:
+                if progress is not None and ids:
+                    progress(done, len(ids))
+                continue
+            while True:
+                try:
+                    group.append(turns.get_nowait())
+                except queue.Empty:
+                    break
+            if failure is None:
+                try:
+                    charges, n_skipped = settle_and_claim(settings, [t.sent for t in group],
+                                                          lambda: next(candidates, None))
+                except Exception as exc:  # noqa: BLE001 - stop handing out work; in-flight ones are surfaced next run
+                    failure, charges, n_skipped = exc, [None] * len(group), 0
+            else:
+                charges, n_skipped = [None] * len(group), 0
+            skipped += n_skipped
+            done += n_skipped + sum(t.sent is not None for t in group)
+            for turn, charge in zip(group, charges, strict=True):
+                turn.charge, turn.error = charge, failure
+                active -= charge is None
+                turn.done.set()
+        results = [f.result() for f in futures]
+    if failure is not None:
+        raise failure
+    for sent in results:
+        report.count(sent)
+    report.skipped = skipped
+    if progress is not None and ids:
+        progress(len(ids), len(ids))
     return report
 
 
@@ -133,8 +180,7 @@ def post_pending_task(settings: Settings) -> PostingReport:
         return clients[-1]
 
     try:
-        report = post_pending(settings, new_client, progress, workers=settings.whmcs.post_workers,
-                              batch=settings.whmcs.post_batch)
+        report = post_pending(settings, new_client, progress, workers=settings.whmcs.post_workers)
     finally:
         for c in clients:
             c.close()

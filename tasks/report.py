@@ -62,6 +62,10 @@ class RunSummary:
     uncertain: list[str] = field(default_factory=list)
     failed_posts: list[str] = field(default_factory=list)
     preview: list[dict[str, Any]] = field(default_factory=list)  # dry run: the lines that would be posted
+    # Uncertain charges settled from WHMCS before posting (tasks/reconcile.py): found / not found / left.
+    reconciled_posted: int = 0
+    reconciled_pending: int = 0
+    reconcile_undecided: int = 0
 
     def total(self, key: str) -> int:
         return sum(getattr(s, key) for s in self.servers)
@@ -95,6 +99,9 @@ class RunSummary:
             "uncertain": list(self.uncertain),
             "failed_posts": list(self.failed_posts),
             "failed_servers": self.failed_servers,
+            "reconciled_posted": self.reconciled_posted,
+            "reconciled_pending": self.reconciled_pending,
+            "reconcile_undecided": self.reconcile_undecided,
             "servers": {
                 s.server: {**{k: v for k, v in asdict(s).items() if k not in ("server", "amount")},
                            "amount": {c: str(a) for c, a in s.amount.items()}, "balanced": s.balanced}
@@ -153,6 +160,9 @@ def markdown(summary: RunSummary) -> str:
         "",
         *rows,
     ]
+    if summary.reconciled_posted or summary.reconciled_pending or summary.reconcile_undecided:
+        lines += ["", f"**Reconciled from WHMCS:** {summary.reconciled_posted} found (posted), "
+                  f"{summary.reconciled_pending} not there (posted again), {summary.reconcile_undecided} undecided."]
     if summary.uncertain:
         lines += ["", f"**{len(summary.uncertain)} uncertain charge(s)** — run `autobill charges reconcile`:", ""]
         lines += [f"- `{k}`" for k in summary.uncertain]
@@ -227,6 +237,7 @@ def build_summary(
     record: Any,
     posting: Any | None,
     uncertain: list[str],
+    reconciled: Any | None = None,
 ) -> RunSummary:
     """Assemble the run summary from each step's output (pure: no I/O)."""
     lines = dict(lines)
@@ -260,6 +271,9 @@ def build_summary(
              "description": ln.description}
             for ln in record.lines
         ]
+    if reconciled is not None:
+        summary.reconciled_posted, summary.reconciled_pending = len(reconciled.posted), len(reconciled.pending)
+        summary.reconcile_undecided = len(reconciled.undecided)
     if posting is not None:
         summary.charges_posted = posting.posted
         summary.amount_posted = dict(posting.amount_posted)
@@ -270,10 +284,11 @@ def build_summary(
 
 @task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def report_task(billing_date: date, dry_run: bool, lines: dict[str, ServerLine], rated_path: str,
-                requeued: Any | None, record: Any, posting: Any | None, uncertain: list[str]) -> RunSummary:
+                requeued: Any | None, record: Any, posting: Any | None, uncertain: list[str],
+                reconciled: Any | None = None) -> RunSummary:
     """`uncertain`: every charge still waiting for reconciliation (not only this run's)."""
     present = pl.read_parquet_schema(rated_path)
     rated = pl.read_parquet(rated_path, columns=[c for c in REPORT_COLUMNS if c in present])
-    summary = build_summary(billing_date, dry_run, lines, rated, requeued, record, posting, uncertain)
+    summary = build_summary(billing_date, dry_run, lines, rated, requeued, record, posting, uncertain, reconciled)
     publish(summary, client_totals(record.lines), unrated_destinations(rated))
     return summary

@@ -9,7 +9,8 @@ Posting states (every change is its own committed transaction, so a crash leaves
 - `pending`: certainly not in WHMCS. Posted by the next run.
 - `posting`: claimed and (maybe) sent. A run that finds a charge in `posting` at its start knows
   the previous run died mid-call: the charge becomes `uncertain`.
-- `uncertain`: the call may or may not have created the billable item; never re-posted blindly.
+- `uncertain`: the call may or may not have created the billable item; never re-posted blindly:
+  settled from WHMCS's invoices after its next daily cron (autobill/ledger/reconciliation.py).
 - `posted`: WHMCS returned its billable id.
 - `zero`: the rounded amount is zero; never posted.
 The WHMCS calls themselves are the post step's (tasks/post.py).
@@ -18,7 +19,7 @@ The WHMCS calls themselves are the post step's (tasks/post.py).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -30,6 +31,8 @@ from autobill.config import Settings
 from autobill.ledger.bulk import insert_rows
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Charge
+from autobill.ledger.reconciliation import Uncertain, record_decision
+from autobill.reconcile import PENDING, POSTED, Decision, Line
 from autobill.timeutil import utc_now
 
 _CHUNK = 5000
@@ -102,6 +105,15 @@ class PostingReport:
         self.posted += 1
         self.amount_posted[currency] = self.amount_posted.get(currency, Decimal(0)) + amount
 
+    def count(self, sent: list[Sent]) -> None:
+        for s in sent:
+            if s.state == "posted":
+                self.add_posted(s.charge.currency, s.charge.amount)
+            elif s.state == "uncertain":
+                self.uncertain.append(s.charge.idempotency_key)
+            else:
+                self.failed.append((s.charge.idempotency_key, s.error or ""))
+
 
 @dataclass
 class Sent:
@@ -121,8 +133,9 @@ def surface_interrupted(settings: Settings) -> list[str]:
             session.execute(
                 update(Charge)
                 .where(Charge.state == "posting")
-                .values(state="uncertain", last_error="found in `posting` at the start of a run: the call "
-                        "may or may not have reached WHMCS; reconcile by hand")
+                .values(state="uncertain", uncertain_at=utc_now(),
+                        last_error="found in `posting` at the start of a run: the call may or may not have "
+                        "reached WHMCS; settled from WHMCS's invoices after its next daily cron")
             )
     return keys
 
@@ -163,21 +176,54 @@ def settle(settings: Settings, sent: list[Sent], report: PostingReport) -> None:
     """Record what WHMCS said, for a batch of charges, in one transaction."""
     with session_scope(settings.ledger) as session:
         for s in sent:
-            where = update(Charge).where(Charge.id == s.charge.id)
-            if s.state == "posted":
-                # A concurrent run may have marked it uncertain meanwhile; we know better now.
-                session.execute(where.where(Charge.state.in_(("posting", "uncertain"))).values(
-                    state="posted", whmcs_billable_id=s.billable_id, posted_at=utc_now(), last_error=None))
-            else:
-                session.execute(where.where(Charge.state == "posting").values(
-                    state="uncertain" if s.state == "uncertain" else "pending", last_error=s.error))
-    for s in sent:
-        if s.state == "posted":
-            report.add_posted(s.charge.currency, s.charge.amount)
-        elif s.state == "uncertain":
-            report.uncertain.append(s.charge.idempotency_key)
-        else:
-            report.failed.append((s.charge.idempotency_key, s.error or ""))
+            _settle_one(session, s)
+    report.count(sent)
+
+
+def _settle_one(session: Session, s: Sent) -> None:
+    # posted: a concurrent run may have marked it uncertain meanwhile; we know better now.
+    where = update(Charge).where(Charge.id == s.charge.id).execution_options(synchronize_session=False)
+    if s.state == "posted":
+        session.execute(where.where(Charge.state.in_(("posting", "uncertain"))).values(
+            state="posted", whmcs_billable_id=s.billable_id, posted_at=utc_now(), last_error=None))
+    else:
+        session.execute(where.where(Charge.state == "posting").values(
+            state="uncertain" if s.state == "uncertain" else "pending", last_error=s.error,
+            uncertain_at=utc_now() if s.state == "uncertain" else None))
+
+
+def settle_and_claim(
+    settings: Settings, sent: list[Sent | None], next_id: Callable[[], int | None],
+) -> tuple[list[Charge | None], int]:
+    """One commit for a group of posting workers (group commit): record the answer for the charge
+    each one just sent (None: it has none yet) and claim ONE next charge for each (pending ->
+    posting), so that at any moment only the charges actually in flight, at most one per worker,
+    are in `posting`. `next_id()` hands out candidate ids; a candidate someone else claimed
+    meanwhile (a racing run) is skipped. Returns (one claimed charge or None per entry of `sent`,
+    how many candidates were skipped)."""
+    skipped, won = 0, []
+    with session_scope(settings.ledger) as session:
+        for s in sent:
+            if s is not None:
+                _settle_one(session, s)
+        now = utc_now()
+        for _ in sent:
+            # A racing run may hold the row; the conditional UPDATE decides who gets it.
+            while (charge_id := next_id()) is not None:
+                if session.execute(
+                    update(Charge)
+                    .where(Charge.id == charge_id, Charge.state == "pending")
+                    .values(state="posting", posting_started_at=now, attempts=Charge.attempts + 1, last_error=None)
+                    .execution_options(synchronize_session=False)
+                ).rowcount == 1:
+                    won.append(charge_id)
+                    break
+                skipped += 1
+        by_id = {c.id: c for c in session.scalars(select(Charge).where(Charge.id.in_(won)))} if won else {}
+        for charge in by_id.values():
+            session.expunge(charge)
+    claimed_charges: list[Charge | None] = [by_id[i] for i in won] + [None] * (len(sent) - len(won))
+    return claimed_charges, skipped
 
 
 class ReconcileError(ValueError):
@@ -196,18 +242,20 @@ def find_charge(settings: Settings, ref: str) -> Charge:
         return charge
 
 
-def reconcile(settings: Settings, ref: str, posted: bool, billable_id: int | None = None, note: str = "") -> Charge:
-    """An operator's verdict on an uncertain charge: it is in WHMCS (posted) or it is not (pending again)."""
+def reconcile(settings: Settings, ref: str, posted: bool, billable_id: int | None = None, note: str = "",
+              actor: str = "operator") -> Charge:
+    """An operator's verdict on an uncertain charge: it is in WHMCS (posted) or it is not (pending
+    again). Kept in `charge_reconciliations` like the nightly run's own decisions."""
     charge = find_charge(settings, ref)
     if charge.state != "uncertain":
         raise ReconcileError(f"charge {charge.idempotency_key} is {charge.state}, not uncertain: nothing to reconcile")
     if posted:
-        values = {"state": "posted", "whmcs_billable_id": billable_id, "posted_at": utc_now(),
-                  "last_error": f"reconciled by operator as posted. {note}".strip()}
+        decision = Decision(POSTED, f"operator found it in WHMCS (billable item {billable_id}). {note}".strip(),
+                            Line("", billable_id=billable_id))
     else:
-        values = {"state": "pending", "last_error": f"reconciled by operator as not posted. {note}".strip()}
-    with session_scope(settings.ledger) as session:
-        session.execute(update(Charge).where(Charge.id == charge.id, Charge.state == "uncertain").values(**values))
+        decision = Decision(PENDING, f"operator found it is not in WHMCS. {note}".strip())
+    target = Uncertain(charge.id, charge.idempotency_key, charge.client_id, charge.currency, charge.amount,
+                       charge.posting_started_at, charge.uncertain_at or charge.created_at)
+    if not record_decision(settings, target, decision, None, actor=actor):
+        raise ReconcileError(f"charge {charge.idempotency_key} was settled meanwhile: nothing to reconcile")
     return find_charge(settings, str(charge.id))
-
-

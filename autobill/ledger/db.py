@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -66,6 +69,37 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
+
+
+_REV = re.compile(r'^(down_revision|revision)\s*=\s*["\']?([^"\'\s]*)["\']?', re.M)
+
+
+@lru_cache(maxsize=1)
+def head_revision() -> str | None:
+    """The newest migration's id, read from the version files without importing Alembic (cheap).
+    None when the files do not show exactly one head (then Alembic is asked)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = dict(_REV.findall(path.read_text(encoding="utf-8")))
+        if "revision" in found:
+            revisions.add(found["revision"])
+            parents.add(found.get("down_revision", ""))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def ensure_current(url: str) -> None:
+    """Upgrade the ledger only when it is not at the head revision: one small SELECT in the
+    common case, instead of Alembic's full upgrade machinery on every CLI call."""
+    head = head_revision()
+    if head is not None:
+        try:
+            with engine_for(url).connect() as conn:
+                if conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head:
+                    return
+        except SQLAlchemyError:
+            pass  # no ledger yet (or no version table): migrate it
+    upgrade(url)
 
 
 def current_revision(url: str) -> str | None:

@@ -109,6 +109,8 @@ class Charge(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     posting_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When the charge became `uncertain`: no call of ours for it can be in flight after this.
+    uncertain_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class BilledCDR(Base):
@@ -209,3 +211,23 @@ class Notification(Base):
     reason: Mapped[str] = mapped_column(Text)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class ChargeReconciliation(Base):
+    """One decision about an uncertain charge, with its evidence: by the nightly run (source
+    `invoices` or `database`) or by an operator (`operator`). Outcome posted | pending | undecided."""
+
+    __tablename__ = "charge_reconciliations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    charge_id: Mapped[int] = mapped_column(ForeignKey("charges.id"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    source: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    as_of: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # records complete up to
+    invoices_scanned: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of invoice ids
+    invoice_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    invoice_item_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    billable_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    actor: Mapped[str] = mapped_column(String(64), default="autobill")

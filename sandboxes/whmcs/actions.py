@@ -70,6 +70,8 @@ class Api:
             "getclients": self.get_clients,
             "getclientsproducts": self.get_clients_products,
             "getinvoices": self.get_invoices,
+            "getinvoice": self.get_invoice,
+            "getautomationlog": self.get_automation_log,
             "modulesuspend": self.module_suspend,
             "moduleunsuspend": self.module_unsuspend,
             "updateclientproduct": self.update_client_product,
@@ -296,6 +298,48 @@ class Api:
             [*args, num, start],
         ).fetchall()
         return _paged(total, start, [_invoice_object(r) for r in rows], "invoices", "invoice")
+
+    def get_invoice(self, p: dict[str, str]) -> dict:
+        conn = self.store.conn()
+        row = conn.execute("SELECT * FROM invoices WHERE id = ?", (_int(p.get("invoiceid")) or 0,)).fetchone()
+        if row is None:
+            raise ApiError("Invoice ID Not Found")
+        items = [
+            {"id": str(i["id"]), "type": i["type"] or "", "relid": str(i["relid"] or 0), "description": i["description"],
+             "amount": i["amount"], "taxed": str(i["taxed"] or 0)}
+            for i in conn.execute("SELECT * FROM invoice_items WHERE invoiceid = ? ORDER BY id", (row["id"],))
+        ]
+        return {
+            "result": "success", "invoiceid": str(row["id"]), "invoicenum": row["invoicenum"] or "",
+            "userid": str(row["userid"]), "date": row["date"], "duedate": row["duedate"], "datepaid": row["datepaid"],
+            "subtotal": row["subtotal"], "credit": row["credit"], "tax": row["tax"], "tax2": "0.00",
+            "total": row["total"], "balance": row["balance"], "taxrate": "0.00", "taxrate2": "0.00",
+            "status": row["status"], "paymentmethod": row["paymentmethod"], "notes": "", "ccgateway": False,
+            "items": {"item": items}, "transactions": "",
+        }
+
+    # -- GetAutomationLog --------------------------------------------------------------------
+
+    def get_automation_log(self, p: dict[str, str]) -> dict:
+        """Times are the WHMCS server's local wall clock, without an offset (as real WHMCS sends them)."""
+        today = self.store.local_now().date().isoformat()
+        start, end = p.get("startdate") or today, p.get("enddate") or today
+        for value in (start, end):
+            if not _valid_date(value[:10]):
+                raise ApiError("Invalid Date Format - Expected: 'YYYY-mm-dd'")
+        conn = self.store.conn()
+        last = conn.execute("SELECT started FROM automation_log ORDER BY started DESC, id DESC LIMIT 1").fetchone()
+        stats: dict[str, dict] = {}
+        for r in conn.execute("SELECT * FROM automation_log WHERE substr(started, 1, 10) BETWEEN ? AND ? ORDER BY id",
+                              (start[:10], end[:10])):
+            day = stats.setdefault(r["started"][:10], {"CreateInvoices": {"invoice.created": 0, "item.invoiced": 0}})
+            day["CreateInvoices"]["invoice.created"] += r["invoices"]
+            day["CreateInvoices"]["item.invoiced"] += r["items"]
+        return {
+            "result": "success", "currentDatetime": self.store.local_now().strftime("%Y-%m-%d %H:%M:%S"),
+            "lastDailyCronInvocationTime": last["started"] if last else "",
+            "startdate": f"{start[:10]} 00:00:00", "enddate": f"{end[:10]} 23:59:59", "statistics": stats,
+        }
 
     # -- SendEmail ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +35,7 @@ from sandboxes.whmcs.store import CUSTOM_FIELDS, Store
 
 API_PATH = "/includes/api.php"
 ADMIN_PATH = "/_sandbox/faults"
+CRON_PATH = "/_sandbox/cron"
 
 
 class _Server(ThreadingHTTPServer):
@@ -79,6 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.sandbox._handle_api(self, body)
         elif path == ADMIN_PATH:
             self.server.sandbox._handle_admin(self, body)
+        elif path == CRON_PATH:
+            self.server.sandbox._handle_cron(self, body)
         else:
             self._send(404, b"Not Found", "text/plain")
 
@@ -113,11 +117,12 @@ class WhmcsSandbox:
     def __init__(
         self, db_path: str | Path | None = None, identifier: str = "demo", secret: str = "demo",
         accesskey: str | None = None, host: str = "127.0.0.1", port: int = 0,
-        legacy_hours: bool = False, seed: int = 0,
+        legacy_hours: bool = False, seed: int = 0, timezone: str = "UTC",
     ) -> None:
+        """`timezone`: the WHMCS server's timezone, in which its dates and times are written."""
         self._tmpdir = None if db_path is not None else tempfile.mkdtemp(prefix="whmcs-sandbox-")
         self.db_path = Path(db_path) if db_path is not None else Path(self._tmpdir) / "whmcs.db"
-        self.store = Store(self.db_path)
+        self.store = Store(self.db_path, timezone)
         self.api = Api(self.store, legacy_hours=legacy_hours)
         self.faults = Faults(seed)
         self._identifier, self._secret, self._accesskey = identifier, secret, accesskey
@@ -249,6 +254,17 @@ class WhmcsSandbox:
             return h._json(400, {"result": "error", "message": str(exc)})
         h._json(200, {"result": "success", **self.faults.snapshot()})
 
+    def _handle_cron(self, h: _Handler, body: bytes) -> None:
+        """`POST /_sandbox/cron` (loopback only), optional JSON {"at": "YYYY-MM-DD HH:MM:SS"} (local time)."""
+        if not _loopback(h.client_address[0]):
+            return h._json(403, {"result": "error", "message": "sandbox admin is loopback-only"})
+        try:
+            spec = json.loads(body or b"{}")
+            at = datetime.strptime(spec["at"], "%Y-%m-%d %H:%M:%S") if spec.get("at") else None
+        except (ValueError, TypeError, AttributeError) as exc:
+            return h._json(400, {"result": "error", "message": str(exc)})
+        h._json(200, {"result": "success", **self.run_daily_cron(at)})
+
     # -- Python API for tests and the demo ---------------------------------------------------
 
     def add_client(self, **kwargs: Any) -> int:
@@ -283,6 +299,19 @@ class WhmcsSandbox:
         rows = self.store.rows(sql + " ORDER BY id", args)
         for r in rows:
             r["amount_text"], r["amount"], r["quantity"] = r["amount"], Decimal(r["amount"]), Decimal(r["quantity"])
+        return rows
+
+    def run_daily_cron(self, at: datetime | None = None) -> dict:
+        """WHMCS's daily cron: nextcron billable items become invoice lines (see Store.run_daily_cron)."""
+        return self.store.run_daily_cron(at)
+
+    def invoice_items(self, client_id: int | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM invoice_items", ()
+        if client_id is not None:
+            sql, args = sql + " WHERE userid = ?", (int(client_id),)
+        rows = self.store.rows(sql + " ORDER BY id", args)
+        for r in rows:
+            r["amount"] = Decimal(r["amount"])
         return rows
 
     def product(self, service_id: int) -> dict | None:

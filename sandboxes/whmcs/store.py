@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 # Client custom fields, ids stable in this order (tests and the demo map names to these ids).
 CUSTOM_FIELDS = {"Has VoIP Service": 1, "Manual VoIP Suspend": 2, "VoIP Suspended": 3, "Low Balance Threshold": 4}
@@ -61,6 +62,13 @@ CREATE TABLE IF NOT EXISTS module_calls (
   id INTEGER PRIMARY KEY, action TEXT, serviceid INTEGER, reason TEXT, at TEXT);
 CREATE TABLE IF NOT EXISTS email_templates (name TEXT PRIMARY KEY, type TEXT, disabled INTEGER DEFAULT 0);
 CREATE TABLE IF NOT EXISTS customfield_defs (id INTEGER PRIMARY KEY, type TEXT, name TEXT);
+CREATE TABLE IF NOT EXISTS invoice_items (
+  id INTEGER PRIMARY KEY, invoiceid INTEGER NOT NULL, userid INTEGER NOT NULL, type TEXT, relid INTEGER,
+  description TEXT, amount TEXT, taxed INTEGER DEFAULT 0, duedate TEXT);
+CREATE INDEX IF NOT EXISTS ix_invoice_items_invoice ON invoice_items(invoiceid, id);
+CREATE INDEX IF NOT EXISTS ix_invoice_items_rel ON invoice_items(type, relid);
+CREATE TABLE IF NOT EXISTS automation_log (
+  id INTEGER PRIMARY KEY, started TEXT, finished TEXT, invoices INTEGER, items INTEGER);
 """
 
 
@@ -74,8 +82,9 @@ def money_text(value: Decimal | str | int) -> str:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timezone: str = "UTC") -> None:
         self.path = Path(path)
+        self.tz = ZoneInfo(timezone)  # the WHMCS server's timezone: its dates and times carry no offset
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -243,6 +252,46 @@ class Store:
                 c.execute("UPDATE invoices SET status = ? WHERE id = ?", (status, int(invoice_id)))
             if balance is not None:
                 c.execute("UPDATE invoices SET balance = ? WHERE id = ?", (money_text(balance), int(invoice_id)))
+
+    def local_now(self) -> datetime:
+        """Now on the WHMCS server's wall clock (naive, like every WHMCS date and time)."""
+        return datetime.now(UTC).astimezone(self.tz).replace(tzinfo=None)
+
+    def run_daily_cron(self, at: datetime | None = None) -> dict:
+        """WHMCS's daily automation, the part Autobill depends on: every billable item with
+        invoiceaction=nextcron not invoiced yet becomes a line (type "Item", relid = the item id,
+        the item's description) on one new Unpaid invoice per client, dated the cron's local day;
+        the run is written to the automation log. `at`: the local (naive) invocation time.
+        Credit is not applied to the new invoices (WHMCS's Automatic Credit Use is not simulated)."""
+        started = at or self.local_now()
+        if started.tzinfo is not None:
+            started = started.astimezone(self.tz).replace(tzinfo=None)
+        stamp, day = started.strftime("%Y-%m-%d %H:%M:%S"), started.date().isoformat()
+        with self.tx() as c:
+            items = c.execute(
+                "SELECT b.* FROM billable_items b WHERE b.invoiceaction = 'nextcron' AND NOT EXISTS"
+                " (SELECT 1 FROM invoice_items ii WHERE ii.type = 'Item' AND ii.relid = b.id) ORDER BY b.userid, b.id"
+            ).fetchall()
+            by_client: dict[int, list] = {}
+            for item in items:
+                by_client.setdefault(int(item["userid"]), []).append(item)
+            for userid, lines in by_client.items():
+                total = sum((Decimal(i["amount"]) for i in lines), Decimal(0))
+                cur = c.execute(
+                    "INSERT INTO invoices (userid, invoicenum, date, duedate, datepaid, subtotal, credit, tax, total,"
+                    " balance, status, paymentmethod) VALUES (?, '', ?, ?, '0000-00-00 00:00:00', ?, '0.00', '0.00',"
+                    " ?, ?, 'Unpaid', 'banktransfer')",
+                    (userid, day, day, money_text(total), money_text(total), money_text(total)),
+                )
+                c.executemany(
+                    "INSERT INTO invoice_items (invoiceid, userid, type, relid, description, amount, taxed, duedate)"
+                    " VALUES (?, ?, 'Item', ?, ?, ?, 0, ?)",
+                    [(int(cur.lastrowid), userid, int(i["id"]), i["description"], money_text(i["amount"]), day)
+                     for i in lines],
+                )
+            c.execute("INSERT INTO automation_log (started, finished, invoices, items) VALUES (?, ?, ?, ?)",
+                      (stamp, stamp, len(by_client), len(items)))
+        return {"started": stamp, "invoices": len(by_client), "items": len(items)}
 
     def rows(self, sql: str, params: tuple = ()) -> list[dict]:
         return [dict(r) for r in self.conn().execute(sql, params).fetchall()]

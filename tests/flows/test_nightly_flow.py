@@ -6,6 +6,7 @@ amounts in WHMCS equal the sum of the rated CDRs to the cent.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR
+from autobill.ledger.models import BilledCDR, ChargeReconciliation
 from autobill.money import round_minor
 from sandboxes.whmcs import WhmcsSandbox
 from tests.support.ops import BillingWorld
@@ -35,7 +36,7 @@ D1, D2 = date(2026, 11, 18), date(2026, 11, 19)
 def env(tmp_path, prefect_harness, monkeypatch):
     monkeypatch.setenv("TEST_WHMCS_ID", "demo")
     monkeypatch.setenv("TEST_WHMCS_SECRET", "demo")
-    with WhmcsSandbox() as sandbox:
+    with WhmcsSandbox(timezone="America/Toronto") as sandbox:  # the generated world's billing timezone
         yield BillingWorld(tmp_path, sandbox, D1, D2, calls_per_day=15, whmcs_timeout=5)
 
 
@@ -171,9 +172,12 @@ def test_killed_run_double_bills_nothing_and_surfaces_the_uncertain_charge(env, 
             proc.kill()
     env.sandbox.clear_faults()
     killed = [c for c in env.charges() if c.state == "posting"]
-    assert 0 < len(killed) <= env.settings.whmcs.post_batch  # the claimed batch in flight when it died
+    # Only the charges in flight, one per posting worker, not a whole claimed batch.
+    assert 0 < len(killed) <= env.settings.whmcs.post_workers
+    assert len(env.charges()) > env.settings.whmcs.post_workers  # so the bound is not trivially met
     rerun = env.run(D1)
     assert {c.idempotency_key for c in killed} <= set(rerun["uncertain"])
+    assert rerun["reconcile_undecided"] == len(killed)  # WHMCS's cron has not run since: left alone
     states = Counter(c.state for c in env.charges())
     assert states["uncertain"] == len(killed) and states["posting"] == 0 and states["pending"] == 0
     items = env.sandbox.billable_items()
@@ -182,3 +186,79 @@ def test_killed_run_double_bills_nothing_and_surfaces_the_uncertain_charge(env, 
     for c in env.charges():
         if c.state == "posted":
             assert len([i for i in items if c.idempotency_key in i["description"]]) == 1
+    # WHMCS's daily cron invoices what it holds; the next run settles the rest with no manual step.
+    assert env.sandbox.wait_idle(10.0)
+    env.sandbox.run_daily_cron()
+    last = env.run(D1)
+    assert last["status"] == "completed" and last["uncertain"] == [], last
+    assert last["reconciled_posted"] + last["reconciled_pending"] == len(killed)
+    assert not [c for c in env.charges() if c.state != "posted"]
+    env.sandbox.run_daily_cron()  # what was posted again is invoiced by the next cron
+    _assert_invoiced_once(env)
+    _assert_whmcs_matches_ledger(env)
+
+
+def _assert_invoiced_once(env: BillingWorld) -> None:
+    """After WHMCS's cron: every posted charge is on exactly one invoice line, the one made from its
+    billable item; no invoice line carries a key twice or a key the ledger does not know."""
+    lines = env.sandbox.invoice_items()
+    charges = {c.idempotency_key: c for c in env.charges() if c.state == "posted"}
+    per_key = Counter(k for ln in lines for k in charges if f"[{k}]" in ln["description"])
+    assert set(per_key) == set(charges) and set(per_key.values()) == {1}
+    assert len(lines) == len(charges)
+    by_key = {k: ln for ln in lines for k in charges if f"[{k}]" in ln["description"]}
+    for key, charge in charges.items():
+        assert by_key[key]["relid"] == charge.whmcs_billable_id and by_key[key]["amount"] == charge.amount
+
+
+@pytest.mark.parametrize("mode", ["drop_after_store", "500_after_store", "garbage_after_store"])
+def test_answer_lost_after_the_effect_is_settled_by_the_run_after_whmcs_cron(env, mode):
+    env.drop(D1)
+    env.sandbox.fail_next(2, mode, action="AddBillableItem")
+    first = env.run(D1)
+    assert first["status"] == "partial" and len(first["uncertain"]) == 2
+    stored = [i for i in env.sandbox.billable_items() if any(k in i["description"] for k in first["uncertain"])]
+    assert len(stored) == 2  # WHMCS did store them: only the answers were lost
+
+    again = env.run(D1)  # no cron yet: nothing can be known, nothing is re-posted
+    assert sorted(again["uncertain"]) == sorted(first["uncertain"]) and again["reconcile_undecided"] == 2
+    assert again["charges_posted"] == 0 and len(env.sandbox.billable_items()) == len(env.charges())
+
+    env.sandbox.run_daily_cron()
+    settled = env.run(D1)
+    assert settled["status"] == "completed" and settled["uncertain"] == []
+    assert settled["reconciled_posted"] == 2 and settled["reconciled_pending"] == 0 and settled["charges_posted"] == 0
+    _assert_whmcs_matches_ledger(env)
+    _assert_invoiced_once(env)
+    with session_scope(env.settings.ledger) as s:  # every decision kept, with the invoices it read
+        decisions = s.scalars(select(ChargeReconciliation).order_by(ChargeReconciliation.id)).all()
+        assert [d.outcome for d in decisions] == ["undecided", "undecided", "posted", "posted"]
+        for d in decisions[2:]:
+            assert d.source == "invoices" and d.invoice_id in json.loads(d.invoices_scanned)
+            assert d.billable_id in {i["id"] for i in stored}
+
+
+def test_uncertain_charge_never_stored_is_posted_again_after_the_cron(env):
+    env.drop(D1)
+    env.sandbox.fail_next(1, "500", action="AddBillableItem")  # 500 before storing: uncertain, not in WHMCS
+    first = env.run(D1)
+    (key,) = first["uncertain"]
+    assert not [i for i in env.sandbox.billable_items() if key in i["description"]]
+    env.sandbox.run_daily_cron()
+    second = env.run(D1)
+    assert second["reconciled_pending"] == 1 and second["charges_posted"] == 1 and second["uncertain"] == []
+    assert len([i for i in env.sandbox.billable_items() if key in i["description"]]) == 1
+    env.sandbox.run_daily_cron()
+    _assert_whmcs_matches_ledger(env)
+    _assert_invoiced_once(env)
+
+
+def test_cron_that_ran_before_the_charge_became_uncertain_decides_nothing(env):
+    env.drop(D1)
+    env.sandbox.run_daily_cron()  # a cron run, but before the post
+    env.sandbox.fail_next(1, "500", action="AddBillableItem")
+    first = env.run(D1)
+    (key,) = first["uncertain"]
+    second = env.run(D1)
+    assert second["uncertain"] == [key] and second["reconcile_undecided"] == 1 and second["charges_posted"] == 0
+    assert not [i for i in env.sandbox.billable_items() if key in i["description"]]  # not re-posted

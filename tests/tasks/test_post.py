@@ -45,7 +45,7 @@ def test_two_posters_racing_post_each_charge_once(ledger_url, sandbox):
     reports = []
 
     def run() -> None:
-        reports.append(post_pending(settings, lambda: _client(sandbox), workers=3, batch=7))
+        reports.append(post_pending(settings, lambda: _client(sandbox), workers=3))
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:
@@ -78,7 +78,7 @@ def test_unexpected_client_error_is_uncertain_not_reposted(sqlite_url, sandbox):
                 raise RuntimeError("bug after the request may have gone out")
             return self.real.add_billable_item(*args, **kwargs)
 
-    report = post_pending(settings, Flaky(), batch=3)
+    report = post_pending(settings, Flaky())
     assert report.posted == 2 and report.uncertain == ["ab-k1"]
     assert post_pending(settings, _client(sandbox)).posted == 0  # nothing pending: not re-posted
     assert surface_interrupted(settings) == []

@@ -1,0 +1,104 @@
+"""`autobill charges reconcile`: the evidence, several keys at once, one-line errors, no migration run."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from autobill.config import load_settings
+from autobill.ledger import db as ledger_db
+from autobill.ledger.db import session_scope, upgrade
+from autobill.ledger.models import Charge
+from autobill.ledger.reconciliation import record_decision, uncertain_charges
+from autobill.reconcile import UNDECIDED, Decision, Evidence
+from cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    cfg = tmp_path / "autobill.yaml"
+    cfg.write_text(f"ledger_url: {url}\n")
+    at = datetime(2026, 11, 20, 5, 57, tzinfo=UTC)
+    with session_scope(url) as s:
+        for i, state in enumerate(["uncertain", "uncertain", "uncertain", "posted"]):
+            s.add(Charge(idempotency_key=f"ab-c{i}", client_id=1, service_id=1, billing_date=date(2026, 11, 19),
+                         charge_class="outbound", currency="USD", amount=Decimal("3.00"), exact_amount=Decimal(3),
+                         tariff_version="v", description=f"calls [ab-c{i}]", state=state, posting_started_at=at,
+                         uncertain_at=at, last_error="answer lost"))
+    return str(cfg), url
+
+
+def _states(url: str) -> dict[str, tuple[str, int | None]]:
+    with session_scope(url) as s:
+        return {c.idempotency_key: (c.state, c.whmcs_billable_id) for c in s.scalars(select(Charge))}
+
+
+def test_list_shows_why_each_is_still_uncertain(ledger):
+    cfg, url = ledger
+    settings = load_settings(cfg)
+    first = uncertain_charges(settings)[0]
+    record_decision(settings, first, Decision(UNDECIDED, "not in 2 invoice(s) since the post, but the last record "
+                                              "is not after the charge became uncertain"),
+                    Evidence("invoices", None, "cron", scanned=(41, 42)))
+    out = runner.invoke(app, ["charges", "reconcile", "-c", cfg])
+    assert out.exit_code == 0, out.output
+    assert "3 uncertain charge(s)" in out.output
+    assert "is not after the charge became uncertain" in out.output and "invoices read: 41, 42" in out.output
+    assert "not checked yet" in out.output  # the other two
+
+
+def test_settles_several_keys_in_one_call_and_keeps_the_decisions(ledger):
+    cfg, url = ledger
+    out = runner.invoke(app, ["charges", "reconcile", "ab-c0", "ab-c1", "--posted", "--billable-id", "501",
+                              "--billable-id", "502", "-c", cfg])
+    assert out.exit_code == 0, out.output
+    assert _states(url)["ab-c0"] == ("posted", 501) and _states(url)["ab-c1"] == ("posted", 502)
+    out = runner.invoke(app, ["charges", "reconcile", "ab-c2", "--not-posted", "-c", cfg])
+    assert out.exit_code == 0 and _states(url)["ab-c2"] == ("pending", None)
+    from autobill.ledger.models import ChargeReconciliation
+
+    with session_scope(url) as s:
+        assert [r.outcome for r in s.scalars(select(ChargeReconciliation).order_by(ChargeReconciliation.id))] == [
+            "posted", "posted", "pending"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ab-c0", "ab-c1", "--posted", "--billable-id", "1"], "one --billable-id per charge"),
+    (["ab-c0", "ab-c3", "--not-posted"], "ab-c3 is posted, not uncertain"),
+    (["ab-c0", "nope", "--not-posted"], "no charge with id or idempotency key 'nope'"),
+    (["ab-c0"], "say what you found"),
+])
+def test_bad_arguments_are_one_line_and_settle_nothing(ledger, args, message):
+    cfg, url = ledger
+    before = _states(url)
+    out = runner.invoke(app, ["charges", "reconcile", *args, "-c", cfg])
+    assert out.exit_code == 1 and message in out.output and "Traceback" not in out.output
+    assert len(out.output.strip().splitlines()) == 1
+    assert _states(url) == before  # all checked before any was settled
+
+
+def test_an_up_to_date_ledger_is_not_migrated_again(ledger, monkeypatch):
+    cfg, _ = ledger
+
+    def no_upgrade(*a, **k):
+        raise AssertionError("alembic upgrade run on a ledger already at head")
+
+    monkeypatch.setattr(ledger_db, "upgrade", no_upgrade)
+    assert runner.invoke(app, ["charges", "reconcile", "-c", cfg]).exit_code == 0
+    assert runner.invoke(app, ["charges", "list", "-c", cfg]).exit_code == 0
+
+
+def test_a_fresh_ledger_is_still_migrated(tmp_path):
+    cfg = tmp_path / "autobill.yaml"
+    cfg.write_text(f"ledger_url: sqlite:///{tmp_path / 'new.db'}\n")
+    out = runner.invoke(app, ["charges", "reconcile", "-c", str(cfg)])
+    assert out.exit_code == 0 and "0 uncertain charge(s)" in out.output
+    assert ledger_db.current_revision(f"sqlite:///{tmp_path / 'new.db'}") == ledger_db.head_revision()
