@@ -16,6 +16,7 @@ from connectors.whmcs_db import WhmcsDatabase
 from sandboxes.whmcs import WhmcsSandbox
 from tasks.post import post_pending
 from tasks.reconcile import last_daily_cron, reconcile_uncertain
+from tests.support import closed_port
 from tests.support.mariadb import whmcs_database
 
 TZ = "America/Toronto"
@@ -159,8 +160,6 @@ def test_whmcs_database_down_falls_back_to_the_invoices(sqlite_url, sandbox):
     settings = _settings(sqlite_url, sandbox)
     _uncertain(sqlite_url, ["ab-y"])
     sandbox.run_daily_cron()
-    from tests.support.whmcs import closed_port
-
     with WhmcsDatabase(f"mysql+pymysql://root@127.0.0.1:{closed_port()}/whmcs", timeout_seconds=2) as db, \
             _client(sandbox) as client:
         report = reconcile_uncertain(settings, client, db)
