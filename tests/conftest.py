@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -87,9 +90,57 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+def _forget_orphaned_services() -> list[str]:
+    """Drop Prefect log/event services whose event loop is gone.
+
+    A service started inside an event loop that has since closed (a Dask worker's, a finished
+    `asyncio.run`) can never finish draining: `prefect_test_harness` waits on it forever at the end
+    of the session. Their work is lost with their loop anyway; forgetting them lets the harness
+    drain the live ones and stop its server."""
+    from prefect._internal.concurrency.services import QueueService
+
+    dropped = []
+    with QueueService._instance_cache_lock:
+        for key, service in list(QueueService._instances.items()):
+            loop = service._loop
+            if loop is None or loop.is_closed() or not loop.is_running():
+                QueueService._instances.pop(key, None)
+                dropped.append(type(service).__name__)
+    return dropped
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    harness = prefect_test_harness(server_startup_timeout=120)
+    harness.__enter__()
+    yield
+    _forget_orphaned_services()
+    # Watchdog: the harness's own drain has been seen to wait forever on a service whose loop is
+    # stuck; the session must still end (and CI finish), so the teardown gets a bounded time.
+    done = threading.Thread(target=harness.__exit__, args=(None, None, None), daemon=True)
+    done.start()
+    done.join(HARNESS_TEARDOWN_SECONDS)
+    if done.is_alive():
+        print(f"\nprefect_test_harness did not stop within {HARNESS_TEARDOWN_SECONDS} s; ending its server",
+              file=sys.stderr)
+        _kill_children()
+
+
+HARNESS_TEARDOWN_SECONDS = 120
+
+
+def _kill_children() -> None:
+    """SIGTERM this process's child processes (the harness's API server), read from /proc."""
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            try:
+                os.kill(int(stat.parent.name), signal.SIGTERM)
+            except OSError:
+                pass
