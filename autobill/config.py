@@ -249,7 +249,7 @@ class Statements(_Strict):
     nightly: bool = True  # the nightly run writes each billed client's statement for the date and month to date
     formats: list[Literal["pdf", "csv", "html"]] = ["pdf", "csv"]
     dir: Path | None = None  # where the nightly writes them; default: <data_dir>/statements/out
-    workers: Annotated[int, Field(ge=1, le=32)] = 2  # processes rendering PDFs in the nightly
+    workers: Annotated[int, Field(ge=1, le=32)] = 1  # processes rendering statements (spawned; >1 pays off only for big PDFs)
 
 
 class Settings(_Strict):

@@ -12,6 +12,7 @@ missing (autobill/statement/store.py `ensure_calls`).
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -101,8 +102,9 @@ def _render(job: tuple[Statement, list[tuple[str, Path]]]) -> int:
 
 def write_statements(settings: Settings, day: date, run_id: int | None = None, names: dict[int, str] | None = None,
                      clients: list[int] | None = None, workers: int | None = None,
-                     log: Callable[[str], None] = lambda _m: None) -> StatementsReport:
-    """Statements for the billing date and the month to date of every client billed that day."""
+                     log: Callable[[str], None] = lambda _m: None, only_month: bool = False) -> StatementsReport:
+    """Statements for the billing date and the month to date of every client billed that day
+    (`only_month`: the month to date alone, as the benchmark measures)."""
     if run_id is not None:
         materialize_run(settings, run_id)
     report = StatementsReport()
@@ -115,9 +117,11 @@ def write_statements(settings: Settings, day: date, run_id: int | None = None, n
     report.unnamed = [cid for cid in ids if not names.get(cid)]
     formats = list(settings.statements.formats)
     workers = workers or settings.statements.workers
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    # spawn, not fork: forking a process that runs polars' thread pool can deadlock the child
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) \
+        if workers > 1 else None
     try:
-        for first in sorted({day, day.replace(day=1)}):
+        for first in sorted({day.replace(day=1)} if only_month else {day, day.replace(day=1)}):
             jobs = []
             for st in build_statements(settings, first, day, ids, names):
                 report.calls += st.calls.height
