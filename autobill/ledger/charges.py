@@ -65,8 +65,8 @@ def idempotency_key(
 def statement_ref(key: str) -> str:
     """The short reference of a charge line a client can quote ("ST-7KQ2MX4D"): printed on the WHMCS
     item and beside the line on the client's statement. Derived from the idempotency key (40 bits of
-    its SHA-256 in base32: collisions among one client's lines are negligible; `autobill statement
-    --ref` finds the line)."""
+    its SHA-256 in base32: collisions among one client's lines are negligible; the client's
+    statement lists every line with its reference)."""
     digest = hashlib.sha256(key.encode()).digest()[:5]
     return "ST-" + base64.b32encode(digest).decode()
 
