@@ -189,6 +189,12 @@ class Service(_Strict):
     low_balance_threshold: Money | None = None
     postpaid: bool = False
     credit_limit: Money = Decimal("0")
+    timezone: str | None = None  # the client's local time on call statements; default: the billing timezone
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        return None if value is None else _check_timezone(value)
 
 
 class WHMCS(_Strict):
@@ -251,6 +257,16 @@ class Validation(_Strict):
     volume_drop_blocks: bool = False
 
 
+class Statements(_Strict):
+    """Client call statements (autobill/statement/): written by the nightly run and `autobill statement`."""
+
+    reseller_name: str = ""  # the header of every statement (your company name)
+    nightly: bool = True  # the nightly run writes each billed client's statement for the date and month to date
+    formats: list[Literal["pdf", "csv", "html"]] = ["pdf", "csv"]
+    dir: Path | None = None  # where the nightly writes them; default: <data_dir>/statements/out
+    workers: Annotated[int, Field(ge=1, le=32)] = 1  # processes rendering statements (spawned; >1 pays off only for big PDFs)
+
+
 class Settings(_Strict):
     timezone: str = "UTC"
     data_dir: Path = Path("data")
@@ -267,6 +283,7 @@ class Settings(_Strict):
     validation: Validation = Validation()
     nightly_budget_minutes: Annotated[int, Field(ge=1)] = 45
     dask_address: str | None = None
+    statements: Statements = Statements()
     # Where the file was read from, for resolving relative paths; not a YAML key.
     base_dir: Path = Field(default=Path("."), exclude=True)
 

@@ -34,6 +34,8 @@ COMMAND_MODULES = [
     "cli.backfill_cmd",
     "cli.runs_cmd",
     "cli.deploy_cmd",
+    "cli.statement_cmd",
+    "cli.dispute_cmd",
 ]
 
 for _name in COMMAND_MODULES:

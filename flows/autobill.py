@@ -26,6 +26,7 @@ from tasks.rate import rate_run_task
 from tasks.reconcile import reconcile_task
 from tasks.report import RunSummary, ServerLine, report_task
 from tasks.runs import finish_run_task, start_run_task
+from tasks.statements import statements_task
 from tasks.validate import BatchRejected, validate_batch_task, validate_requeued_task
 
 
@@ -102,6 +103,8 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
     record = record_billing_task(settings, rated_path, run_id, batch_ids, dry_run)
     reconciled = None if dry_run else reconcile_task(settings, run_id)
     posting = None if dry_run else post_pending_task(settings)
+    if not dry_run and settings.statements.nightly:
+        statements_task(settings, day, run_id, return_state=True)  # a failure is logged; the billing stands
     uncertain = outstanding_uncertain_task(settings)
     summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain,
                                       reconciled)

@@ -26,10 +26,11 @@ from autobill.billing_day import with_billing_date
 from autobill.cdr import CDR_SCHEMA, conform
 from autobill.config import Settings
 from autobill.ledger.db import session_scope
+from autobill.ledger.disputes import held_as_unrated, held_keys, split_held
 from autobill.ledger.models import BilledCDR
 from autobill.ledger.unrated import unrated_rows
 from autobill.mapping import assign_services
-from autobill.rating.billing import load_tariffs, rate_for_billing
+from autobill.rating.billing import OUTPUT_SCHEMA, load_tariffs, rate_for_billing
 from autobill.timeutil import period_bounds
 
 _LEAN = [c for c in CDR_SCHEMA if c != "source_row"]
@@ -91,7 +92,12 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
              run_id: int | None = None) -> Path:
     """Rate what this run bills; writes `<data>/rated/run-<id>.parquet` and returns its path."""
     cdrs = assign_services(gather(settings, day, validated, requeued_path), settings)
-    rated = rate_for_billing(cdrs, settings, load_tariffs(settings), included_used(settings, cdrs))
+    # Calls held by an open dispute are not rated: they stay unrated ("disputed") until it is resolved.
+    to_rate, held = split_held(cdrs, held_keys(settings))
+    rated = rate_for_billing(to_rate, settings, load_tariffs(settings), included_used(settings, to_rate))
+    if held.height:
+        rated = pl.concat([rated, held_as_unrated(held, OUTPUT_SCHEMA)], how="vertical")
+    del to_rate
     if rated.height != cdrs.height:
         raise RuntimeError(f"rating returned {rated.height} rows for {cdrs.height} CDRs")
     extra = [c for c in ("server", "billing_date", "source", "rate_number", "start_utc") if c not in rated.columns]

@@ -18,6 +18,7 @@ The WHMCS calls themselves are the post step's (tasks/post.py).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -64,12 +65,22 @@ def idempotency_key(
     return f"ab-{head}-{digest}"
 
 
+def statement_ref(key: str) -> str:
+    """The short reference of a charge line a client can quote ("ST-7KQ2MX4D"): printed on the WHMCS
+    item and beside the line on the client's statement. Derived from the idempotency key (40 bits of
+    its SHA-256 in base32: collisions among one client's lines are negligible; the client's
+    statement lists every line with its reference)."""
+    digest = hashlib.sha256(key.encode()).digest()[:5]
+    return "ST-" + base64.b32encode(digest).decode()
+
+
 def describe(line_class: str, billing_date: date, cdr_count: int, seconds: int, key: str) -> str:
-    """The WHMCS invoice line: what, for which period, and the key an operator can search for."""
+    """The WHMCS invoice line: what, for which period, the statement reference a client can quote,
+    and the key an operator can search for."""
     minutes = Decimal(seconds) / 60
     return (
         f"VoIP {line_class} calls {billing_date:%Y-%m-%d}: {cdr_count} call(s), "
-        f"{minutes.quantize(Decimal('0.1'))} min [{key}]"
+        f"{minutes.quantize(Decimal('0.1'))} min, statement ref {statement_ref(key)} [{key}]"
     )
 
 

@@ -117,13 +117,14 @@ class BilledCDR(Base):
     """A CDR that reached a final money state. Its existence is what makes billing exactly once."""
 
     __tablename__ = "billed_cdrs"
-    __table_args__ = (Index("ix_billed_cdrs_service_date", "service_id", "billing_date"),)
+    __table_args__ = (Index("ix_billed_cdrs_service_date", "service_id", "billing_date"),
+                      Index("ix_billed_cdrs_date_run", "billing_date", "run_id"))
     cdr_key: Mapped[str] = mapped_column(String(200), primary_key=True)
     server: Mapped[str] = mapped_column(String(64))
     client_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     service_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     billing_date: Mapped[date] = mapped_column(Date)
-    outcome: Mapped[str] = mapped_column(String(16))  # billed | included | zero_cost
+    outcome: Mapped[str] = mapped_column(String(16))  # billed | included | zero_cost | credited (a dispute waived it)
     charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), nullable=True, index=True)
     cost: Mapped[Decimal] = mapped_column(ExactDecimal(24, 6), default=Decimal(0))
     billable_seconds: Mapped[int] = mapped_column(Integer, default=0)
@@ -231,3 +232,36 @@ class ChargeReconciliation(Base):
     invoice_item_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     billable_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     actor: Mapped[str] = mapped_column(String(64), default="autobill")
+
+
+class Dispute(Base):
+    """A client's challenge of named calls (autobill/ledger/disputes.py): who opened it, when, why,
+    and how it ended. Status: open -> credited | rejected."""
+
+    __tablename__ = "disputes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[int] = mapped_column(Integer, index=True)
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    opened_by: Mapped[str] = mapped_column(String(128))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    resolution: Mapped[str | None] = mapped_column(String(16), nullable=True)  # credit | reject
+    resolved_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    resolution_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class DisputeItem(Base):
+    """One disputed call. `state_at_open`: billed (in a charge line) or held (not billed yet: kept
+    out of billing while the dispute is open). Status: held | disputed -> credited | released."""
+
+    __tablename__ = "dispute_items"
+    __table_args__ = (UniqueConstraint("dispute_id", "cdr_key", name="uq_dispute_items_dispute_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dispute_id: Mapped[int] = mapped_column(ForeignKey("disputes.id"))
+    cdr_key: Mapped[str] = mapped_column(String(200), index=True)
+    state_at_open: Mapped[str] = mapped_column(String(16))  # billed | held
+    status: Mapped[str] = mapped_column(String(16), index=True)  # held | disputed | credited | released
+    charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), nullable=True)  # the line that billed it
+    cost: Mapped[Decimal | None] = mapped_column(ExactDecimal(24, 6), nullable=True)
+    credit_charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), nullable=True)
