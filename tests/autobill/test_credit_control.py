@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autobill.suspension import Action, Policy, Snapshot, State, decide
-from autobill.suspension.credit import Baseline, Call, GuardPolicy, guard, is_overdue, last_cron, overdue_amount
+from autobill.suspension.credit import (
+    Baseline,
+    Call,
+    GuardPolicy,
+    guard,
+    is_overdue,
+    last_cron,
+    overdue_amount,
+)
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 POLICY = Policy(now=NOW, unsuspend_margin=D("1.00"), low_balance_hysteresis=D("1.00"))
