@@ -165,6 +165,9 @@ class Plan(_Strict):
     # Billing period for included minutes: the calendar month in the billing timezone,
     # starting on this day of the month.
     period_anchor_day: Annotated[int, Field(ge=1, le=28)] = 1
+    # Autosuspend (#18): an unpaid invoice counts once its due date + this many days has passed;
+    # None: `autosuspend.overdue_grace_days`.
+    overdue_grace_days: Annotated[int, Field(ge=0, le=365)] | None = None
 
     @field_validator("markup_percent")
     @classmethod
@@ -220,6 +223,8 @@ class WHMCS(_Strict):
     timezone: str | None = None
     # Automation Settings > Time of Day ("HH:MM", WHMCS local). Only used when GetAutomationLog
     # cannot be read: the daily cron is then assumed complete at this time + cron_margin_minutes.
+    # Autosuspend (#18): charges posted since the last daily cron at this time count as not invoiced
+    # (None: 09:00, WHMCS's default).
     cron_time: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] | None = None
     cron_margin_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 90
     # A daily cron counts for a charge only if it started this long after the charge became uncertain.
@@ -241,6 +246,44 @@ class Autosuspend(_Strict):
     # WHMCS products (pid) whose services are VoIP: for clients with "Has VoIP Service" = Yes they
     # are autosuspended through ModuleSuspend/ModuleUnsuspend when `services` does not map them.
     voip_product_ids: list[Annotated[int, Field(ge=1)]] = []
+    # An unpaid invoice counts once its due date (WHMCS local) + this many days has passed (a plan
+    # may set its own `overdue_grace_days`).
+    overdue_grace_days: Annotated[int, Field(ge=0, le=365)] = 0
+    # More low-balance alert levels (e.g. ["20", "10", "5"]) besides `low_balance_threshold`: one
+    # email per level crossed, at most one per level and day.
+    low_balance_thresholds: list[Money] = []
+
+
+class Intraday(_Strict):
+    """Today's calls, rated every autosuspend cycle so prepaid credit counts them (#18)."""
+
+    enabled: bool = True
+    # Servers read concurrently; each read is bounded by the server's `timeout_seconds`.
+    workers: Annotated[int, Field(ge=1, le=64)] = 8
+    # A server never read intraday starts this many hours back (or at its nightly watermark, if later).
+    first_lookback_hours: Annotated[int, Field(ge=1, le=24 * 7)] = 36
+    # Intraday rows already billed by the nightly are deleted after this many days.
+    keep_days: Annotated[int, Field(ge=1, le=400)] = 35
+
+
+class FraudGuard(_Strict):
+    """The spend-velocity guard against toll fraud (#18): per service, the last hour's spend and
+    international minutes against its own 30-day hourly baseline, and calls to high-risk prefixes."""
+
+    enabled: bool = True
+    window_minutes: Annotated[int, Field(ge=5, le=24 * 60)] = 60
+    baseline_days: Annotated[int, Field(ge=1, le=90)] = 30
+    # Over threshold = above `multiplier` x the hourly baseline AND above the floor.
+    multiplier: Annotated[Decimal, Field(gt=0)] = Decimal("10")
+    min_spend: Money = Decimal("25.00")  # floor of the hourly spend threshold (plan currency)
+    min_international_minutes: Annotated[int, Field(ge=0)] = 60
+    # E.164 prefixes (no +) of premium / IRSF ranges; more answered calls than `high_risk_calls`
+    # to them in the window trips the guard.
+    high_risk_prefixes: list[Annotated[str, Field(pattern=r"^[0-9]{1,15}$")]] = []
+    high_risk_calls: Annotated[int, Field(ge=0)] = 0
+    template: str = "VoIP Fraud Alert"  # WHMCS email template sent to the client
+    # The operator's alert: WHMCS SendAdminEmail with this custom subject (empty: artifact + log only).
+    admin_email: bool = True
 
 
 class Validation(_Strict):
@@ -281,6 +324,8 @@ class Settings(_Strict):
     whmcs: WHMCS | None = None
     autosuspend: Autosuspend = Autosuspend()
     validation: Validation = Validation()
+    intraday: Intraday = Intraday()
+    fraud_guard: FraudGuard = FraudGuard()
     nightly_budget_minutes: Annotated[int, Field(ge=1)] = 45
     dask_address: str | None = None
     statements: Statements = Statements()
@@ -353,14 +398,14 @@ class Settings(_Strict):
                 return p
         raise KeyError(f"unknown plan {name!r}")
 
-    def resolve_path(self, path: Path) -> Path:
-        return path if path.is_absolute() else (self.base_dir / path)
-
     @property
     def whmcs_tz(self) -> ZoneInfo:
         """The WHMCS server's timezone (its API dates carry no offset); default the billing timezone."""
         tz = self.whmcs.timezone if self.whmcs is not None else None
         return ZoneInfo(tz or self.timezone)
+
+    def resolve_path(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.base_dir / path)
 
     @property
     def data_path(self) -> Path:

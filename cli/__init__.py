@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "cli.deploy_cmd",
     "cli.statement_cmd",
     "cli.dispute_cmd",
+    "cli.fraud_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -524,6 +524,18 @@ class WhmcsClient:
             params["customvars"] = base64.b64encode(php_serialize(custom_vars).encode("utf-8")).decode("ascii")
         self.call("SendEmail", idempotent=False, **params)
 
+    def send_admin_email(self, subject: str, message: str) -> None:
+        """SendAdminEmail with a custom subject and message (type system): an operator's alert."""
+        self.call("SendAdminEmail", idempotent=False, customsubject=subject, custommessage=message, type="system")
+
+    def unpaid_invoices(self) -> dict[int, list[tuple[Decimal, str]]]:
+        """(balance, duedate text as WHMCS gives it, WHMCS local) of every Unpaid invoice per client,
+        in one paginated sweep (for the overdue-with-grace rule)."""
+        out: dict[int, list[tuple[Decimal, str]]] = {}
+        for inv in self.get_invoices(status="Unpaid"):
+            out.setdefault(_to_int(inv["userid"]), []).append((_invoice_due(inv), str(inv.get("duedate") or "")))
+        return out
+
 
 def _invoice_due(inv: Mapping[str, Any]) -> Decimal:
     return Decimal(str(inv["balance"] if "balance" in inv else inv["total"]))

@@ -1,6 +1,7 @@
 """What autosuspend reads from WHMCS, efficiently (a cycle runs every 5 minutes for every
 VoIP client): GetClientsProducts, GetClients and GetInvoices(status=Unpaid) are each paginated
-once for all clients; then one GetClientsDetails per VoIP client (credit + custom fields) on a
+once for all clients (an unpaid invoice counts only once its due date + the plan's grace has
+passed, in the WHMCS server's timezone: #18); then one GetClientsDetails per VoIP client (credit + custom fields) on a
 small thread pool, one WHMCS client per worker thread. A client whose reads failed is unreadable
 this cycle and nothing is done to it; if a sweep fails, every client is unreadable.
 
@@ -19,6 +20,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
 from autobill.config import Settings
+from autobill.suspension.credit import overdue_amount
 from autobill.suspension.planning import ReadResult, Target
 from autobill.suspension.rules import Snapshot, resolve_threshold
 from autobill.timeutil import utc_now
@@ -71,7 +73,7 @@ def read_snapshots(
     try:
         products = {int(p["id"]): p for p in main.get_clients_products()}
         clients = {int(c["id"]) for c in main.iter_clients()}
-        unpaid = main.unpaid_balances()
+        invoices = main.unpaid_invoices()
     except (WhmcsError, KeyError, ValueError) as exc:
         why = f"WHMCS sweep failed: {exc}"
         snaps = [Snapshot(t.client_id, t.service_id, read_at=None, error=why) for t in configured.values()]
@@ -87,6 +89,9 @@ def read_snapshots(
     details = _read_details(wanted, whmcs_factory, workers)
 
     result = ReadResult([], {}, read_at, clients_read=len(wanted))
+    default_grace, whmcs_tz = settings.autosuspend.overdue_grace_days, settings.whmcs_tz
+    plan_grace = {p.name: p.overdue_grace_days for p in settings.plans if p.overdue_grace_days is not None}
+    grace = {s.service_id: plan_grace[s.plan] for s in settings.services if s.plan in plan_grace}
     bad_clients: set[int] = set()
     for sid, t in sorted(targets.items()):
         p = products.get(sid)
@@ -110,7 +115,8 @@ def read_snapshots(
                 service_id=sid,
                 read_at=read_at,
                 credit=credit,
-                unpaid=unpaid.get(t.client_id, Decimal(0)),
+                # overdue only: due date + the plan's grace passed, in WHMCS's timezone (#18)
+                unpaid=overdue_amount(invoices.get(t.client_id, []), read_at, grace.get(sid, default_grace), whmcs_tz),
                 service_status=str(p.get("status") or ""),
                 mode=t.mode,  # type: ignore[arg-type]
                 postpaid=t.postpaid,

@@ -1,7 +1,10 @@
 """The autosuspend flow: every 5 minutes, suspend / unsuspend / alert VoIP clients.
 
 Orchestration only; the rules and planning are in autobill.suspension, the steps in
-tasks.suspend. `cycle` is THE sequence of a cycle: the flow runs it with the steps as Prefect
+tasks.suspend and tasks.intraday. Intraday usage (#18) is a step of THIS sequence rather than a
+deployment of its own: every decision then sees the calls read in the same cycle (no race
+between two schedules), the one concurrency limit covers both, and a slow PBX is bounded by its
+`timeout_seconds` and isolated (its usage is read next cycle). `cycle` is THE sequence of a cycle: the flow runs it with the steps as Prefect
 tasks, `autobill suspend-check` (`run_cycle`) with the same steps as plain functions.
 Deploy it with `concurrency_limit: 1` and `collision_strategy: CANCEL_NEW` (prefect.yaml): a
 cycle that is still running when the next one is due makes the new one cancel, never overlap.
@@ -24,6 +27,7 @@ from autobill.ledger.db import upgrade
 from autobill.ledger.runs import RunBusy
 from autobill.suspension.planning import CycleReport
 from autobill.timeutil import utc_now
+from tasks.intraday import intraday, intraday_task
 from tasks.suspend import (
     CycleContext,
     apply_cycle,
@@ -39,24 +43,41 @@ from tasks.suspend import (
     read_task,
     recover,
     recover_task,
+    usage,
+    usage_task,
 )
 
-PLAIN_STEPS = SimpleNamespace(recover=recover, read=read, decide=decide_cycle, apply=apply_cycle, finish=finish)
-TASK_STEPS = SimpleNamespace(recover=recover_task, read=read_task, decide=decide_task, apply=apply_task,
-                             finish=finish_task)
+PLAIN_STEPS = SimpleNamespace(recover=recover, intraday=intraday, read=read, usage=usage, decide=decide_cycle,
+                              apply=apply_cycle, finish=finish)
+TASK_STEPS = SimpleNamespace(recover=recover_task, intraday=intraday_task, read=read_task, usage=usage_task,
+                             decide=decide_task, apply=apply_task, finish=finish_task)
 
 
 def cycle(ctx: CycleContext, steps: SimpleNamespace) -> CycleReport:
-    """recover -> read -> decide -> apply -> record; a failure records the run as failed."""
+    """recover -> intraday usage -> read WHMCS -> usage terms + fraud guard -> decide -> apply ->
+    record; a failure records the run as failed."""
     try:
         outcomes = steps.recover(ctx)
+        today = steps.intraday(ctx.settings, ctx.now)
         result = steps.read(ctx)
-        decisions, states = steps.decide(ctx, result)
-        outcomes = outcomes + steps.apply(ctx, result, decisions, states)
-        return steps.finish(ctx, result, decisions, outcomes)
+        found = steps.usage(ctx, result)
+        decisions, states = steps.decide(ctx, found.result)
+        outcomes = outcomes + steps.apply(ctx, found.result, decisions, states)
+        return steps.finish(ctx, found.result, decisions, outcomes, usage_summary(today, found))
     except BaseException as exc:
         fail_run(ctx.settings, ctx.run_id, exc)
         raise
+
+
+def usage_summary(today, found) -> dict[str, Any]:
+    """What the cycle's intraday read and fraud guard did, for the run summary and the artifact."""
+    return {
+        "servers": today.servers, "rows_read": today.rows_read, "rows_stored": today.rows_stored,
+        "unrated": today.unrated, "errors": today.errors[:10], "seconds": today.seconds,
+        "unbilled_clients": found.unbilled_clients,
+        "holds": [{"service": h.service_id, "client": h.client_id, "hold": h.hold_id, "reason": h.reason,
+                   "calls": [c.line() for c in h.evidence[:20]]} for h in found.new_holds],
+    }  # fmt: skip
 
 
 def run_cycle(settings: Settings, dry_run: bool = False, *, flow_run_id: str | None = None, **context: Any) -> CycleReport:

@@ -36,7 +36,7 @@ from prefect.cache_policies import NO_CACHE
 from autobill.config import Settings
 from autobill.ledger.runs import finish_run as finish_ledger_run
 from autobill.ledger.runs import start_exclusive_run
-from autobill.suspension.apply import Applier, ChangeError, SwitchFactory, load_states
+from autobill.suspension.apply import Applier, ChangeError, SwitchFactory, load_states, record_admin_alerts
 from autobill.suspension.planning import (
     CycleReport,
     Outcome,
@@ -50,6 +50,7 @@ from autobill.suspension.planning import (
     summary_markdown,
 )
 from autobill.suspension.rules import Decision, Policy
+from autobill.suspension.usage import NewHold, UsageResult, with_usage
 from autobill.timeutil import utc_now
 from connectors.fusionpbx_switch import FusionPBXSwitch, SwitchInconsistent
 from connectors.whmcs import WhmcsClient, WhmcsError, WhmcsTransportError, WhmcsUncertainError
@@ -144,6 +145,40 @@ def read(ctx: CycleContext) -> ReadResult:
     return read_snapshots(ctx.settings, ctx.whmcs_factory, ctx.now, ctx.workers)
 
 
+def usage(ctx: CycleContext, result: ReadResult) -> UsageResult:
+    """Add not-invoiced charges, unbilled intraday usage, alert levels and toll-fraud holds to the
+    snapshots (autobill/suspension/usage.py), and alert the operator of each new hold."""
+    found = with_usage(ctx.settings, result, ctx.now(), ctx.run_id, ctx.dry_run)
+    if found.new_holds and not ctx.dry_run and ctx.settings.fraud_guard.admin_email:
+        alert_operator(ctx, found.new_holds)
+    return found
+
+
+def alert_operator(ctx: CycleContext, holds: list[NewHold]) -> None:
+    """SendAdminEmail per new hold, claimed once (`fraud-admin:<hold>`); a failure is logged in
+    the suspension log, never retried into a second email."""
+    def send(client) -> list[tuple[NewHold, str]]:
+        out = []
+        for h in holds:
+            lines = "\n".join(c.line() for c in h.evidence[:20])
+            try:
+                client.send_admin_email(
+                    f"Toll-fraud guard: service {h.service_id} (client {h.client_id}) suspended",
+                    f"{h.reason}\n\nCalls in the window:\n{lines}\n\nClear with: autobill fraud clear {h.service_id}",
+                )
+                out.append((h, "sent"))
+            except WhmcsError as exc:
+                out.append((h, f"failed: {exc}"))
+        return out
+
+    client = ctx.whmcs_factory()
+    try:
+        results = send(client)
+    finally:
+        client.close()
+    record_admin_alerts(ctx.settings, ctx.run_id, results, ctx.now())
+
+
 def decide_cycle(ctx: CycleContext, result: ReadResult) -> tuple[list[Decision], dict[int, StateRow]]:
     states = load_states(ctx.settings.ledger)
     return decide_all(result.snapshots, states, Policy.from_settings(ctx.settings, ctx.now())), states
@@ -156,9 +191,10 @@ def apply_cycle(ctx: CycleContext, result: ReadResult, decisions: list[Decision]
     return ctx.applier().apply(works, alerts, rearms, services_by_client(result.targets))
 
 
-def finish(ctx: CycleContext, result: ReadResult, decisions: list[Decision], outcomes: list[Outcome]) -> CycleReport:
+def finish(ctx: CycleContext, result: ReadResult, decisions: list[Decision], outcomes: list[Outcome],
+           usage_summary: dict | None = None) -> CycleReport:
     report = CycleReport(ctx.run_id, ctx.dry_run, ctx.started_at, ctx.now(), len(result.snapshots), result.clients_read,
-                         result.unreadable_clients, decisions, outcomes, result.errors)  # fmt: skip
+                         result.unreadable_clients, decisions, outcomes, result.errors, usage_summary or {})  # fmt: skip
     finish_run(ctx.settings, report)
     return report
 
@@ -177,6 +213,7 @@ def _task(fn, name: str, timeout: float):
 
 recover_task = _task(recover, "autosuspend-recover", 120)
 read_task = _task(read, "autosuspend-read-whmcs", 180)
+usage_task = _task(usage, "autosuspend-usage-and-guard", 60)
 decide_task = _task(decide_cycle, "autosuspend-decide", 60)
 apply_task = _task(apply_cycle, "autosuspend-apply", 180)
 finish_task = _task(finish, "autosuspend-record", 60)

@@ -181,6 +181,7 @@ class SuspensionState(Base):
     since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     low_balance_alerted: Mapped[bool] = mapped_column(Boolean, default=False)
     last_credit: Mapped[Decimal | None] = mapped_column(ExactDecimal(18, 4), nullable=True)
+    alerted_levels: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: low-balance levels alerted (#18)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
 
 
@@ -265,3 +266,53 @@ class DisputeItem(Base):
     charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), nullable=True)  # the line that billed it
     cost: Mapped[Decimal | None] = mapped_column(ExactDecimal(24, 6), nullable=True)
     credit_charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), nullable=True)
+
+
+class IntradayWatermark(Base):
+    """How far a server has been read for intraday usage (#18). Never the nightly's watermark:
+    the nightly extraction only ever reads `server_watermarks`."""
+
+    __tablename__ = "intraday_watermarks"
+    server: Mapped[str] = mapped_column(String(64), primary_key=True)
+    watermark_utc: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cursor: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
+
+
+class IntradayUsage(Base):
+    """A call rated during the day with the nightly engine (#18). It counts as unbilled usage
+    while its `cdr_key` is not in `billed_cdrs`; once the nightly bills it, the charge counts."""
+
+    __tablename__ = "intraday_usage"
+    __table_args__ = (Index("ix_intraday_usage_service_start", "service_id", "start_utc"),)
+    cdr_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    server: Mapped[str] = mapped_column(String(64))
+    client_id: Mapped[int] = mapped_column(Integer, index=True)
+    service_id: Mapped[int] = mapped_column(Integer)
+    start_utc: Mapped[datetime] = mapped_column(UTCDateTime())
+    billing_date: Mapped[date] = mapped_column(Date)
+    period_start: Mapped[date | None] = mapped_column(Date, nullable=True)
+    charge_class: Mapped[str] = mapped_column(String(32))
+    rate_number: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    billsec: Mapped[int] = mapped_column(Integer, default=0)
+    included_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[Decimal] = mapped_column(ExactDecimal(24, 6), default=Decimal(0))
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class FraudHold(Base):
+    """A service the spend-velocity guard suspended (#18), with the calls that tripped it; open
+    until an operator clears it (`autobill fraud clear`)."""
+
+    __tablename__ = "fraud_holds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[int] = mapped_column(Integer, index=True)
+    service_id: Mapped[int] = mapped_column(Integer, index=True)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    reason: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[str] = mapped_column(Text)  # JSON: the calls of the window
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cleared_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    clear_reason: Mapped[str | None] = mapped_column(Text, nullable=True)

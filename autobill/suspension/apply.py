@@ -16,18 +16,24 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, or_, select
 
 from autobill.config import Settings
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Notification, SuspensionLog, SuspensionState
 from autobill.suspension.planning import Email, Outcome, StateRow, Work, detail_summary
-from autobill.suspension.rules import Action, Decision
+from autobill.suspension.rules import Decision
 from autobill.timeutil import utc_now
 
 log = logging.getLogger(__name__)
+
+
+def _level_key(level: Decimal | None) -> str:
+    return "-" if level is None else f"{level:.2f}"
 
 
 class ChangeError(Exception):
@@ -59,16 +65,39 @@ def _email_failed(exc: BaseException) -> str | None:
     return "failed"
 
 
+def _levels(text: str | None) -> frozenset[Decimal] | None:
+    return None if text is None else frozenset(Decimal(x) for x in json.loads(text))
+
+
+def _levels_text(levels) -> str:
+    return json.dumps([str(x) for x in sorted(levels, reverse=True)])
+
+
 def load_states(ledger_url: str) -> dict[int, StateRow]:
     with session_scope(ledger_url) as s:
         rows = s.scalars(select(SuspensionState)).all()
         return {
             r.service_id: StateRow(
                 r.service_id, r.client_id, r.suspended, r.mode, json.loads(r.detail) if r.detail else None,
-                r.low_balance_alerted,
+                r.low_balance_alerted, _levels(r.alerted_levels),
             )  # fmt: skip
             for r in rows
         }
+
+
+def record_admin_alerts(settings: Settings, run_id: int | None, results, now: datetime) -> None:
+    """The operator's toll-fraud alerts: one `notifications` row per hold (`fraud-admin:<hold>`)
+    and a suspension-log line each (action alert / error)."""
+    with session_scope(settings.ledger) as s:
+        for h, status in results:
+            if h.hold_id is None:
+                continue
+            if status == "sent":
+                s.add(Notification(dedup_key=f"fraud-admin:{h.hold_id}", client_id=h.client_id, service_id=h.service_id,
+                                   template="SendAdminEmail", reason=h.reason, run_id=run_id, sent_at=now))  # fmt: skip
+            s.add(SuspensionLog(at=now, run_id=run_id, client_id=h.client_id, service_id=h.service_id,
+                                action="alert" if status == "sent" else "error", mode=None, actor="fraud-guard",
+                                reason=f"toll-fraud guard (hold {h.hold_id}): {h.reason}; operator email {status}"))  # fmt: skip
 
 
 @dataclass
@@ -154,7 +183,9 @@ class Applier:
                     self._row(s, rows, sid, d.client_id)
                 for r in rows.values():
                     if r.client_id == d.client_id:
-                        r.low_balance_alerted = d.action == Action.ALERT_LOW_BALANCE
+                        r.low_balance_alerted = bool(d.low_balance_alerted)
+                        if d.alerted_levels is not None:
+                            r.alerted_levels = _levels_text(d.alerted_levels)
             for d in rearms:
                 self._log(s, d, "rearm", d.reason)
                 outcomes.append(Outcome(d, "done", "low-balance alert re-armed"))
@@ -183,6 +214,7 @@ class Applier:
                     if failed:
                         for r in self._load(s, services_of.get(e.decision.client_id, []), [e.decision.client_id]).values():
                             r.low_balance_alerted = False
+                            r.alerted_levels = None
                     self._log(s, e.decision, "error" if failed else "alert", f"{e.decision.reason}; {e.template!r} {e.status}")
                     outcomes.append(Outcome(e.decision, "failed" if failed else "done", f"{e.template!r} {e.status}"))
                 else:
@@ -196,18 +228,12 @@ class Applier:
     # -- steps ----------------------------------------------------------------------------------
 
     def _claim_low_balance(self, s, alerts: list[Decision]) -> list[Email]:
-        """Claims `low:<client>:<crossing>`; the crossing number counts the client's re-arms."""
+        """Claims `low:<client>:<level>:<local day>`: at most one email per level and day; the
+        rules already allow one per crossing (a level is re-armed only above it + hysteresis)."""
         if not alerts:
             return []
-        clients = [d.client_id for d in alerts]
-        rearms = dict(
-            s.execute(
-                select(SuspensionLog.client_id, func.count()).where(
-                    SuspensionLog.action == "rearm", SuspensionLog.client_id.in_(clients)
-                ).group_by(SuspensionLog.client_id)
-            ).all()
-        )
-        emails = [Email(d, f"low:{d.client_id}:{rearms.get(d.client_id, 0) + 1}", d.notify or "", True) for d in alerts]
+        day = self.now().astimezone(ZoneInfo(self.settings.timezone)).date().isoformat()
+        emails = [Email(d, f"low:{d.client_id}:{_level_key(d.alert_level)}:{day}", d.notify or "", True) for d in alerts]
         self._claim(s, emails)
         return emails
 
@@ -269,7 +295,11 @@ class Applier:
                 for r in rows.values():
                     if r.client_id == d.client_id:
                         r.low_balance_alerted = d.low_balance_alerted
+                        if d.alerted_levels is not None:
+                            r.alerted_levels = _levels_text(d.alerted_levels)
                 row.low_balance_alerted = d.low_balance_alerted
+                if d.alerted_levels is not None:
+                    row.alerted_levels = _levels_text(d.alerted_levels)
             self._log(s, d, "suspend", d.reason + note, w.mode)
             return Outcome(d, "done", detail_summary(w.result), w.mode)
         row.suspended, row.mode, row.detail = False, None, None
@@ -279,6 +309,16 @@ class Applier:
     def _send(self, e: Email, whmcs: WhmcsPort) -> None:
         d = e.decision
         custom = {"autosuspend_reason": d.reason}
+        if d.available is not None:
+            custom["voip_available"] = f"{d.available:.2f}"
+        if d.unbilled is not None:
+            custom["voip_unbilled"] = str(d.unbilled)
+        if d.not_invoiced is not None:
+            custom["voip_not_invoiced"] = str(d.not_invoiced)
+        if d.alert_level is not None:
+            custom["voip_alert_level"] = f"{d.alert_level:.2f}"
+        if d.evidence:
+            custom["voip_fraud_calls"] = "\n".join(d.evidence)
         if d.credit is not None:
             custom["voip_credit"] = str(d.credit)
         if d.unpaid is not None:

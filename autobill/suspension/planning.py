@@ -71,6 +71,7 @@ class StateRow:
     mode: str | None
     detail: dict[str, Any] | None
     low_balance_alerted: bool
+    alerted_levels: frozenset[Decimal] | None = None  # None: not recorded (a row from before #18)
 
     @property
     def pending(self) -> str | None:
@@ -80,8 +81,11 @@ class StateRow:
 def decide_all(snapshots: Iterable[Snapshot], states: dict[int, StateRow], policy: Policy) -> list[Decision]:
     """`decide` for every service, with the client-level alert flag (any of its rows)."""
     alerted: dict[int, bool] = defaultdict(bool)
+    levels: dict[int, frozenset[Decimal] | None] = {}
     for row in states.values():
         alerted[row.client_id] |= row.low_balance_alerted
+        if row.alerted_levels is not None:
+            levels[row.client_id] = levels.get(row.client_id, frozenset()) | row.alerted_levels
     out = []
     for snap in snapshots:
         row = states.get(snap.service_id)
@@ -92,7 +96,8 @@ def decide_all(snapshots: Iterable[Snapshot], states: dict[int, StateRow], polic
             )
             continue
         state = State(
-            suspended=bool(row and row.suspended), mode=row.mode if row else None, low_balance_alerted=alerted[snap.client_id]
+            suspended=bool(row and row.suspended), mode=row.mode if row else None, low_balance_alerted=alerted[snap.client_id],
+            alerted_levels=levels.get(snap.client_id),
         )
         out.append(decide(snap, state, policy))
     return out
@@ -110,7 +115,9 @@ class Outcome:
         return {
             "client": d.client_id, "service": d.service_id, "action": str(d.action), "status": self.status,
             "mode": self.mode or d.mode or "", "reason": d.reason, "credit": "" if d.credit is None else str(d.credit),
-            "unpaid": "" if d.unpaid is None else str(d.unpaid), "message": self.message,
+            "unpaid": "" if d.unpaid is None else str(d.unpaid),
+            "not_invoiced": "" if d.not_invoiced is None else str(d.not_invoiced),
+            "unbilled": "" if d.unbilled is None else str(d.unbilled), "message": self.message,
         }  # fmt: skip
 
 
@@ -210,6 +217,7 @@ class CycleReport:
     decisions: list[Decision]
     outcomes: list[Outcome]
     errors: list[str]
+    usage: dict[str, Any] = field(default_factory=dict)  # #18: intraday read, fraud holds opened
 
     @property
     def counts(self) -> dict[str, int]:
@@ -226,7 +234,8 @@ class CycleReport:
     def status(self) -> str:
         if self.errors and not self.clients_read:
             return "failed"
-        return "partial" if self.failed or self.unreadable_clients else "completed"
+        usage_failed = bool(self.usage.get("errors"))  # some usage is stale: decided on what was read
+        return "partial" if self.failed or self.unreadable_clients or usage_failed else "completed"
 
     def changed_rows(self) -> list[dict[str, Any]]:
         return [o.row() for o in self.outcomes]
@@ -236,7 +245,7 @@ class CycleReport:
             "run_id": self.run_id, "dry_run": self.dry_run, "status": self.status, "services": self.services,
             "clients_read": self.clients_read, "unreadable_clients": self.unreadable_clients, "decisions": self.counts,
             "applied": sum(1 for o in self.outcomes if o.status == "done"), "failed": self.failed,
-            "errors": self.errors[:10],
+            "errors": self.errors[:10], **({"usage": self.usage} if self.usage else {}),
             "seconds": round((self.finished_at - self.started_at).total_seconds(), 3) if self.finished_at else None,
         }  # fmt: skip
 
@@ -246,8 +255,12 @@ class CycleReport:
 
 
 def _decision_row(d: Decision) -> dict[str, Any]:
-    row = {k: (str(v) if isinstance(v, Decimal | Action) else v) for k, v in asdict(d).items()}
-    return row
+    def text(v):
+        if isinstance(v, tuple | list):
+            return [text(x) for x in v]
+        return str(v) if isinstance(v, Decimal | Action) else v
+
+    return {k: text(v) for k, v in asdict(d).items()}
 
 
 def summary_markdown(report: CycleReport) -> str:
@@ -262,6 +275,16 @@ def summary_markdown(report: CycleReport) -> str:
         f"- applied: **{s['applied']}**, failed or pending: **{s['failed']}**",
         f"- took {s['seconds']} s",
     ]
+    u = report.usage
+    if u:
+        lines.append(f"- intraday usage: {u.get('servers', 0)} server(s) read, {u.get('rows_stored', 0)} new rated call(s), "
+                     f"{u.get('unrated', 0)} unrated, {len(u.get('errors', []))} server error(s); "
+                     f"{u.get('unbilled_clients', 0)} client(s) with unbilled usage")
+        for e in u.get("errors", [])[:10]:
+            lines.append(f"  - {e}")
+        for h in u.get("holds", []):
+            lines.append(f"- **toll-fraud guard** suspended service {h['service']} (client {h['client']}): {h['reason']}")
+            lines += [f"  - {c}" for c in h.get("calls", [])[:10]]
     if s["errors"]:
         lines += ["", "## Read errors (first 10)", *[f"- {e}" for e in s["errors"]]]
     failed = [o for o in report.outcomes if o.status != "done"]

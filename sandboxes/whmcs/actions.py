@@ -76,6 +76,7 @@ class Api:
             "moduleunsuspend": self.module_unsuspend,
             "updateclientproduct": self.update_client_product,
             "sendemail": self.send_email,
+            "sendadminemail": self.send_admin_email,
         }
 
     def dispatch(self, p: dict[str, str]) -> dict:
@@ -368,6 +369,18 @@ class Api:
         with self.store.tx() as c:
             c.execute("INSERT INTO emails (messagename, relid, customvars, at) VALUES (?, ?, ?, ?)",
                       (name, int(relid), json.dumps(custom), now_text()))
+        return {"result": "success"}
+
+    def send_admin_email(self, p: dict[str, str]) -> dict:
+        """SendAdminEmail: a template (`messagename`) or `customsubject` + `custommessage` to the
+        admins; recorded in `emails` with relid 0 and messagename `admin:<subject or template>`."""
+        subject = p.get("customsubject", "") or p.get("messagename", "")
+        if not subject:
+            raise ApiError("You must provide either an existing email template name or a custom subject")
+        body = {"message": p.get("custommessage", ""), "type": p.get("type", "system")}
+        with self.store.tx() as c:
+            c.execute("INSERT INTO emails (messagename, relid, customvars, at) VALUES (?, 0, ?, ?)",
+                      (f"admin:{subject}", json.dumps(body), now_text()))
         return {"result": "success"}
 
 

@@ -30,6 +30,7 @@ EMAIL_TEMPLATES = (
     ("Client Signup Email", "general"),
     ("Invoice Created", "invoice"),
     ("Service Suspension Notification", "product"),
+    ("VoIP Fraud Alert", "general"),
 )
 CURRENCIES = {"USD": ("$", " USD"), "CAD": ("$", " CAD"), "EUR": ("€", " EUR"), "GBP": ("£", " GBP")}
 

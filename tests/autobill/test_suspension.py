@@ -57,14 +57,15 @@ TABLE = [
     # -- prepaid balance rules
     ("credit-zero", dict(credit=D("0.00")), FRESH, Action.SUSPEND, "gateway", "credit 0.00 <= 0", ZERO_BALANCE_TEMPLATE),
     ("credit-negative", dict(credit=D("-3.50")), FRESH, Action.SUSPEND, "gateway", "<= 0", ZERO_BALANCE_TEMPLATE),
-    ("unpaid-over-credit", dict(credit=D("10"), unpaid=D("10.01")), FRESH, Action.SUSPEND, "gateway", "unpaid 10.01 > credit 10.00", ZERO_BALANCE_TEMPLATE),
-    ("unpaid-equal-credit", dict(credit=D("10"), unpaid=D("10")), FRESH, Action.NONE, None, "outstanding", None),
+    ("unpaid-over-credit", dict(credit=D("10"), unpaid=D("10.01")), FRESH, Action.SUSPEND, "gateway", "available -0.01 = credit 10.00 - overdue 10.01 - not invoiced 0.00 - unbilled 0.00 < 0", ZERO_BALANCE_TEMPLATE),
+    ("unpaid-equal-credit", dict(credit=D("10"), unpaid=D("10")), ALERTED, Action.NONE, None, "outstanding", None),
+    ("unpaid-equal-credit-alerts", dict(credit=D("10"), unpaid=D("10")), FRESH, Action.ALERT_LOW_BALANCE, None, "available 0.00 <= low-balance threshold 5.00", LOW_BALANCE_TEMPLATE),
     ("extension-mode", dict(credit=D("0"), mode="extension"), FRESH, Action.SUSPEND, "extension", "<= 0", ZERO_BALANCE_TEMPLATE),
     ("module-mode", dict(credit=D("0"), mode="module"), FRESH, Action.SUSPEND, "module", "<= 0", ZERO_BALANCE_TEMPLATE),
     ("mode-none", dict(credit=D("0"), mode="none"), ALERTED, Action.NONE, None, "suspend_mode is none", None),
     ("already-suspended", dict(credit=D("-1")), OURS, Action.NONE, None, "already suspended by autosuspend", None),
     # -- unsuspend: positive credit, nothing outstanding, margin; recorded mode, not today's
-    ("topped-up", dict(credit=D("20")), OURS, Action.UNSUSPEND, "extension", "nothing unpaid", None),
+    ("topped-up", dict(credit=D("20")), OURS, Action.UNSUSPEND, "extension", "nothing overdue", None),
     ("mode-changed-while-suspended", dict(credit=D("20"), mode="gateway"), OURS, Action.UNSUSPEND, "extension", "", None),
     ("topped-up-but-unpaid", dict(credit=D("20"), unpaid=D("5")), OURS_ARMED, Action.NONE, None, "outstanding", None),
     ("hysteresis-band", dict(credit=D("0.50")), OURS, Action.NONE, None, "below the unsuspend margin", None),
@@ -76,7 +77,7 @@ TABLE = [
     ("external-not-resuspended", dict(credit=D("-1"), service_status="Suspended"), ALERTED, Action.NONE, None, "outside autosuspend", None),
     ("ours-whmcs-suspended", dict(credit=D("20"), service_status="Suspended", mode="module"), State(True, "module", True), Action.UNSUSPEND, "module", "", None),
     # -- postpaid: the credit limit
-    ("postpaid-over-limit", dict(postpaid=True, credit=D("0"), unpaid=D("100.01"), credit_limit=D("100")), FRESH, Action.SUSPEND, "gateway", "owed 100.01 > credit limit 100.00", ZERO_BALANCE_TEMPLATE),
+    ("postpaid-over-limit", dict(postpaid=True, credit=D("0"), unpaid=D("100.01"), credit_limit=D("100")), FRESH, Action.SUSPEND, "gateway", "owed 100.01 = overdue 100.01 + not invoiced 0.00 + unbilled 0.00 - credit 0.00 > credit limit 100.00", ZERO_BALANCE_TEMPLATE),
     ("postpaid-at-limit", dict(postpaid=True, credit=D("0"), unpaid=D("100"), credit_limit=D("100")), FRESH, Action.NONE, None, "", None),
     ("postpaid-zero-credit-ok", dict(postpaid=True, credit=D("0"), unpaid=D("0"), credit_limit=D("0")), FRESH, Action.NONE, None, "", None),
     ("postpaid-band", dict(postpaid=True, credit=D("0"), unpaid=D("99.50"), credit_limit=D("100")), OURS, Action.NONE, None, "hysteresis", None),
@@ -129,7 +130,8 @@ def test_balance_seen_is_carried_for_the_log() -> None:
 
 def test_alert_flag_transitions() -> None:
     assert decide(snap(credit=D("0")), FRESH, POLICY).low_balance_alerted is True  # zero-balance covers it
-    assert decide(snap(credit=D("20"), unpaid=D("30")), FRESH, POLICY).low_balance_alerted is None  # no crossing
+    # overdue invoices bring the available balance (-10) below the threshold: the zero-balance email counts
+    assert decide(snap(credit=D("20"), unpaid=D("30")), FRESH, POLICY).low_balance_alerted is True
     assert decide(snap(credit=D("0"), manual_suspend=True), FRESH, POLICY).low_balance_alerted is None
     assert decide(snap(credit=D("4")), FRESH, POLICY).low_balance_alerted is True
     assert decide(snap(credit=D("40")), ALERTED, POLICY).low_balance_alerted is False

@@ -152,25 +152,47 @@ def test_extension_mode_and_the_mode_change_from_the_seeds(pg_url, sb, pbx, esl)
     assert state(pg_url, sid).mode == "gateway"
 
 
-def test_low_balance_alert_once_per_crossing_over_many_cycles(sqlite_url, sb) -> None:
+def test_low_balance_alert_once_per_crossing_and_per_day(sqlite_url, sb) -> None:
     upgrade(sqlite_url)
     cid = sb.add_client(credit="4.00", custom_fields={"Low Balance Threshold": "5"})
     sid = sb.add_product(cid)
     settings = settings_for(sqlite_url, sb.url, [{"client_id": cid, "service_id": sid, "suspend_mode": "module"}])
-    credits = ["4.00", "3.50", "4.90", "5.50", "6.00", "2.00", "6.01", "5.10", "4.99", "4.00", "1.00", "9.00", "3.00"]
+    # (local day, credit): alert at 4.00; nothing while <= 6.00 (threshold 5 + hysteresis 1); re-armed at
+    # 6.01; crossing again at 4.99 the same day sends nothing (one email per level and day); re-armed at
+    # 9.00; the crossing at 3.00 the next day sends the second email
+    steps = [(1, "4.00"), (1, "3.50"), (1, "4.90"), (1, "5.50"), (1, "6.00"), (1, "2.00"), (1, "6.01"), (1, "5.10"),
+             (1, "4.99"), (1, "4.00"), (1, "1.00"), (1, "9.00"), (2, "3.00"), (2, "2.00")]
     sent_after = []
-    for credit in credits:
+    for day, credit in steps:
         sb.set_credit(cid, credit)
-        cycle(settings)
+        at = datetime(2026, 3, day, 17, 0, tzinfo=UTC)
+        cycle(settings, now=lambda at=at: at)
         sent_after.append(len(emails(sb, "Low Balance Alert")))
-    # alert at 4.00; nothing while <= 6.00 (threshold 5 + hysteresis 1); re-armed at 6.01; alert at
-    # 4.99; nothing until re-armed at 9.00; alert at 3.00
-    assert sent_after == [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3]
+    assert sent_after == [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2]
     with session_scope(sqlite_url) as s:
         keys = s.scalars(select(Notification.dedup_key).order_by(Notification.id)).all()
-    assert keys == [f"low:{cid}:1", f"low:{cid}:2", f"low:{cid}:3"]
+    assert keys == [f"low:{cid}:5.00:2026-03-01", f"low:{cid}:5.00:2026-03-02"]
     assert [e.action for e in logs(sqlite_url, cid)] == ["alert", "rearm", "alert", "rearm", "alert"]
+    assert "already sent" in logs(sqlite_url, cid)[2].reason
     assert sb.module_calls() == []  # credit stayed positive: never suspended
+
+
+def test_multi_threshold_alerts_one_email_per_level(sqlite_url, sb) -> None:
+    upgrade(sqlite_url)
+    cid = sb.add_client(credit="30.00")
+    sid = sb.add_product(cid)
+    settings = settings_for(sqlite_url, sb.url, [{"client_id": cid, "service_id": sid, "suspend_mode": "module"}],
+                            low_balance_threshold="5", low_balance_thresholds=["20", "10"])
+    sent = []
+    for credit in ["30.00", "19.00", "18.00", "9.50", "9.00", "4.00", "12.00", "8.00"]:
+        sb.set_credit(cid, credit)
+        cycle(settings)
+        sent.append([e["customvars"].get("voip_alert_level") for e in emails(sb, "Low Balance Alert")])
+    # 19 crosses 20; 9.50 crosses 10; 4 crosses 5; back at 12 re-arms 10 and 5 (not 20: 12 <= 21);
+    # 8 crosses 10 again the same day: no second email for that level
+    assert sent[-1] == ["20.00", "10.00", "5.00"]
+    assert [len(s) for s in sent] == [0, 1, 1, 2, 2, 3, 3, 3]
+    assert state(sqlite_url, sid).alerted_levels == '["20", "10"]'
 
 
 def test_one_alert_for_a_client_with_two_services(sqlite_url, sb) -> None:

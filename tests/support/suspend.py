@@ -118,8 +118,9 @@ class _Closing:
 WHMCS_IDENT, WHMCS_SECRET = "as-ident", "as-secret-7c1"
 
 
-def settings_for(ledger_url: str, whmcs_url: str, services: list[dict], **autosuspend):
-    """A validated Settings with one FusionPBX server `pbx1`, the given services and WHMCS."""
+def settings_for(ledger_url: str, whmcs_url: str, services: list[dict], *, extra: dict | None = None, **autosuspend):
+    """A validated Settings with one FusionPBX server `pbx1`, the given services and WHMCS.
+    Intraday usage is off (pbx1 has no CDR table) unless `extra` (more top-level keys) says so."""
     from autobill.config import settings_from_dict
     from sandboxes.whmcs.store import CUSTOM_FIELDS
 
@@ -140,5 +141,7 @@ def settings_for(ledger_url: str, whmcs_url: str, services: list[dict], **autosu
                 "custom_field_ids": dict(CUSTOM_FIELDS),
             },
             "autosuspend": autosuspend,
+            "intraday": {"enabled": False},
+            **(extra or {}),
         }
     )
