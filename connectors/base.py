@@ -33,3 +33,23 @@ class Connector(Protocol):
 
 class SourceError(Exception):
     """A source that could not be read (down, refused, malformed as a whole); retried next run."""
+
+
+# A source row that could not be read as a call carries the reason in its `source_row` JSON under
+# this key; validation quarantines it as `unreadable_row` with that reason (data_quality/rules.py).
+PROBLEM_KEY = "_error"
+
+
+def with_problem(source_row: pl.Expr, problem: pl.Expr) -> pl.Expr:
+    """`source_row` (a JSON object) with `"_error": problem` added where `problem` is not null."""
+    encoded = pl.struct(problem.alias(PROBLEM_KEY)).struct.json_encode()
+    text = source_row.str.strip_chars()
+    wrapped = pl.struct(problem.alias(PROBLEM_KEY), source_row.alias("_raw")).struct.json_encode()
+    merged = (
+        pl.when(text.is_null() | (text == "{}"))
+        .then(encoded)
+        .when(~text.str.starts_with("{") | ~text.str.ends_with("}"))
+        .then(wrapped)
+        .otherwise(text.str.strip_suffix("}") + pl.lit(", ") + encoded.str.strip_prefix("{"))
+    )
+    return pl.when(problem.is_not_null()).then(merged).otherwise(source_row)
