@@ -23,6 +23,8 @@ class Extracted:
     cursor: dict[str, Any] | None = None  # connector state to store with it (ETag, Last-Modified, ...)
     files: list[tuple[str, str]] = field(default_factory=list)  # (name, content sha256) consumed
     notes: list[str] = field(default_factory=list)  # human-readable remarks for the run report
+    # Files that cannot be read as a whole: (name, content sha256 or "", reason); quarantined whole.
+    bad_files: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 class Connector(Protocol):

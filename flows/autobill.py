@@ -77,6 +77,7 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
             continue
         extracted = future.result()
         lines[sid].extracted = extracted.rows
+        lines[sid].files_quarantined = len(extracted.bad_files)
         validating[sid] = (extracted.batch_id, validate_batch_task.submit(settings, extracted.batch_id, run_id))
     good_paths, batch_ids = [], []
     for sid, (batch_id, future) in validating.items():
@@ -135,4 +136,6 @@ def _partial_message(summary: RunSummary) -> str:
         parts.append(f"{len(summary.uncertain)} uncertain charge(s) to reconcile")
     if summary.failed_posts:
         parts.append(f"{len(summary.failed_posts)} charge(s) not posted (retried next run)")
+    if summary.files_quarantined:
+        parts.append(f"{summary.files_quarantined} file(s) quarantined whole (autobill quarantine files)")
     return "partial: " + "; ".join(parts)

@@ -49,6 +49,7 @@ from autobill.ledger.batches import (
     commit_batch,
     open_batch,
     reject_batch,
+    quarantine_files,
     reject_pending,
     server_position,
     supersede_pending,
@@ -74,6 +75,7 @@ class ExtractResult:
     window_start: datetime | None = None
     window_end: datetime | None = None
     files: list[tuple[str, str, int]] = field(default_factory=list)  # (name, sha256, rows) consumed
+    bad_files: list[tuple[str, str, str]] = field(default_factory=list)  # (name, sha256, reason) quarantined whole
 
 
 # -- plain functions ------------------------------------------------------------------------
@@ -105,6 +107,9 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
     since = before if before is not None else until - timedelta(days=settings.validation.lookback_days)
 
     got = connector_for(server, settings).extract(since, until, cursor)
+    # Files unreadable as a whole are recorded before anything else: they are accounted for even
+    # when this batch is later rejected (they are not part of it).
+    quarantine_files(settings, server_id, got.bad_files, run_id)
 
     cdrs = conform(got.cdrs)
     foreign = cdrs.filter(pl.col("server") != server_id).height
@@ -138,7 +143,7 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
     return ExtractResult(
         batch_id=batch_id, server=server_id, rows=new.height, paths=paths, overlap_skipped=overlap_skipped,
         watermark_before=before, proposed_watermark=proposed, notes=notes, duplicate_rows=duplicate_rows,
-        window_start=window_start, window_end=until, files=files,
+        window_start=window_start, window_end=until, files=files, bad_files=list(got.bad_files),
     )  # fmt: skip
 
 

@@ -231,3 +231,18 @@ class ChargeReconciliation(Base):
     invoice_item_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     billable_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     actor: Mapped[str] = mapped_column(String(64), default="autobill")
+
+
+class QuarantinedFile(Base):
+    """A drop-folder file that could not be read as a whole: kept out of billing by content hash,
+    with its name and the reason; a fixed file (new content, new hash) is read again."""
+
+    __tablename__ = "quarantined_files"
+    __table_args__ = (UniqueConstraint("server", "content_hash", name="uq_quarantined_files_server_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    server: Mapped[str] = mapped_column(String(64))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
