@@ -13,10 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from autobill.config import FileDropServer
-from autobill.ledger.batches import commit_batch, read_batch
+from autobill.ledger.batches import commit_batch, quarantined_files, read_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ProcessedFile
-from autobill.ledger.batches import quarantined_files
 from connectors.base import SourceError
 from connectors.filedrop import FileDropConnector
 from tasks.extract import extract_server
