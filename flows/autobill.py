@@ -22,6 +22,7 @@ from flows.runners import nightly_task_runner
 from tasks.aggregate import record_billing_task
 from tasks.extract import extract_task_for
 from tasks.post import outstanding_uncertain_task, post_pending_task, surface_interrupted_task
+from tasks.preflight import PreflightFailed, preflight_task
 from tasks.rate import rate_run_task
 from tasks.reconcile import reconcile_task
 from tasks.report import RunSummary, ServerLine, report_task
@@ -62,12 +63,22 @@ def nightly(
 
 def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
     logger = get_run_logger()
+    chosen = choose_servers(settings, servers)
     run_id = start_run_task(settings, "nightly", day, dry_run)
+    # Before any ledger change: every secret resolves and WHMCS answers, or the run stops here.
+    try:
+        preflight_task(settings, chosen, dry_run)
+    except PreflightFailed as exc:
+        data = {"billing_date": day.isoformat(), "dry_run": dry_run, "status": "failed", "balanced": True,
+                "error": str(exc)}
+        finish_run_task(settings, run_id, "failed", data)
+        logger.error("%s", exc)
+        return Failed(message=str(exc), data=data)
     if not dry_run:
         surface_interrupted_task(settings)
     until = billing_cutoff(settings, day)
 
-    lines: dict[str, ServerLine] = {sid: ServerLine(sid) for sid in choose_servers(settings, servers)}
+    lines: dict[str, ServerLine] = {sid: ServerLine(sid) for sid in chosen}
     extracting = {sid: extract_task_for(settings, sid).submit(settings, sid, until, run_id) for sid in lines}
     validating = {}
     for sid, future in extracting.items():
