@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         """Run one autosuspend cycle now: suspend, unsuspend, alert; print what was decided."""
         from autobill.ledger.db import upgrade
         from autobill.ledger.runs import RunBusy
+        from autobill.secrets import SecretError
         from connectors.whmcs import WhmcsError
         from flows.autosuspend import run_cycle
 
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
         upgrade(settings.ledger)
         try:
             report = run_cycle(settings, dry_run, actor="suspend-check")
-        except (WhmcsError, RunBusy) as exc:
+        except (WhmcsError, RunBusy, SecretError) as exc:
             raise fail(str(exc)) from None
         if as_json:
             doc = report.to_json()
