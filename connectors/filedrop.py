@@ -127,13 +127,16 @@ def _csv_frame(name: str, text: str) -> pl.DataFrame:
         if counts.n_unique() == 1:
             width = int(counts[0]) + 1
     if width is not None:
+        header = [h.strip() for h in lines[0].split(",")]
+        if len(set(header)) != len(header):
+            raise BadFile(f"{name}: the header repeats a column name ({', '.join(header)})")
         df = pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema=False, truncate_ragged_lines=False)
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias("_error"))
     else:
         records = [r for r in _csv.reader(io.StringIO(text, newline="")) if any(f.strip() for f in r)]
         header, rows = records[0], records[1:]
         width = len(header)
-        if len(set(header)) != width:
+        if len({h.strip() for h in header}) != width:
             raise BadFile(f"{name}: the header repeats a column name ({', '.join(header)})")
         errors = [None if len(r) == width else f"row has {len(r)} field(s), the header has {width}" for r in rows]
         cells = [(r + [""] * width)[:width] for r in rows]

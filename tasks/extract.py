@@ -116,7 +116,8 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
     if foreign:
         raise ValueError(f"{server_id}: the connector returned {foreign} row(s) of another server")
     days = lake.day_labels(cdrs).unique().to_list()
-    stored = cdrs["cdr_key"].is_in(lake.stored_keys(data, server_id, days).implode())
+    # fill_null: a row without a key is never "already stored"; it goes on to be quarantined
+    stored = cdrs["cdr_key"].is_in(lake.stored_keys(data, server_id, days).implode()).fill_null(False)
     overlap_skipped = int(stored.sum())
     new = cdrs.filter(~stored)
     duplicate_rows = new.height - new["cdr_key"].n_unique() if new.height else 0
