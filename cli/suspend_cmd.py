@@ -34,10 +34,14 @@ def register(app: typer.Typer) -> None:
         from autobill.secrets import SecretError
         from connectors.whmcs import WhmcsError
         from flows.autosuspend import run_cycle
+        from tasks.preflight import check_secrets
 
         settings = settings_or_exit(config)
         if settings.whmcs is None:
             raise fail("no `whmcs` section in the configuration: autosuspend reads credit from WHMCS")
+        problems = check_secrets(settings, [], dry_run=False)  # before any run is recorded
+        if problems:
+            raise fail(problems[0])
         upgrade(settings.ledger)
         try:
             report = run_cycle(settings, dry_run, actor="suspend-check")
