@@ -290,7 +290,9 @@ def check_rows(
     names content rules not to apply (re-queued rows skip `before_lookback`).
     """
     now = as_utc(now)
-    idx = conform(cdrs).with_row_index("_row")
+    # rechunk: polars 2.1 panics ("assertion failed: i < self.len()") formatting reasons over a
+    # filtered multi-chunk frame (a batch read from several day files); one chunk avoids it.
+    idx = conform(cdrs).rechunk().with_row_index("_row")
     servers = [s.id for s in settings.servers]
     skip = set(skip_rules)
 
