@@ -26,7 +26,8 @@ from connectors.lesnet import parse_lesnet
 from connectors.vodia import calls_from_legs
 from data_quality.rules import check_rows
 from tasks.extract import extract_server
-from tests.support.extract import drop_server, fusion_server, make_settings
+from tests.support import make_settings
+from tests.support.extract import drop_server, fusion_server
 
 DAY = datetime(2026, 6, 1, tzinfo=UTC)
 NOW = DAY + timedelta(days=1, hours=1)

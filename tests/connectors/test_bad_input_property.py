@@ -16,7 +16,8 @@ import tests.support.fusionpbx_schema as fx
 from autobill.ledger.batches import commit_batch, read_batch
 from data_quality.rules import check_rows
 from tasks.extract import extract_server
-from tests.support.extract import drop_server, fusion_server, make_settings
+from tests.support import make_settings
+from tests.support.extract import drop_server, fusion_server
 
 DAY = datetime(2026, 6, 1, tzinfo=UTC)
 UNTIL, NOW = DAY + timedelta(days=1), DAY + timedelta(days=1, hours=1)

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Charge, ExtractionBatch, QuarantinedFile, QuarantinedRow, Run
 from sandboxes.whmcs import WhmcsSandbox
-from tests.support.extract import closed_port
+from tests.support import closed_port
 from tests.support.ops import WHMCS_ENV, BillingWorld
 
 pytestmark = [pytest.mark.flow]
