@@ -148,5 +148,5 @@ def _partial_message(summary: RunSummary) -> str:
     if summary.failed_posts:
         parts.append(f"{len(summary.failed_posts)} charge(s) not posted (retried next run)")
     if summary.files_quarantined:
-        parts.append(f"{summary.files_quarantined} file(s) quarantined whole (autobill quarantine files)")
+        parts.append(f"{summary.files_quarantined} file(s) quarantined whole (ledger table quarantined_files)")
     return "partial: " + "; ".join(parts)
