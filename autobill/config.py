@@ -41,7 +41,13 @@ def _check_timezone(value: str) -> str:
 
 
 Timezone = Annotated[str, Field(description="IANA timezone name, e.g. America/Toronto")]
-Money = Annotated[Decimal, Field(description="decimal amount; write it as a string in YAML")]
+# Bounds: every number is limited to what the engine handles exactly (Int64 seconds and
+# micro-units, DECIMAL(18,6) money, WHMCS's 32-bit ids), so a typo fails `config check`, not the nightly.
+MAX_MONEY = Decimal("1000000000")  # 10^9 in any currency: far above any real balance or threshold
+MAX_ID = 2**31 - 1  # WHMCS ids are signed 32-bit integers
+Money = Annotated[Decimal, Field(description="decimal amount; write it as a string in YAML", allow_inf_nan=False,
+                                 ge=-MAX_MONEY, le=MAX_MONEY, decimal_places=6)]
+WhmcsId = Annotated[int, Field(ge=1, le=MAX_ID)]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Digits = Annotated[str, Field(pattern=r"^[0-9]*$")]
 
@@ -135,7 +141,7 @@ class FileDropServer(_ServerBase):
     kind: Literal["file"]
     path: Path
     pattern: str = "*.csv"
-    settle_seconds: Annotated[float, Field(ge=0)] = 5.0  # a file younger than this may be half-written
+    settle_seconds: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 5.0  # a file younger than this may be half-written
 
 
 Server = Annotated[FusionPBXServer | VodiaServer | LesNetServer | FileDropServer, Field(discriminator="kind")]
@@ -157,7 +163,7 @@ class Plan(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     tariff: str
     inbound_tariff: str | None = None  # default: the plan's tariff
-    included_minutes: Annotated[int, Field(ge=0)] = 0
+    included_minutes: Annotated[int, Field(ge=0, le=10_000_000)] = 0  # 10^7 min: ~19 years of talk
     markup_percent: Money = Decimal("0")
     currency: CurrencyCode = "USD"
     bill_inbound: bool = False
@@ -174,14 +180,16 @@ class Plan(_Strict):
     def _markup(cls, value: Decimal) -> Decimal:
         if value < Decimal("-100"):
             raise ValueError("markup below -100 % would make calls pay the client")
+        if value > Decimal("10000"):
+            raise ValueError("markup above 10000 % is not a markup (a typo?)")
         return value
 
 
 class Service(_Strict):
     """One WHMCS service (hosting id) and what on the PBX belongs to it."""
 
-    client_id: Annotated[int, Field(ge=1)]
-    service_id: Annotated[int, Field(ge=1)]
+    client_id: WhmcsId
+    service_id: WhmcsId
     server: str
     tenant: str  # FusionPBX domain_name, Vodia domain, LesNet Peer ID, file-drop tenant
     extensions: list[str] = []  # empty: the whole tenant
@@ -217,7 +225,7 @@ class WHMCS(_Strict):
     # post_workers charges uncertain). Still accepted so existing config files keep loading.
     post_batch: Annotated[int, Field(ge=1, le=500)] = 20
     # Client custom field name -> WHMCS field id (GetClientsDetails returns ids, not names).
-    custom_field_ids: dict[str, Annotated[int, Field(ge=1)]] = {}
+    custom_field_ids: dict[str, WhmcsId] = {}
     # Reconciliation of uncertain charges (tasks/reconcile.py). WHMCS writes its dates and times
     # in its server's timezone without an offset; default: the billing timezone.
     timezone: str | None = None
@@ -242,10 +250,10 @@ class Autosuspend(_Strict):
     unsuspend_margin: Money = Decimal("1.00")
     low_balance_threshold: Money = Decimal("5.00")  # default when a service sets none
     low_balance_hysteresis: Money = Decimal("1.00")
-    stale_after_seconds: Annotated[int, Field(ge=10)] = 600
+    stale_after_seconds: Annotated[int, Field(ge=10, le=86400)] = 600
     # WHMCS products (pid) whose services are VoIP: for clients with "Has VoIP Service" = Yes they
     # are autosuspended through ModuleSuspend/ModuleUnsuspend when `services` does not map them.
-    voip_product_ids: list[Annotated[int, Field(ge=1)]] = []
+    voip_product_ids: list[WhmcsId] = []
     # An unpaid invoice counts once its due date (WHMCS local) + this many days has passed (a plan
     # may set its own `overdue_grace_days`).
     overdue_grace_days: Annotated[int, Field(ge=0, le=365)] = 0
@@ -274,13 +282,13 @@ class FraudGuard(_Strict):
     window_minutes: Annotated[int, Field(ge=5, le=24 * 60)] = 60
     baseline_days: Annotated[int, Field(ge=1, le=90)] = 30
     # Over threshold = above `multiplier` x the hourly baseline AND above the floor.
-    multiplier: Annotated[Decimal, Field(gt=0)] = Decimal("10")
+    multiplier: Annotated[Decimal, Field(gt=0, le=10**6)] = Decimal("10")
     min_spend: Money = Decimal("25.00")  # floor of the hourly spend threshold (plan currency)
-    min_international_minutes: Annotated[int, Field(ge=0)] = 60
+    min_international_minutes: Annotated[int, Field(ge=0, le=10**7)] = 60
     # E.164 prefixes (no +) of premium / IRSF ranges; more answered calls than `high_risk_calls`
     # to them in the window trips the guard.
     high_risk_prefixes: list[Annotated[str, Field(pattern=r"^[0-9]{1,15}$")]] = []
-    high_risk_calls: Annotated[int, Field(ge=0)] = 0
+    high_risk_calls: Annotated[int, Field(ge=0, le=10**6)] = 0
     template: str = "VoIP Fraud Alert"  # WHMCS email template sent to the client
     # The operator's alert: WHMCS SendAdminEmail with this custom subject (empty: artifact + log only).
     admin_email: bool = True
@@ -288,14 +296,15 @@ class FraudGuard(_Strict):
 
 class Validation(_Strict):
     lookback_days: Annotated[int, Field(ge=1, le=400)] = 35
-    future_tolerance_seconds: Annotated[int, Field(ge=0)] = 300
+    future_tolerance_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
     max_bad_row_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
     volume_drop_fraction: Annotated[float, Field(ge=0, le=1)] = 0.9
     volume_history_days: Annotated[int, Field(ge=1, le=90)] = 14
     # data_quality: a call longer than this is a stuck channel (quarantined, rule call_too_long).
-    max_call_seconds: Annotated[int, Field(ge=60)] = 86400
+    # At most 604800 (7 days): RATING.md makes a longer billsec invalid whatever this says.
+    max_call_seconds: Annotated[int, Field(ge=60, le=604800)] = 86400
     # Fewer quarantined rows than this never reject a batch, whatever the fraction (tiny servers).
-    min_bad_rows: Annotated[int, Field(ge=1)] = 5
+    min_bad_rows: Annotated[int, Field(ge=1, le=1_000_000_000)] = 5
     # A volume drop is a flagged warning by default; true makes it stop the server's batch.
     volume_drop_blocks: bool = False
 
@@ -316,7 +325,7 @@ class Settings(_Strict):
     ledger_url: str = "sqlite:///data/ledger.db"
     currency: CurrencyCode = "USD"
     # currency_rates[FROM][TO] = how many TO one FROM buys, as decimal strings.
-    currency_rates: dict[CurrencyCode, dict[CurrencyCode, Money]] = {}
+    currency_rates: dict[CurrencyCode, dict[CurrencyCode, Annotated[Money, Field(gt=0)]]] = {}
     servers: list[Server] = []
     tariffs: list[Tariff] = []
     plans: list[Plan] = []
@@ -326,7 +335,7 @@ class Settings(_Strict):
     validation: Validation = Validation()
     intraday: Intraday = Intraday()
     fraud_guard: FraudGuard = FraudGuard()
-    nightly_budget_minutes: Annotated[int, Field(ge=1)] = 45
+    nightly_budget_minutes: Annotated[int, Field(ge=1, le=1440)] = 45
     dask_address: str | None = None
     statements: Statements = Statements()
     # Where the file was read from, for resolving relative paths; not a YAML key.
@@ -435,7 +444,8 @@ class Settings(_Strict):
 
 
 def _format_errors(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: invalid configuration ({exc.error_count()} problem(s))"]
+    """ONE line: `<file>: invalid configuration: <field>: <problem>[; <field>: <problem> ...]`."""
+    lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
@@ -443,8 +453,66 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
             msg = "unknown key (misspelt?)"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{loc}: {msg}")
+    return f"{path}: invalid configuration: " + "; ".join(" ".join(line.split()) for line in lines)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key written twice (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML reports it itself
+                continue
+            if first is not None:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is written twice "
+                                  f"(first on line {first}); the first value would be silently dropped")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
+def parse_yaml(path: Path) -> dict:
+    """The file's top-level mapping; ConfigError (one line naming the file) for anything else."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a configuration file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_error(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty (or only comments): no settings in it "
+                          "(copy autobill.example.yaml to start)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, not {type(raw).__name__}")
+    bad_keys = [k for k in raw if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"{path}: top-level key {bad_keys[0]!r} is not a setting name")
+    return raw
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
@@ -454,15 +522,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(
             f"{path}: configuration file not found (set AUTOBILL_CONFIG, or copy autobill.example.yaml to {path})"
         )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of settings, not {type(raw).__name__}")
-    return settings_from_dict(raw, base_dir=path.parent, source=path)
+    return settings_from_dict(parse_yaml(path), base_dir=path.parent, source=path)
 
 
 def settings_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | str = "<config>") -> Settings:

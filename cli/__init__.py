@@ -11,7 +11,10 @@ import importlib
 
 import typer
 
+from cli.common import OneLineGroup
+
 app = typer.Typer(
+    cls=OneLineGroup,  # usage errors and crashes: one line on stderr, traceback to the log file
     name="autobill",
     help="Rate VoIP CDRs, post the charges to WHMCS exactly once, and suspend prepaid clients out of credit.",
     no_args_is_help=True,

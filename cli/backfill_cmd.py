@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cli.common import ConfigOption, fail, settings_or_exit
-
-
-def _day(value: str, option: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise fail(f"{option}: not a date (YYYY-MM-DD): {value!r}") from None
+from cli.common import ConfigOption, check_servers, fail, not_after_today, parse_day, settings_or_exit, usage
 
 
 def print_backfill(summary: dict[str, Any]) -> None:
@@ -57,14 +49,18 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Bill a range of past dates, one child flow run per date, in order; a billed date posts nothing new."""
-        settings_or_exit(config)
-        first, last = _day(start, "--from"), _day(end, "--to")
+        settings = settings_or_exit(config)
+        first, last = parse_day(start, "--from"), parse_day(end, "--to")
+        if first > last:
+            raise usage(f"--from {first} is after --to {last} (a reversed range)")
+        not_after_today(last, "--to", settings)
+        server = check_servers(settings, server)
         from flows.backfill import NIGHTLY_DEPLOYMENT, backfill, billing_dates
 
         try:
             billing_dates(first, last)
         except ValueError as exc:
-            raise fail(str(exc)) from None
+            raise usage(str(exc)) from None
         config_path = str(Path(config or os.environ.get("AUTOBILL_CONFIG") or "autobill.yaml").absolute())
         state = backfill(start_date=first, end_date=last, dry_run=dry_run, servers=server or None,
                          config_path=config_path, deployment="" if in_process else NIGHTLY_DEPLOYMENT,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import date
 from typing import Annotated
 
 import typer
 
-from cli.common import ConfigOption, fail, settings_or_exit
+from cli.common import ConfigOption, check_choice, fail, parse_day, settings_or_exit
+
+CHARGE_STATES = ("pending", "posting", "posted", "uncertain", "zero")
 
 charges_app = typer.Typer(help="Charge lines posted (or to post) to WHMCS.", no_args_is_help=True)
 
@@ -46,13 +47,15 @@ def register(app: typer.Typer) -> None:
         from autobill.ledger.db import ensure_current, session_scope
         from autobill.ledger.models import Charge
 
+        check_choice(state, CHARGE_STATES, "--state")
+        day = parse_day(on, "--date") if on is not None else None
         settings = settings_or_exit(config)
         ensure_current(settings.ledger)
         query = select(Charge).order_by(Charge.id.desc())
         if state:
             query = query.where(Charge.state == state)
-        if on:
-            query = query.where(Charge.billing_date == date.fromisoformat(on))
+        if day:
+            query = query.where(Charge.billing_date == day)
         with session_scope(settings.ledger) as session:
             rows = [_row(c) for c in session.scalars(query)]
         for r in rows:

@@ -1,23 +1,53 @@
-"""Helpers shared by the commands: loading config with a clear one-line failure."""
+"""Helpers shared by the commands: one-line failures, argument checks, the top-level handler.
+
+Exit codes, everywhere: 0 ok, 1 error (bad config, a dependency that failed, a bug), 2 partial
+run or bad usage (an unknown option or id, a malformed or future date, a reversed range). Every
+failure is ONE line on stderr; no traceback reaches a user: `OneLineGroup` (the app's click
+group) catches whatever a command raises, writes the traceback to the log file
+(autobill/logging_setup.py) and prints one line naming it.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import traceback
+from collections.abc import Iterable
+from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 carries its own copy of click; its exceptions are the ones raised
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover - an older typer on plain click
+    from click import exceptions as click_exc
 
 from autobill.config import ConfigError, Settings, load_settings
+from autobill.secrets import SecretError
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="Config file (default: $AUTOBILL_CONFIG or ./autobill.yaml)."),
 ]
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    typer.echo(f"error: {_one_line(message)}", err=True)
     return typer.Exit(code)
+
+
+def usage(message: str) -> typer.Exit:
+    """A bad argument: one line, exit 2 (raise what this returns)."""
+    return fail(message, EXIT_USAGE)
 
 
 def settings_or_exit(path: Path | None) -> Settings:
@@ -25,3 +55,99 @@ def settings_or_exit(path: Path | None) -> Settings:
         return load_settings(path)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+
+
+# -- argument checks (before any flow starts) ---------------------------------------------------
+
+
+def parse_day(value: str, option: str) -> date:
+    """A YYYY-MM-DD date or a usage error naming the option."""
+    try:
+        return date.fromisoformat(value.strip())
+    except (ValueError, AttributeError):
+        raise usage(f"{option}: not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def not_after_today(day: date, option: str, settings: Settings) -> date:
+    """A billing date must not be after today in the billing timezone (its calls have not happened)."""
+    from autobill.timeutil import local_today
+
+    today = local_today(settings.tz)
+    if day > today:
+        raise usage(f"{option}: {day} is in the future (today is {today} in {settings.timezone})")
+    return day
+
+
+def check_servers(settings: Settings, ids: Iterable[str] | None, option: str = "--server") -> list[str] | None:
+    ids = list(ids or [])
+    known = [s.id for s in settings.servers]
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise usage(f"{option}: unknown server {', '.join(map(repr, unknown))} (known: {', '.join(known) or 'none'})")
+    return ids or None
+
+
+def check_choice(value: str | None, choices: Iterable[str], option: str) -> str | None:
+    choices = list(choices)
+    if value is not None and value not in choices:
+        raise usage(f"{option}: must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+# -- the top-level handler -------------------------------------------------------------------------
+
+_KNOWN = (ConfigError, SecretError)  # errors whose message is already the one line a user needs
+
+
+def log_traceback(exc: BaseException) -> Path | None:
+    """Append the traceback to the run log file; its path (None when even that failed)."""
+    try:
+        from autobill.logging_setup import RunLogFileHandler, default_log_file
+
+        path = default_log_file()
+        handler = RunLogFileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
+        record = logging.LogRecord("autobill.cli", logging.ERROR, __file__, 0, "command %s failed:\n%s",
+                                   (" ".join(sys.argv[1:]), "".join(traceback.format_exception(exc))), None)
+        handler.emit(record)
+        handler.close()
+        return path
+    except Exception:  # noqa: BLE001 - the log file is best effort; the one line is printed anyway
+        return None
+
+
+def _exit(code: Any) -> int:
+    return code if isinstance(code, int) else EXIT_OK
+
+
+class OneLineGroup(TyperGroup):
+    """The app's click group: usage errors and crashes become ONE line on stderr (module docstring)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exc.NoArgsIsHelpError as exc:
+            exc.show()
+            code = EXIT_USAGE
+        except click_exc.UsageError as exc:
+            where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+            typer.echo(f"error: {where}{_one_line(exc.format_message())} (--help for usage)", err=True)
+            code = EXIT_USAGE
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            code = EXIT_ERROR
+        except click_exc.ClickException as exc:
+            typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
+            code = exc.exit_code
+        except _KNOWN as exc:
+            typer.echo(f"error: {_one_line(str(exc))}", err=True)
+            code = EXIT_ERROR
+        except Exception as exc:  # noqa: BLE001 - the one place that turns a crash into one line
+            path = log_traceback(exc)
+            text = _one_line(str(exc))[:300] or "(no message)"
+            where = f" (traceback in {path})" if path else ""
+            typer.echo(f"error: {type(exc).__name__}: {text}{where}", err=True)
+            code = EXIT_ERROR
+        sys.exit(_exit(code))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from autobill.config import Settings
-from autobill.secrets import SecretRef
+from autobill.secrets import SecretError, SecretRef
 from cli.common import ConfigOption, settings_or_exit
 
 config_app = typer.Typer(help="Inspect the configuration file.", no_args_is_help=True)
@@ -70,15 +72,59 @@ def describe(settings: Settings) -> tuple[list[str], list[str]]:
     return lines, warnings
 
 
+def secret_refs(settings: Settings) -> list[tuple[str, SecretRef]]:
+    """(config field, reference) of every secret the config names."""
+    refs: list[tuple[str, SecretRef]] = []
+    for s in settings.servers:
+        for field in ("password", "esl_password"):
+            ref = getattr(s, field, None)
+            if ref is not None:
+                refs.append((f"servers.{s.id}.{field}", ref))
+    if settings.whmcs is not None:
+        for field in ("identifier", "secret", "accesskey"):
+            ref = getattr(settings.whmcs, field)
+            if ref is not None:
+                refs.append((f"whmcs.{field}", ref))
+    return refs
+
+
+def secret_errors(settings: Settings) -> list[str]:
+    """One line per secret that does not resolve to a non-empty value (env variables and blocks)."""
+    errors = []
+    for field, ref in secret_refs(settings):
+        try:
+            value = ref.get()
+        except SecretError as exc:
+            errors.append(f"{field}: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - Prefect API down, block of another type...
+            errors.append(" ".join(f"{field}: {ref} could not be read: {type(exc).__name__}: {exc}".split())[:300])
+            continue
+        if not value:
+            errors.append(f"{field}: {ref} is empty")
+    return errors
+
+
 def register(app: typer.Typer) -> None:
     @config_app.command("check")
-    def check(config: ConfigOption = None) -> None:
-        """Validate the config file and print what it found; exit 1 with the bad field named."""
+    def check(
+        config: ConfigOption = None,
+        offline: Annotated[bool, typer.Option(
+            "--offline", help="Do not resolve secrets (no environment or Prefect server needed).")] = False,
+    ) -> None:
+        """Validate the config file and print what it found; exit 1 with the bad field named,
+        or when a secret it names does not resolve (unless --offline)."""
         settings = settings_or_exit(config)
         lines, warnings = describe(settings)
         typer.echo("\n".join(lines))
         for w in warnings:
             typer.echo(f"warning: {w}", err=True)
+        errors = [] if offline else secret_errors(settings)
+        for e in errors:
+            typer.echo(f"error: {e}", err=True)
+        if errors:
+            typer.echo(f"config NOT OK: {len(errors)} secret(s) do not resolve (--offline skips this check)")
+            raise typer.Exit(1)
         typer.echo("config OK" if not warnings else f"config OK with {len(warnings)} warning(s)")
 
     app.add_typer(config_app, name="config")

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ConfigOption, fail, settings_or_exit
+from cli.common import ConfigOption, check_choice, settings_or_exit, usage
 
 quarantine_app = typer.Typer(help="CDRs held back by validation (issue #5).", no_args_is_help=True)
 
@@ -44,9 +44,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List quarantined rows, oldest first, with a count per rule."""
         from data_quality.quarantine import STATUSES, list_quarantine
+        from data_quality.rules import RULE_ORDER
 
-        if status and status not in STATUSES:
-            raise fail(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
+        check_choice(status, STATUSES, "--status")
+        check_choice(rule, RULE_ORDER, "--rule")
+        if limit < 0:
+            raise usage(f"--limit: must be 0 (all) or more, not {limit}")
         entries = list_quarantine(_settings(config), server=server, rule=rule, status=status, limit=limit or None)
         for e in entries:
             if as_json:
@@ -73,7 +76,7 @@ def register(app: typer.Typer) -> None:
 
         entry = get_entry(_settings(config), entry_id)
         if entry is None:
-            raise fail(f"no quarantined row {entry_id}")
+            raise usage(f"no quarantined row {entry_id} (see `autobill quarantine list`)")
         typer.echo(json.dumps(entry.to_dict(with_row=True), indent=2, sort_keys=True))
 
     @quarantine_app.command("release", help=RELEASE_HELP)
@@ -84,17 +87,23 @@ def register(app: typer.Typer) -> None:
         by: Annotated[str | None, typer.Option(help="Who releases (default: your user name).")] = None,
         config: ConfigOption = None,
     ) -> None:
-        from data_quality.quarantine import release
+        from data_quality.quarantine import get_entry, release
+        from data_quality.rules import RULE_ORDER
 
         if not ids and not rule:
-            raise fail("give quarantine ids, or --rule RULE [--server SERVER]")
+            raise usage("give quarantine ids, or --rule RULE [--server SERVER]")
         if server and not rule:
-            raise fail("--server narrows --rule; give --rule too")
+            raise usage("--server narrows --rule; give --rule too")
+        check_choice(rule, RULE_ORDER, "--rule")
+        settings = _settings(config)
+        missing = [i for i in dict.fromkeys(ids or ()) if get_entry(settings, i) is None]
+        if missing:
+            raise usage(f"no quarantined row {', '.join(map(str, missing))} (nothing released)")
         try:
             who = by or getpass.getuser()
         except (KeyError, OSError):
             who = "operator"
-        count = release(_settings(config), ids=ids or (), rule=rule, server=server, by=who)
+        count = release(settings, ids=ids or (), rule=rule, server=server, by=who)
         typer.echo(f"released {count} row(s); the next nightly run validates them again")
 
     app.add_typer(quarantine_app, name="quarantine")

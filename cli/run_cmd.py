@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cli.common import ConfigOption, fail, settings_or_exit
+from cli.common import ConfigOption, check_servers, fail, not_after_today, parse_day, settings_or_exit
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -44,10 +43,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the nightly autobill flow for one billing date; exit 0 completed, 2 partial, 1 error."""
         settings = settings_or_exit(config)
-        try:
-            day = date.fromisoformat(on) if on else None
-        except ValueError:
-            raise fail(f"--date: not a date (YYYY-MM-DD): {on!r}") from None
+        # Every argument is checked before a flow run exists (bad usage: one line, exit 2).
+        day = not_after_today(parse_day(on, "--date"), "--date", settings) if on is not None else None
+        server = check_servers(settings, server)
         config_path = str(Path(config or os.environ.get("AUTOBILL_CONFIG") or "autobill.yaml").absolute())
         from autobill.ledger.runs import run_summary
         from flows.autobill import nightly
@@ -57,6 +55,10 @@ def register(app: typer.Typer) -> None:
         summary = run_summary(settings, str(state.state_details.flow_run_id))
         if summary is None:
             raise fail(f"the run ended {state.type.value} before writing a summary: {state.message}")
+        if summary.get("error"):  # stopped before any ledger change (preflight): nothing was claimed
+            if as_json:
+                typer.echo(json.dumps(summary, sort_keys=True))
+            raise fail(summary["error"])
         if as_json:
             typer.echo(json.dumps(summary, sort_keys=True))
         else:

@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ConfigOption, settings_or_exit
+from cli.common import ConfigOption, check_choice, settings_or_exit
+
+RUN_KINDS = ("nightly", "autosuspend", "backfill", "manual")
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +32,7 @@ def register(app: typer.Typer) -> None:
         from autobill.ledger.db import upgrade
         from autobill.ledger.runs import run_history
 
+        check_choice(kind, RUN_KINDS, "--kind")
         settings = settings_or_exit(config)
         upgrade(settings.ledger)
         history = run_history(settings, kind, limit)

@@ -31,16 +31,21 @@ def register(app: typer.Typer) -> None:
         """Run one autosuspend cycle now: suspend, unsuspend, alert; print what was decided."""
         from autobill.ledger.db import upgrade
         from autobill.ledger.runs import RunBusy
+        from autobill.secrets import SecretError
         from connectors.whmcs import WhmcsError
         from flows.autosuspend import run_cycle
+        from tasks.preflight import check_secrets
 
         settings = settings_or_exit(config)
         if settings.whmcs is None:
             raise fail("no `whmcs` section in the configuration: autosuspend reads credit from WHMCS")
+        problems = check_secrets(settings, [], dry_run=False)  # before any run is recorded
+        if problems:
+            raise fail(problems[0])
         upgrade(settings.ledger)
         try:
             report = run_cycle(settings, dry_run, actor="suspend-check")
-        except (WhmcsError, RunBusy) as exc:
+        except (WhmcsError, RunBusy, SecretError) as exc:
             raise fail(str(exc)) from None
         if as_json:
             doc = report.to_json()

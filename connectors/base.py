@@ -23,6 +23,8 @@ class Extracted:
     cursor: dict[str, Any] | None = None  # connector state to store with it (ETag, Last-Modified, ...)
     files: list[tuple[str, str]] = field(default_factory=list)  # (name, content sha256) consumed
     notes: list[str] = field(default_factory=list)  # human-readable remarks for the run report
+    # Files that cannot be read as a whole: (name, content sha256 or "", reason); quarantined whole.
+    bad_files: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 class Connector(Protocol):
@@ -33,3 +35,23 @@ class Connector(Protocol):
 
 class SourceError(Exception):
     """A source that could not be read (down, refused, malformed as a whole); retried next run."""
+
+
+# A source row that could not be read as a call carries the reason in its `source_row` JSON under
+# this key; validation quarantines it as `unreadable_row` with that reason (data_quality/rules.py).
+PROBLEM_KEY = "_error"
+
+
+def with_problem(source_row: pl.Expr, problem: pl.Expr) -> pl.Expr:
+    """`source_row` (a JSON object) with `"_error": problem` added where `problem` is not null."""
+    encoded = pl.struct(problem.alias(PROBLEM_KEY)).struct.json_encode()
+    text = source_row.str.strip_chars()
+    wrapped = pl.struct(problem.alias(PROBLEM_KEY), source_row.alias("_raw")).struct.json_encode()
+    merged = (
+        pl.when(text.is_null() | (text == "{}"))
+        .then(encoded)
+        .when(~text.str.starts_with("{") | ~text.str.ends_with("}"))
+        .then(wrapped)
+        .otherwise(text.str.strip_suffix("}") + pl.lit(", ") + encoded.str.strip_prefix("{"))
+    )
+    return pl.when(problem.is_not_null()).then(merged).otherwise(source_row)

@@ -33,17 +33,22 @@ Rules (DESIGN.md invariant 2, nothing disappears):
 - A file is identified by the sha256 of its bytes: a file whose hash is in `processed_files`
   (or seen earlier in the same pass, e.g. a renamed copy) is skipped. The hash is computed
   over the bytes that are then parsed, so a file changing under us cannot be half-recorded.
-- A file that cannot be used as a whole (no header, a required column missing, not CSV or
-  parquet, undecodable) is reported in the notes, named with the column, and left unprocessed
-  so it is read again once fixed; the good files are still billed. Only when files were
-  waiting and none could be read does the extraction fail with `SourceError`.
+- A file that cannot be used as a whole (empty, no header, a required column missing, not CSV
+  or parquet, not UTF-8, a broken parquet) is QUARANTINED WHOLE: the extraction step records
+  its name, sha256 and reason in the ledger (`quarantined_files`), the run summary counts it and
+  the run ends partial. The good files are still billed. A quarantined file is not read again
+  while its content is unchanged: fix it (new content, new hash) and it is read next run.
 - A bad row in a good file is not a reason to skip the file: it is kept with nulls where it
-  does not parse (its `source_row` keeps the text) for validation to quarantine.
+  does not parse and its `source_row` keeps the text plus `_error` (why), so validation
+  quarantines it as `unreadable_row`. A row with more or fewer fields than the header, a value
+  that does not parse, and a last line without a line break (a file cut off mid-write: the
+  truncated call must not be billed) are such rows.
 - Files are recorded as processed by `tasks.extract.commit_batch`, never here.
 """
 
 from __future__ import annotations
 
+import csv as _csv
 import hashlib
 import io
 import time
@@ -52,14 +57,12 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from sqlalchemy import select
 
 from autobill.cdr import conform, empty_cdrs
 from autobill.config import FileDropServer, Settings
-from autobill.ledger.db import session_scope
-from autobill.ledger.models import ProcessedFile
+from autobill.ledger.batches import known_file_hashes
 from autobill.numbering import normalise_expr
-from connectors.base import Extracted, SourceError
+from connectors.base import Extracted, SourceError, with_problem
 
 REQUIRED_COLUMNS = ("call_id", "start", "billsec", "dst", "direction", "tenant")
 OPTIONAL_COLUMNS = ("src", "extension", "account", "answer", "end", "hangup_cause")
@@ -109,15 +112,58 @@ def _text(df: pl.DataFrame, col: str) -> pl.Expr:
     return pl.when(stripped != "").then(stripped)
 
 
+def _csv_frame(name: str, text: str) -> pl.DataFrame:
+    """CSV text -> all-text columns plus `_error` (why a row cannot be trusted, else null).
+
+    A row with more or fewer fields than the header, and a last line without a line break (a
+    file cut off while it was written), are bad ROWS: kept with their text for quarantine, the
+    rest of the file goes on. Fast path: polars, when every line has the header's field count."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise BadFile(f"{name}: empty file (no header, no rows)")
+    width = None
+    if '"' not in text:
+        counts = pl.Series(lines, dtype=pl.String).str.count_matches(",", literal=True)
+        if counts.n_unique() == 1:
+            width = int(counts[0]) + 1
+    if width is not None:
+        header = [h.strip() for h in lines[0].split(",")]
+        if len(set(header)) != len(header):
+            raise BadFile(f"{name}: the header repeats a column name ({', '.join(header)})")
+        df = pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema=False, truncate_ragged_lines=False)
+        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("_error"))
+    else:
+        records = [r for r in _csv.reader(io.StringIO(text, newline="")) if any(f.strip() for f in r)]
+        header, rows = records[0], records[1:]
+        width = len(header)
+        if len({h.strip() for h in header}) != width:
+            raise BadFile(f"{name}: the header repeats a column name ({', '.join(header)})")
+        errors = [None if len(r) == width else f"row has {len(r)} field(s), the header has {width}" for r in rows]
+        cells = [(r + [""] * width)[:width] for r in rows]
+        df = pl.DataFrame({h: [c[i] or None for c in cells] for i, h in enumerate(header)},
+                          schema={h: pl.String() for h in header})
+        df = df.with_columns(pl.Series("_error", errors, dtype=pl.String))
+    if df.height and not text.endswith(("\n", "\r")):
+        cut = "the last line has no line break: the file was cut off (truncated row)"
+        last = pl.int_range(pl.len()) == pl.len() - 1
+        df = df.with_columns(
+            pl.when(last).then(pl.concat_str([pl.col("_error"), pl.lit(cut)], separator="; ", ignore_nulls=True))
+            .otherwise(pl.col("_error")).alias("_error"))
+    return df
+
+
 def read_table(name: str, data: bytes) -> pl.DataFrame:
-    """Parse one file's bytes; a file unusable as a whole raises BadFile."""
+    """Parse one file's bytes; a file unusable as a whole raises BadFile (empty, not UTF-8, not CSV
+    or parquet, a required column missing). Bad rows come back with `_error` set, not raised."""
     suffix = Path(name).suffix.lower()
+    if not data.strip():
+        raise BadFile(f"{name}: empty file")
     try:
         if suffix == ".parquet":
             df = pl.read_parquet(io.BytesIO(data))
         elif suffix in (".csv", ".txt"):
-            data.decode("utf-8")  # a clear error for a non-UTF-8 file instead of mojibake
-            df = pl.read_csv(io.BytesIO(data), infer_schema=False, truncate_ragged_lines=False)
+            text = data.decode("utf-8")  # a clear error for a non-UTF-8 file instead of mojibake
+            df = _csv_frame(name, text.removeprefix("\ufeff"))
         else:
             raise BadFile(f"{name}: not a .csv or .parquet file")
     except BadFile:
@@ -131,6 +177,26 @@ def read_table(name: str, data: bytes) -> pl.DataFrame:
     if missing:
         raise BadFile(f"{name}: header lacks required column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
     return df
+
+
+def _problems(df: pl.DataFrame, start: pl.Expr, answer: pl.Expr, end: pl.Expr, billsec: pl.Expr) -> pl.Expr:
+    """Why a row cannot be read as a call (null when it can): the reader's `_error`, and each value
+    that is there but does not parse."""
+    def given(col: str) -> pl.Expr:
+        return _text(df, col).is_not_null()
+
+    def raw(col: str) -> pl.Expr:
+        return _text(df, col).str.slice(0, 60)
+
+    checks = [pl.col("_error") if "_error" in df.columns else pl.lit(None, dtype=pl.String)]
+    for col, value in (("start", start), ("answer", answer), ("end", end)):
+        if col in df.columns and df.schema[col] == pl.String:
+            checks.append(pl.when(given(col) & value.is_null()).then(
+                pl.format("{} {} is not an ISO-8601 time with an offset", pl.lit(col), raw(col))))
+    if df.schema["billsec"] == pl.String:
+        checks.append(pl.when(given("billsec") & billsec.is_null()).then(
+            pl.format("billsec {} is not a whole number of seconds", raw("billsec"))))
+    return pl.concat_str(checks, separator="; ", ignore_nulls=True).replace("", None)
 
 
 def to_canonical(df: pl.DataFrame, server: FileDropServer, file_name: str) -> pl.DataFrame:
@@ -148,6 +214,7 @@ def to_canonical(df: pl.DataFrame, server: FileDropServer, file_name: str) -> pl
     start, answer = _as_utc(df, "start"), _as_utc(df, "answer")
     computed_end = pl.coalesce(answer, start) + pl.duration(seconds=billsec)
     end = pl.coalesce(_as_utc(df, "end"), computed_end)
+    source = with_problem(source, _problems(df, start, answer, _as_utc(df, "end"), billsec))
     dst = _text(df, "dst")
     out = df.lazy().select(  # lazy: polars then computes shared sub-expressions once
         (pl.lit(f"{server.id}:") + _text(df, "call_id")).alias("cdr_key"),
@@ -189,14 +256,12 @@ class FileDropConnector:
         return self.settings.resolve_path(self.server.path) if self.settings else Path(self.server.path)
 
     def processed_hashes(self) -> set[str]:
-        """Content hashes already committed for this server (from the ledger)."""
+        """Content hashes already committed for this server, or quarantined whole (from the ledger)."""
         if self._processed is not None:
             return set(self._processed)
         if self.settings is None:
             return set()
-        with session_scope(self.settings.ledger) as session:
-            rows = session.execute(select(ProcessedFile.content_hash).where(ProcessedFile.server == self.server.id))
-            return {r[0] for r in rows}
+        return known_file_hashes(self.settings, self.server.id)
 
     def candidates(self) -> tuple[list[Path], list[Path]]:
         """(settled files to read, files still being written), in name order."""
@@ -235,15 +300,16 @@ class FileDropConnector:
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                bad.append(f"{name}: cannot read: {exc.strerror or exc}")
+                bad.append((name, "", f"{name}: cannot read: {exc.strerror or exc}"))
                 continue
             digest = sha256_bytes(data)
             if digest in seen:
-                continue  # processed before (or a renamed copy of a file processed before / in this pass)
+                continue  # processed or quarantined before (or a renamed copy of such a file / one of this pass)
             try:
                 frame = to_canonical(read_table(name, data), self.server, name)
             except BadFile as exc:
-                bad.append(str(exc))
+                seen.add(digest)
+                bad.append((name, digest, str(exc)))
                 continue
             after = frame.filter((pl.col("start_utc") >= until) & (pl.col("start_utc") <= impossible)).height
             if after:
@@ -252,12 +318,10 @@ class FileDropConnector:
             seen.add(digest)
             frames.append(frame)
             files.append((name, digest))
-        notes.extend(f"{sid}: file left unprocessed: {b}" for b in bad)
+        notes.extend(f"{sid}: file quarantined whole: {reason}" for _, _, reason in bad)
         if later:
             notes.append(f"{sid}: file(s) with calls starting at or after {until.isoformat()} left for a later run: "
                          + ", ".join(later[:5]) + (f" and {len(later) - 5} more" if len(later) > 5 else ""))
-        if bad and not files:
-            raise SourceError(f"{sid}: no file of {self.folder} could be read: " + "; ".join(bad))
         cdrs = pl.concat(frames) if frames else empty_cdrs()
         watermark = cdrs["end_utc"].max() if cdrs.height else None
-        return Extracted(cdrs=cdrs, watermark=watermark, cursor=None, files=files, notes=notes)
+        return Extracted(cdrs=cdrs, watermark=watermark, cursor=None, files=files, notes=notes, bad_files=bad)

@@ -38,7 +38,7 @@ from autobill.cdr import conform
 from autobill.config import FusionPBXServer, Settings
 from autobill.numbering import normalise_expr
 from autobill.secrets import SecretError
-from connectors.base import Extracted, SourceError
+from connectors.base import Extracted, SourceError, with_problem
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FETCH_ROWS = 50_000
@@ -70,7 +70,13 @@ _FETCH_SCHEMA = {
     "hangup_cause": pl.String(),
     "extension_uuid": pl.String(),
     "source_row": pl.String(),
+    "problem": pl.String(),
 }
+# The largest |epoch| (seconds) whose microseconds fit a bigint, and the largest |billsec| that
+# fits one: a NaN, an Infinity or a bigger value is read as NULL plus a problem text (the row is
+# quarantined as `unreadable_row`), never cast in SQL, where it would fail the whole extraction.
+MAX_EPOCH = 9_200_000_000_000
+MAX_BILLSEC = 9_200_000_000_000_000_000
 
 
 def epoch_seconds(moment: datetime) -> Decimal:
@@ -156,8 +162,11 @@ class FusionPBXConnector:
         for label, n in zip(labels, excluded, strict=True):
             if n:
                 notes.append(f"{srv.id}: skipped {n} {label} in the window (not billable legs)")
+        unreadable = raw["problem"].is_not_null().sum()
+        if unreadable:
+            notes.append(f"{srv.id}: {unreadable} row(s) with unusable epochs or billsec (quarantined as unreadable_row)")
         watermark = None
-        if raw.height:
+        if raw["end_us"].drop_nulls().len():
             watermark = EPOCH + timedelta(microseconds=int(raw["end_us"].max()))
         return Extracted(cdrs=cdrs, watermark=watermark, cursor=None, notes=notes)
 
@@ -202,9 +211,9 @@ class FusionPBXConnector:
                 ts("end_us").alias("end_utc"),
                 pl.col("billsec"),
                 pl.col("hangup_cause"),
-                pl.col("source_row"),
+                with_problem(pl.col("source_row"), pl.col("problem")).alias("source_row"),
             )
-            .sort("end_utc", "cdr_key")
+            .sort("end_utc", "cdr_key", nulls_last=True)
             .collect()
         )
 
@@ -260,21 +269,45 @@ class FusionPBXConnector:
         def opt_text(name: str) -> sql.Composable:
             return sql.SQL("{}::text").format(c(name)) if name in columns else sql.SQL("NULL::text")
 
+        def usable(name: str, bound: int) -> sql.Composed:
+            # NaN sorts above every number in PostgreSQL, so NaN, +-Infinity and NULL are all "not usable".
+            return sql.SQL("abs({}) < {}").format(c(name), sql.Literal(bound))
+
         def micros(name: str) -> sql.Composed:
-            return sql.SQL("round({} * 1000000)::bigint").format(c(name))
+            return sql.SQL("CASE WHEN {ok} THEN round({c} * 1000000)::bigint END").format(
+                ok=usable(name, MAX_EPOCH), c=c(name))
+
+        def unusable(name: str, bound: int) -> sql.Composed:
+            return sql.SQL("CASE WHEN {c} IS NOT NULL AND NOT {ok} THEN {label} || {c}::text || {what} END").format(
+                c=c(name), ok=usable(name, bound), label=sql.Literal(f"{name} "),
+                what=sql.Literal(" is not a usable value" if name == "billsec" else " is not a usable epoch"))
 
         answer = (
-            sql.SQL("CASE WHEN {a} > 0 THEN {m} END").format(a=c("answer_epoch"), m=micros("answer_epoch"))
+            sql.SQL("CASE WHEN {a} > 0 AND {ok} THEN round({a} * 1000000)::bigint END").format(
+                a=c("answer_epoch"), ok=usable("answer_epoch", MAX_EPOCH))
             if "answer_epoch" in columns
             else sql.SQL("NULL::bigint")
         )
+        checked = [("start_epoch", MAX_EPOCH), ("end_epoch", MAX_EPOCH), ("billsec", MAX_BILLSEC)]
+        if "answer_epoch" in columns:
+            checked.append(("answer_epoch", MAX_EPOCH))
+        problem = sql.SQL("NULLIF(concat_ws('; ', {}), '')").format(
+            sql.SQL(", ").join(unusable(name, bound) for name, bound in checked))
         source = sql.SQL("json_build_object({})::text").format(
             sql.SQL(", ").join(
                 sql.SQL("{}, {}").format(sql.Literal(name), c(name)) for name in SOURCE_COLUMNS if name in columns
             )
         )
         table_ref = sql.SQL("{}.{} AS c").format(sql.Identifier(schema), sql.Identifier(table))
-        window = sql.SQL("({end} >= %(low)s OR %(low)s IS NULL) AND {end} < %(high)s").format(end=c("end_epoch"))
+        # Incremental on end_epoch; a row whose end_epoch is NULL/NaN/Infinity is windowed on its
+        # start_epoch instead, and a row with neither usable is read on every run (the lake then
+        # skips it as already stored): no row is filtered out before it is counted.
+        window = sql.SQL(
+            "CASE WHEN {end_ok} THEN ({end} >= %(low)s OR %(low)s IS NULL) AND {end} < %(high)s "
+            "WHEN {start_ok} THEN ({start} >= %(low)s OR %(low)s IS NULL) AND {start} < %(high)s "
+            "ELSE TRUE END"
+        ).format(end=c("end_epoch"), start=c("start_epoch"), end_ok=usable("end_epoch", MAX_EPOCH),
+                 start_ok=usable("start_epoch", MAX_EPOCH))
         keep = [sql.SQL("{} IS DISTINCT FROM {}").format(c("hangup_cause"), sql.Literal(LOSE_RACE))]
         if "leg" in columns:
             keep.append(sql.SQL("{} = 'a'").format(c("leg")))
@@ -284,8 +317,9 @@ class FusionPBXConnector:
             keep = keep[1:]
         select = sql.SQL(
             "SELECT {id}::text AS call_id, {domain}, {acct}, {direction}, {cid}, {cdest}, {dest}, "
-            "{start} AS start_us, {answer} AS answer_us, {end} AS end_us, round({billsec})::bigint AS billsec, "
-            "{cause}, {ext} AS extension_uuid, {source} AS source_row "
+            "{start} AS start_us, {answer} AS answer_us, {end} AS end_us, "
+            "CASE WHEN {billsec_ok} THEN round({billsec})::bigint END AS billsec, "
+            "{cause}, {ext} AS extension_uuid, {source} AS source_row, {problem} AS problem "
             "FROM {table} WHERE {window} AND {keep}"
         ).format(
             id=c(id_col),
@@ -299,6 +333,8 @@ class FusionPBXConnector:
             answer=answer,
             end=micros("end_epoch"),
             billsec=c("billsec"),
+            billsec_ok=usable("billsec", MAX_BILLSEC),
+            problem=problem,
             cause=opt_text("hangup_cause"),
             ext=opt_text("extension_uuid"),
             source=source,

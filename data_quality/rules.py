@@ -43,13 +43,15 @@ from autobill.mapping import assign_services
 from autobill.timeutil import as_utc, day_bounds_utc, local_today
 
 MAX_KEY_LENGTH = 200  # ledger column width of cdr_key
+PROBLEM_KEY = "_error"  # connectors.base.PROBLEM_KEY: why a source row could not be read
+PROBLEM_PATTERN = r'"_error"\s*:\s*"'
 # FreeSWITCH writes whole-second epochs, so billsec may exceed end - answer by one second.
 BILLSEC_SLACK_SECONDS = 1
 
 # Rule names are stable (they are stored in the ledger and used by `autobill quarantine --rule`).
 KEY_RULES = ("missing_key", "unknown_server", "malformed_key", "wrong_server")
 STRUCTURAL_RULES = (
-    "missing_start", "missing_end", "missing_billsec", "end_before_start", "answer_before_start",
+    "unreadable_row", "missing_start", "missing_end", "missing_billsec", "end_before_start", "answer_before_start",
     "answer_after_end", "negative_billsec", "billsec_exceeds_call", "call_too_long", "future_timestamp",
     "before_lookback", "unknown_direction",
 )
@@ -136,7 +138,12 @@ def _structural_rules(settings: Settings, now: datetime) -> list[tuple[str, pl.E
     call = _seconds("end_utc", "start_utc")
     answered_part = _seconds("end_utc", "answer_utc")
     late = pl.max_horizontal(start, answer, end)
+    source = pl.col("source_row")
+    problem = source.str.json_path_match(f"$.{PROBLEM_KEY}")
     return [
+        # The connector could not read this source row as a call (source_row says why and keeps it).
+        ("unreadable_row", source.str.contains(PROBLEM_PATTERN),
+         problem.fill_null("the source row could not be read")),
         ("missing_start", start.is_null(), pl.lit("start_utc is empty")),
         ("missing_end", end.is_null(), pl.lit("end_utc is empty")),
         ("missing_billsec", billsec.is_null(), pl.lit("billsec is empty")),
@@ -148,9 +155,9 @@ def _structural_rules(settings: Settings, now: datetime) -> list[tuple[str, pl.E
          (billsec > call + BILLSEC_SLACK_SECONDS) | (billsec > answered_part + BILLSEC_SLACK_SECONDS),
          pl.format("billsec {} exceeds the call ({} s start to end, {} s answer to end)", billsec,
                    call.round(0).cast(pl.Int64), answered_part.round(0).cast(pl.Int64))),
-        ("call_too_long", call > v.max_call_seconds,
-         pl.format("call lasted {} s, more than max_call_seconds {}", call.round(0).cast(pl.Int64),
-                   pl.lit(v.max_call_seconds))),
+        ("call_too_long", (call > v.max_call_seconds) | (billsec > v.max_call_seconds),
+         pl.format("call lasted {} s (billsec {}), more than validation.max_call_seconds {}",
+                   call.round(0).cast(pl.Int64), billsec, pl.lit(v.max_call_seconds))),
         ("future_timestamp", late > horizon,
          pl.format("timestamp {} is in the future (now {} + {} s tolerance)", late, pl.lit(now.isoformat()),
                    pl.lit(v.future_tolerance_seconds))),
@@ -283,7 +290,9 @@ def check_rows(
     names content rules not to apply (re-queued rows skip `before_lookback`).
     """
     now = as_utc(now)
-    idx = conform(cdrs).with_row_index("_row")
+    # rechunk: polars 2.1 panics ("assertion failed: i < self.len()") formatting reasons over a
+    # filtered multi-chunk frame (a batch read from several day files); one chunk avoids it.
+    idx = conform(cdrs).rechunk().with_row_index("_row")
     servers = [s.id for s in settings.servers]
     skip = set(skip_rules)
 

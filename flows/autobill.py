@@ -22,6 +22,7 @@ from flows.runners import nightly_task_runner
 from tasks.aggregate import record_billing_task
 from tasks.extract import extract_task_for
 from tasks.post import outstanding_uncertain_task, post_pending_task, surface_interrupted_task
+from tasks.preflight import PreflightFailed, preflight_task
 from tasks.rate import rate_run_task
 from tasks.reconcile import reconcile_task
 from tasks.report import RunSummary, ServerLine, report_task
@@ -63,12 +64,22 @@ def nightly(
 
 def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
     logger = get_run_logger()
+    chosen = choose_servers(settings, servers)
     run_id = start_run_task(settings, "nightly", day, dry_run)
+    # Before any ledger change: every secret resolves and WHMCS answers, or the run stops here.
+    try:
+        preflight_task(settings, chosen, dry_run)
+    except PreflightFailed as exc:
+        data = {"billing_date": day.isoformat(), "dry_run": dry_run, "status": "failed", "balanced": True,
+                "error": str(exc)}
+        finish_run_task(settings, run_id, "failed", data)
+        logger.error("%s", exc)
+        return Failed(message=str(exc), data=data)
     if not dry_run:
         surface_interrupted_task(settings)
     until = billing_cutoff(settings, day)
 
-    lines: dict[str, ServerLine] = {sid: ServerLine(sid) for sid in choose_servers(settings, servers)}
+    lines: dict[str, ServerLine] = {sid: ServerLine(sid) for sid in chosen}
     extracting = {sid: extract_task_for(settings, sid).submit(settings, sid, until, run_id) for sid in lines}
     validating = {}
     for sid, future in extracting.items():
@@ -78,6 +89,7 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
             continue
         extracted = future.result()
         lines[sid].extracted = extracted.rows
+        lines[sid].files_quarantined = len(extracted.bad_files)
         validating[sid] = (extracted.batch_id, validate_batch_task.submit(settings, extracted.batch_id, run_id))
     good_paths, batch_ids = [], []
     for sid, (batch_id, future) in validating.items():
@@ -138,4 +150,6 @@ def _partial_message(summary: RunSummary) -> str:
         parts.append(f"{len(summary.uncertain)} uncertain charge(s) to reconcile")
     if summary.failed_posts:
         parts.append(f"{len(summary.failed_posts)} charge(s) not posted (retried next run)")
+    if summary.files_quarantined:
+        parts.append(f"{summary.files_quarantined} file(s) quarantined whole (ledger table quarantined_files)")
     return "partial: " + "; ".join(parts)

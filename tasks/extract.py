@@ -48,6 +48,7 @@ from autobill.ledger.batches import (
     close_batch,
     commit_batch,
     open_batch,
+    quarantine_files,
     reject_batch,
     reject_pending,
     server_position,
@@ -74,6 +75,7 @@ class ExtractResult:
     window_start: datetime | None = None
     window_end: datetime | None = None
     files: list[tuple[str, str, int]] = field(default_factory=list)  # (name, sha256, rows) consumed
+    bad_files: list[tuple[str, str, str]] = field(default_factory=list)  # (name, sha256, reason) quarantined whole
 
 
 # -- plain functions ------------------------------------------------------------------------
@@ -105,13 +107,17 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
     since = before if before is not None else until - timedelta(days=settings.validation.lookback_days)
 
     got = connector_for(server, settings).extract(since, until, cursor)
+    # Files unreadable as a whole are recorded before anything else: they are accounted for even
+    # when this batch is later rejected (they are not part of it).
+    quarantine_files(settings, server_id, got.bad_files, run_id)
 
     cdrs = conform(got.cdrs)
     foreign = cdrs.filter(pl.col("server") != server_id).height
     if foreign:
         raise ValueError(f"{server_id}: the connector returned {foreign} row(s) of another server")
     days = lake.day_labels(cdrs).unique().to_list()
-    stored = cdrs["cdr_key"].is_in(lake.stored_keys(data, server_id, days).implode())
+    # fill_null: a row without a key is never "already stored"; it goes on to be quarantined
+    stored = cdrs["cdr_key"].is_in(lake.stored_keys(data, server_id, days).implode()).fill_null(False)
     overlap_skipped = int(stored.sum())
     new = cdrs.filter(~stored)
     duplicate_rows = new.height - new["cdr_key"].n_unique() if new.height else 0
@@ -138,7 +144,7 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
     return ExtractResult(
         batch_id=batch_id, server=server_id, rows=new.height, paths=paths, overlap_skipped=overlap_skipped,
         watermark_before=before, proposed_watermark=proposed, notes=notes, duplicate_rows=duplicate_rows,
-        window_start=window_start, window_end=until, files=files,
+        window_start=window_start, window_end=until, files=files, bad_files=list(got.bad_files),
     )  # fmt: skip
 
 

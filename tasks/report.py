@@ -43,6 +43,7 @@ class ServerLine:
     zero_cost: int = 0
     billed: int = 0
     already_billed: int = 0  # rated again but already final in the ledger: counted once, as billed earlier
+    files_quarantined: int = 0  # drop files unreadable as a whole (not rows: outside the balance); run is partial
     amount: dict[str, Decimal] = field(default_factory=dict)  # exact sum of billed calls' costs
 
     @property
@@ -79,17 +80,21 @@ class RunSummary:
         return all(s.balanced for s in self.servers)
 
     @property
+    def files_quarantined(self) -> int:
+        return self.total("files_quarantined")
+
+    @property
     def status(self) -> str:
         if not self.balanced:
             return "failed"
-        if self.failed_servers or self.uncertain or self.failed_posts:
+        if self.failed_servers or self.uncertain or self.failed_posts or self.files_quarantined:
             return "partial"
         return "completed"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"billing_date": self.billing_date.isoformat(), "dry_run": self.dry_run,
                                "status": self.status, "balanced": self.balanced}
-        for key in (*INPUTS, *OUTPUTS, "already_billed"):
+        for key in (*INPUTS, *OUTPUTS, "already_billed", "files_quarantined"):
             out[key] = self.total(key)
         out.update({
             "charges_created": self.charges_created,

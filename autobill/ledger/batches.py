@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from autobill import lake
 from autobill.config import Settings
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import ExtractionBatch, ProcessedFile, ServerWatermark
+from autobill.ledger.models import ExtractionBatch, ProcessedFile, QuarantinedFile, ServerWatermark
 
 PENDING = ("extracting", "extracted")
 
@@ -174,3 +174,41 @@ def close_batch(settings: Settings, batch_id: int, rows: int, paths: list[str], 
         batch.files = json.dumps(files) if files else None
         batch.notes = json.dumps(notes) if notes else None
         batch.status = "extracted"
+
+
+# -- files quarantined whole (drop folder) --------------------------------------------------
+
+
+def known_file_hashes(settings: Settings, server_id: str) -> set[str]:
+    """Content hashes of this server's files already processed or quarantined whole: not read again."""
+    with session_scope(settings.ledger) as s:
+        done = s.scalars(select(ProcessedFile.content_hash).where(ProcessedFile.server == server_id))
+        held = s.scalars(select(QuarantinedFile.content_hash).where(QuarantinedFile.server == server_id))
+        return set(done) | set(held)
+
+
+def quarantine_files(settings: Settings, server_id: str, bad_files: list[tuple[str, str, str]],
+                     run_id: int | None = None) -> int:
+    """Record files that cannot be read as a whole (name, sha256, reason); returns how many are new.
+    A file without a hash (it could not even be read from disk) is not recorded: it is tried again."""
+    recorded = 0
+    with session_scope(settings.ledger) as s:
+        for name, digest, reason in bad_files:
+            if not digest:
+                continue
+            exists = s.scalar(select(QuarantinedFile.id).where(
+                QuarantinedFile.server == server_id, QuarantinedFile.content_hash == digest))
+            if exists is None:
+                s.add(QuarantinedFile(server=server_id, content_hash=digest, name=name, reason=reason[:2000],
+                                      run_id=run_id))
+                recorded += 1
+    return recorded
+
+
+def quarantined_files(settings: Settings, server_id: str | None = None) -> list[dict[str, Any]]:
+    with session_scope(settings.ledger) as s:
+        query = select(QuarantinedFile).order_by(QuarantinedFile.id)
+        if server_id:
+            query = query.where(QuarantinedFile.server == server_id)
+        return [{"id": f.id, "server": f.server, "name": f.name, "sha256": f.content_hash, "reason": f.reason,
+                 "run_id": f.run_id, "created_at": f.created_at.isoformat()} for f in s.scalars(query)]

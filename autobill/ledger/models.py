@@ -316,3 +316,18 @@ class FraudHold(Base):
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     cleared_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     clear_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class QuarantinedFile(Base):
+    """A drop-folder file that could not be read as a whole: kept out of billing by content hash,
+    with its name and the reason; a fixed file (new content, new hash) is read again."""
+
+    __tablename__ = "quarantined_files"
+    __table_args__ = (UniqueConstraint("server", "content_hash", name="uq_quarantined_files_server_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    server: Mapped[str] = mapped_column(String(64))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)

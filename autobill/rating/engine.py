@@ -8,8 +8,9 @@ Readings where RATING.md is silent (a telecom billing engineer's choices):
   exponent); any length (a huge value is rated exactly, not rejected). In parquet, an integer
   column is used as is (negative: invalid) and a float or decimal column counts when its value is
   a whole number. `start`: see timestamps.py (offset required).
-- `cdr_id` duplicates compare the value exactly as read (no trimming); an empty/missing id is a
-  value like any other, so the second row without an id is a `duplicate`.
+- `cdr_id` duplicates compare the value exactly as read (no trimming). An empty id (missing,
+  or only spaces) is `invalid`, never a duplicate: it cannot be told apart from another call.
+- `billsec` above `MAX_BILLSEC` (604800 s, 7 days) is `invalid`: no real call lasts a week.
 - Columns besides `cost` are filled whenever they can be determined, whatever the status:
   `e164` whenever the number normalises; `matched_prefix`, `description`, `rate` and
   `connect_fee` whenever the number and start find a tariff row in effect (also for `duplicate`
@@ -56,6 +57,7 @@ OUTPUT_COLUMNS = (
     "cost",
 )
 STATUSES = ("rated", "unanswered", "no_rate", "invalid_number", "invalid", "duplicate")
+MAX_BILLSEC = 604_800  # RATING.md: a billsec above 7 days is invalid
 I128 = pl.Int128()
 
 
@@ -123,7 +125,8 @@ def _status_code() -> pl.Expr:
     return (
         pl.when(pl.col("_dup"))
         .then(code("duplicate"))
-        .when(pl.col("_start").is_null() | ~pl.col("_s_ok"))
+        .when(pl.col("_start").is_null() | ~pl.col("_s_ok") | pl.col("_no_id")
+              | (pl.col("_s").is_null() | (pl.col("_s") > exact.lit128(MAX_BILLSEC))))
         .then(code("invalid"))
         .when(pl.col("_e164").is_null())
         .then(code("invalid_number"))
@@ -143,10 +146,15 @@ def _by_tid(tariff: LoadedTariff, column: str) -> pl.Expr:
 def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int, d: int) -> pl.DataFrame:
     """Per CDR, narrow: `_code`, `_e164`, `_tid`, `_b` and `_micro` (Int128), `_slow` (needs Python)."""
     dst = cdrs.get_column("dst")
+    ids = cdrs.get_column("cdr_id")
+    no_id = ids.is_null() | (ids.cast(pl.String, strict=False).str.strip_chars() == "").fill_null(True)
+    dup = pl.select(~no_id & ~pl.when(~no_id).then(ids).is_first_distinct()).to_series()
     work = pl.DataFrame(
         {
             "_row": pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True),
-            "_dup": ~cdrs.get_column("cdr_id").is_first_distinct(),
+            # An empty id is never a duplicate (it is invalid); only non-empty ids are compared.
+            "_dup": dup,
+            "_no_id": no_id,
             "_start": parse_starts(cdrs.get_column("start")),
             "_dst": dst if dst.dtype == pl.String else dst.cast(pl.String, strict=False),
         }

@@ -125,7 +125,9 @@ def test_cli_config_check_explains_a_broken_config(tmp_path):
 
 
 def test_cli_config_check_ok_lists_what_it_found():
-    result = _cli("config", "check", "--config", str(ROOT / "autobill.example.yaml"), env_extra={"WHMCS_SECRET": "s3cr3t"})
+    # --offline: the example names secrets this machine does not have (checked in the next test)
+    result = _cli("config", "check", "--offline", "--config", str(ROOT / "autobill.example.yaml"),
+                  env_extra={"WHMCS_SECRET": "s3cr3t"})
     assert result.returncode == 0, result.stderr
     assert "pbx-east" in result.stdout and "fusionpbx" in result.stdout
     assert "env:WHMCS_SECRET (set)" in result.stdout
@@ -150,3 +152,11 @@ def test_every_command_has_help():
 
     walk(root, [])
     assert not failures
+
+
+def test_cli_config_check_reports_unresolvable_secrets_as_errors():
+    result = _cli("config", "check", "--config", str(ROOT / "autobill.example.yaml"), env_extra={"WHMCS_SECRET": "s3cr3t"})
+    assert result.returncode == 1
+    assert "error: whmcs.identifier: environment variable WHMCS_IDENTIFIER (secret reference) is not set" in result.stderr
+    assert "whmcs.secret" not in result.stderr  # this one resolves
+    assert "s3cr3t" not in result.stdout + result.stderr

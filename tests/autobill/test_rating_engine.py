@@ -116,13 +116,22 @@ def test_first_increment_boundaries():
         assert one("2125550100", billsec=str(s))["billable_seconds"] == str(b)
 
 
-def test_huge_billsec_is_rated_exactly():
-    s = 10**40 + 1
-    got = one("2125550100", billsec=str(s))
-    b = 60 + -(-(s - 60) // 6) * 6
-    assert got["billable_seconds"] == str(b)
-    micro = (b * 10_000 * 1 + 30) // 60  # 0.01/min = 10_000 micro; half up
-    assert got["cost"] == f"{micro // 10**6}.{micro % 10**6:06d}"
+def test_billsec_above_a_week_is_invalid_and_a_week_is_rated():
+    """RATING.md: billsec above 604800 (7 days) is `invalid`, whatever its size."""
+    for s in (604_801, 10**9, 10**40 + 1):
+        got = one("2125550100", billsec=str(s))
+        assert (got["status"], got["cost"]) == ("invalid", ""), s
+    week = one("2125550100", billsec="604800")
+    b = 60 + -(-(604_800 - 60) // 6) * 6
+    micro = (b * 10_000 + 30) // 60  # 0.01/min = 10_000 micro; half up
+    assert (week["status"], week["cost"]) == ("rated", f"{micro // 10**6}.{micro % 10**6:06d}")
+
+
+def test_an_empty_cdr_id_is_invalid_never_a_duplicate():
+    cdrs = pl.DataFrame({"cdr_id": ["", "", " ", None, "a", "a"], "start": ["2024-07-01T00:00:00Z"] * 6,
+                         "billsec": ["30"] * 6, "dst": ["2125550100"] * 6})
+    out = rate_cdrs(cdrs, tariff_from_frame(text_frame(TARIFF, TARIFF_COLUMNS)))
+    assert out["status"].to_list() == ["invalid", "invalid", "invalid", "invalid", "rated", "duplicate"]
 
 
 def test_input_columns_are_kept_verbatim_and_in_order():

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from autobill.config import FileDropServer
-from autobill.ledger.batches import commit_batch, read_batch
+from autobill.ledger.batches import commit_batch, quarantined_files, read_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ProcessedFile
 from connectors.base import SourceError
@@ -92,11 +92,16 @@ def test_bad_header_is_reported_and_the_good_files_billed(tmp_path: Path, sqlite
     got = extract_server(settings, "drop", until=UNTIL)
     assert got.rows == 1 and [f[0] for f in got.files] == ["good.csv"]
     assert any("bad.csv" in n and "dst" in n for n in got.notes)
+    assert [(name, reason.split(":")[0]) for name, _, reason in got.bad_files] == [("bad.csv", "bad.csv")]
     commit_batch(settings, got.batch_id)
-    assert processed(settings) == [("good.csv", 1)]  # bad.csv stays unprocessed, read again once fixed
-    (drop / "good.csv").unlink()
-    with pytest.raises(SourceError, match=r"bad\.csv.*dst"):
-        extract_server(settings, "drop", until=UNTIL)
+    assert processed(settings) == [("good.csv", 1)]  # bad.csv is quarantined whole, not processed
+    [held] = quarantined_files(settings, "drop")
+    assert held["name"] == "bad.csv" and "dst" in held["reason"] and len(held["sha256"]) == 64
+    again = extract_server(settings, "drop", until=UNTIL)  # unchanged: not read (nor counted) again
+    assert (again.rows, again.bad_files) == (0, [])
+    csv(drop / "bad.csv", "c9,2026-06-01T09:00:00Z,10,6135550199,outbound,acme,,")  # fixed: new content
+    fixed = extract_server(settings, "drop", until=UNTIL)
+    assert fixed.rows == 1 and [f[0] for f in fixed.files] == ["bad.csv"]
 
 
 def test_parquet_typed_columns_bad_rows_and_duplicates(tmp_path: Path, sqlite_url: str) -> None:

@@ -172,9 +172,10 @@ def test_cli_release_by_rule_and_server(cli_config):
 def test_cli_errors(cli_config):
     _, config = cli_config
     runner = CliRunner()
-    assert runner.invoke(app, ["quarantine", "show", "9999", "-c", config]).exit_code == 1
-    assert runner.invoke(app, ["quarantine", "release", "-c", config]).exit_code == 1
-    assert runner.invoke(app, ["quarantine", "list", "--status", "gone", "-c", config]).exit_code == 1
+    # bad usage (an unknown id, nothing to release, an unknown status) is exit 2 (issue #12)
+    assert runner.invoke(app, ["quarantine", "show", "9999", "-c", config]).exit_code == 2
+    assert runner.invoke(app, ["quarantine", "release", "-c", config]).exit_code == 2
+    assert runner.invoke(app, ["quarantine", "list", "--status", "gone", "-c", config]).exit_code == 2
 
 
 def test_cli_list_says_when_it_is_cut(cli_config):

@@ -197,4 +197,5 @@ def test_backfill_cli_rejects_a_backward_range(tmp_path):
     cfg = tmp_path / "autobill.yaml"
     cfg.write_text("timezone: UTC\n")
     result = CliRunner().invoke(app, ["backfill", "--from", "2026-11-20", "--to", "2026-11-19", "-c", str(cfg)])
-    assert result.exit_code == 1 and "before start date" in result.output
+    # bad usage: one line, exit 2, before any flow run (issue #12)
+    assert result.exit_code == 2 and "--from 2026-11-20 is after --to 2026-11-19 (a reversed range)" in result.output

@@ -163,15 +163,17 @@ def ref_rate(
     out = []
     for cdr in cdrs:
         cid = cdr.get("cdr_id")
-        duplicate = cid in seen
-        seen.add(cid)
+        empty_id = cid is None or str(cid).strip() == ""  # RATING.md: invalid, never a duplicate
+        duplicate = not empty_id and cid in seen
+        if not empty_id:
+            seen.add(cid)
         start = ref_start(cdr.get("start"))
         s = ref_billsec(cdr.get("billsec"))
         e164 = ref_normalise(cdr.get("dst"), cc, intl, trunk)
         row = ref_lookup(tariff, e164, start) if e164 is not None and start is not None else None
         if duplicate:
             status = "duplicate"
-        elif start is None or s is None:
+        elif start is None or s is None or empty_id or s > 604800:
             status = "invalid"
         elif e164 is None:
             status = "invalid_number"
