@@ -25,10 +25,12 @@ from autobill import lake
 from autobill.billing_day import with_billing_date
 from autobill.cdr import CDR_SCHEMA, conform
 from autobill.config import Settings
+from autobill.ledger.corrections import included_delta
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import BilledCDR
 from autobill.ledger.unrated import unrated_rows
 from autobill.mapping import assign_services
+from autobill.rating.archive import archive as archive_tariffs
 from autobill.rating.billing import load_tariffs, rate_for_billing
 from autobill.timeutil import period_bounds
 
@@ -83,7 +85,7 @@ def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, dat
                         BilledCDR.billing_date < end,
                     )
                 )
-            )
+            ) + included_delta(session, service_id, start, end)  # re-rates may have moved some
     return dict(used)
 
 
@@ -91,7 +93,9 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
              run_id: int | None = None) -> Path:
     """Rate what this run bills; writes `<data>/rated/run-<id>.parquet` and returns its path."""
     cdrs = assign_services(gather(settings, day, validated, requeued_path), settings)
-    rated = rate_for_billing(cdrs, settings, load_tariffs(settings), included_used(settings, cdrs))
+    tariffs = load_tariffs(settings)
+    archive_tariffs(settings, tariffs)  # every version billed with can be named later (NAME@VERSION)
+    rated = rate_for_billing(cdrs, settings, tariffs, included_used(settings, cdrs))
     if rated.height != cdrs.height:
         raise RuntimeError(f"rating returned {rated.height} rows for {cdrs.height} CDRs")
     extra = [c for c in ("server", "billing_date", "source", "rate_number", "start_utc") if c not in rated.columns]
