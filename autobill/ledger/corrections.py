@@ -38,7 +38,7 @@ class LedgerPrice:
     group: datetime  # created_at of its billed_cdrs row: the nightly transaction that billed it
 
 
-@dataclass(frozen=True)
+@dataclass
 class RerateRequest:
     date_from: date
     date_to: date
