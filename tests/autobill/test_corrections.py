@@ -24,7 +24,6 @@ from autobill.money import round_minor
 from autobill.rating.billing import rate_for_billing
 from autobill.rating.tariff import tariff_from_frame
 from autobill.rerating import rerate
-from autobill.timeutil import period_bounds
 
 SETTINGS = settings_from_dict({
     "timezone": "America/Toronto",
