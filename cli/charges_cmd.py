@@ -20,6 +20,8 @@ WHMCS (Billing > Billable Items, or the client's invoices) for the key, then:
   found      autobill charges reconcile KEY [KEY ...] --posted --billable-id N [--billable-id M ...]
   not found  autobill charges reconcile KEY [KEY ...] --not-posted      (posted by the next run)
   ask WHMCS  autobill charges reconcile --check                          (what the nightly run does)
+Corrections (keys rc-...) too; one with a negative amount was an AddCredit: look for its key
+in the client's credit log (Billing > Credit) instead.
 """
 
 
