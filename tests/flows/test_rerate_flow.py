@@ -228,7 +228,7 @@ def test_killed_rerate_double_posts_nothing(world, prefect_harness):
     world.sandbox.clear_faults()
     assert world.sandbox.wait_idle(10)
     killed = [c for c in world.charges() if c.state == "posting"]
-    assert 0 < len(killed) <= world.settings.whmcs.post_batch
+    assert 0 < len(killed) <= world.settings.whmcs.post_workers  # one claimed charge per posting worker
     rerun = rerate(world)
     assert rerun["corrections"] == 0  # the killed run's corrections were recorded: not made twice
     assert {c.idempotency_key for c in killed} <= set(rerun["uncertain"])
