@@ -88,7 +88,7 @@ def _rerate(settings, request: RerateRequest, tariff: list[str] | None, dry_run:
     summary = plan.summary()
     publish_preview_task(summary, dry_run)
     posting = None
-    if not dry_run and summary["to_post"]:
+    if not dry_run:  # this re-rate's corrections, and any an earlier one left pending
         posting = post_pending_task(settings, kind="correction")
     uncertain = outstanding_uncertain_task(settings)
     summary.update(dry_run=dry_run, posted=posting.posted if posting else 0,
