@@ -40,6 +40,7 @@ COMMAND_MODULES = [
     "cli.statement_cmd",
     "cli.dispute_cmd",
     "cli.fraud_cmd",
+    "cli.rerate_cmd",
 ]
 
 for _name in COMMAND_MODULES:

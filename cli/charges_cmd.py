@@ -21,6 +21,8 @@ WHMCS (Billing > Billable Items, or the client's invoices) for the key, then:
   found      autobill charges reconcile KEY [KEY ...] --posted --billable-id N [--billable-id M ...]
   not found  autobill charges reconcile KEY [KEY ...] --not-posted      (posted by the next run)
   ask WHMCS  autobill charges reconcile --check                          (what the nightly run does)
+Corrections (keys rc-...) too; one with a negative amount was an AddCredit: look for its key
+in the client's credit log (Billing > Credit) instead.
 """
 
 
@@ -30,7 +32,24 @@ def _row(c) -> dict:
         "service_id": c.service_id, "billing_date": c.billing_date.isoformat(), "class": c.charge_class,
         "currency": c.currency, "amount": str(c.amount), "cdrs": c.cdr_count,
         "whmcs_billable_id": c.whmcs_billable_id, "last_error": c.last_error,
+        "kind": c.kind, "corrects": c.corrects_charge_id, "rerate_id": c.rerate_id,
     }
+
+
+def beside(rows: list[dict]) -> list[dict]:
+    """Each correction right after the line it corrects (when that line is listed), in id order."""
+    listed = {r["id"] for r in rows}
+    under: dict[int, list[dict]] = {}
+    for r in rows:
+        if r["kind"] == "correction" and r["corrects"] in listed:
+            under.setdefault(r["corrects"], []).append(r)
+    out = []
+    for r in rows:
+        if r["kind"] == "correction" and r["corrects"] in listed:
+            continue
+        out.append(r)
+        out.extend(sorted(under.get(r["id"], []), key=lambda x: x["id"]))
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -41,7 +60,7 @@ def register(app: typer.Typer) -> None:
         on: Annotated[str | None, typer.Option("--date", help="Billing date YYYY-MM-DD.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     ) -> None:
-        """List charge lines, newest first."""
+        """List charge lines, newest first; each correction right under the line it corrects."""
         from sqlalchemy import select
 
         from autobill.ledger.db import ensure_current, session_scope
@@ -56,11 +75,26 @@ def register(app: typer.Typer) -> None:
             query = query.where(Charge.state == state)
         if day:
             query = query.where(Charge.billing_date == day)
+        from autobill.ledger.models import Rerate
+
         with session_scope(settings.ledger) as session:
             rows = [_row(c) for c in session.scalars(query)]
-        for r in rows:
+            audits = {r.id: r for r in session.scalars(
+                select(Rerate).where(Rerate.id.in_({r["rerate_id"] for r in rows if r["rerate_id"]})))}
+            for r in rows:
+                if r["rerate_id"] in audits:  # who, when, why, which tariff versions
+                    a = audits[r["rerate_id"]]
+                    r.update(reason=a.reason, requested_by=a.requested_by, requested_at=a.requested_at.isoformat(),
+                             tariff_versions=json.loads(a.tariff_versions), old_versions=json.loads(a.old_versions))
+        for r in beside(rows):
             if as_json:
                 typer.echo(json.dumps(r))
+            elif r["kind"] == "correction":
+                typer.echo(
+                    f"{r['id']:>6} {r['state']:<9} {r['billing_date']}   \u21b3 correction of #{r['corrects'] or '-'}"
+                    f" {r['class']:<13} {r['amount']:>12} {r['currency']}  {r['key']}  "
+                    f"({r.get('requested_by')} {r.get('requested_at', '')[:16]}: {r.get('reason')})"
+                )
             else:
                 typer.echo(
                     f"{r['id']:>6} {r['state']:<9} {r['billing_date']} client {r['client_id']:<6} "

@@ -4,7 +4,7 @@ Why the retry rules are per action (DESIGN.md invariant 1, exactly once):
 WHMCS has no API that lists billable items (WHMCS/developer-docs #294), so a post whose answer
 was lost cannot be checked afterwards. Read actions and naturally idempotent ones (Get*,
 ModuleSuspend/Unsuspend, UpdateClientProduct) are retried on 5xx, connection errors and timeouts.
-AddBillableItem and SendEmail are retried only when the request certainly never reached WHMCS
+AddBillableItem, AddCredit and SendEmail are retried only when the request certainly never reached WHMCS
 (connection refused, connect timeout, DNS failure, HTTP 503/429); any other failure after the
 request may have been processed raises `WhmcsUncertainError`, and the caller marks the charge
 `uncertain` for reconciliation instead of posting it again.
@@ -412,6 +412,26 @@ class WhmcsClient:
             return _to_int(resp["billableid"])
         except (KeyError, ValueError, TypeError):
             raise WhmcsUncertainError("AddBillableItem", "answered success without a billable item id") from None
+
+    def add_credit(self, client_id: int, description: str, amount: Decimal, *, currency: str | None = None,
+                   on: date | None = None) -> Decimal:
+        """Add `amount` (> 0, in the client's currency's minor unit) to the client's credit balance;
+        returns the new balance. Not idempotent: an unsure call raises WhmcsUncertainError (the
+        description, which carries the correction's key, is in the client's credit log: GetCredits)."""
+        if amount <= 0:
+            raise ValueError("a credit amount must be positive")
+        if not description.strip():
+            raise ValueError("description must not be empty")
+        resp = self.call("AddCredit", idempotent=False, clientid=int(client_id), description=description,
+                         amount=format_amount(amount, currency), date=on, type="add")
+        try:
+            return Decimal(str(resp["newbalance"]))
+        except (KeyError, ArithmeticError):
+            return Decimal(0)  # processed (result=success); the balance is only informative
+
+    def get_credits(self, client_id: int) -> list[dict]:
+        """The client's credit log: `id`, `date`, `description`, `amount` (strings, as WHMCS sends them)."""
+        return _items(self.call("GetCredits", clientid=int(client_id)).get("credits"), "credit")
 
     # -- clients -----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from autobill.ledger.charges import (
     Sent,
     outstanding_uncertain,
     pending_charge_ids,
+    posts_as_credit,
     settle_and_claim,
     surface_interrupted,
 )
@@ -38,10 +39,18 @@ class BillableItemPoster(Protocol):
     def add_billable_item(self, client_id: int, description: str, amount: Decimal, quantity: Decimal, *,
                           currency: str | None = None) -> int: ...
 
+    def add_credit(self, client_id: int, description: str, amount: Decimal, *,
+                   currency: str | None = None) -> Decimal: ...
+
 
 def _send(client: BillableItemPoster, charge: Charge) -> Sent:
-    """One AddBillableItem; no ledger I/O here."""
+    """One AddBillableItem (or AddCredit for a correction that lowers a line); no ledger I/O here."""
     try:
+        if posts_as_credit(charge):
+            # WHMCS has no credit id to keep: the key in the description finds it in the credit log.
+            client.add_credit(charge.client_id, charge.description, -round_minor(charge.amount, charge.currency),
+                              currency=charge.currency)
+            return Sent(charge, "posted", billable_id=None)
         billable_id = client.add_billable_item(charge.client_id, charge.description,
                                                round_minor(charge.amount, charge.currency), QUANTITY,
                                                currency=charge.currency)
@@ -70,6 +79,7 @@ def post_pending(
     client: BillableItemPoster | Callable[[], BillableItemPoster],
     progress: Callable[[int, int], None] | None = None,
     workers: int = 1,
+    kind: str | None = None,
 ) -> PostingReport:
     """Post every pending charge, oldest first; `progress(done, total)` is called as it goes.
 
@@ -81,7 +91,7 @@ def post_pending(
     `workers` > 1, `client` is a factory called once per worker thread (an HTTP session is not
     shared between threads); a single client object gets a single worker."""
     report = PostingReport()
-    ids = pending_charge_ids(settings)
+    ids = pending_charge_ids(settings, kind)
     is_factory = callable(client) and not hasattr(client, "add_billable_item")
     n = max(1, workers) if is_factory else 1
     candidates = iter(ids)
@@ -158,7 +168,7 @@ def outstanding_uncertain_task(settings: Settings) -> list[str]:
 
 
 @task(name="post-to-whmcs", cache_policy=NO_CACHE, retries=0)
-def post_pending_task(settings: Settings) -> PostingReport:
+def post_pending_task(settings: Settings, kind: str | None = None) -> PostingReport:
     """Post every pending charge with a progress artifact. Not retried as a task: each charge's own
     state machine already decides what is safe to try again."""
     if settings.whmcs is None:
@@ -180,7 +190,8 @@ def post_pending_task(settings: Settings) -> PostingReport:
         return clients[-1]
 
     try:
-        report = post_pending(settings, new_client, progress, workers=settings.whmcs.post_workers)
+        report = post_pending(settings, new_client, progress, workers=settings.whmcs.post_workers,
+                              kind=kind)
     finally:
         for c in clients:
             c.close()

@@ -25,11 +25,13 @@ from autobill import lake
 from autobill.billing_day import with_billing_date
 from autobill.cdr import CDR_SCHEMA, conform
 from autobill.config import Settings
+from autobill.ledger.corrections import included_delta
 from autobill.ledger.db import session_scope
 from autobill.ledger.disputes import held_as_unrated, held_keys, split_held
 from autobill.ledger.models import BilledCDR
 from autobill.ledger.unrated import unrated_rows
 from autobill.mapping import assign_services
+from autobill.rating.archive import archive as archive_tariffs
 from autobill.rating.billing import OUTPUT_SCHEMA, load_tariffs, rate_for_billing
 from autobill.timeutil import period_bounds
 
@@ -84,7 +86,7 @@ def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, dat
                         BilledCDR.billing_date < end,
                     )
                 )
-            )
+            ) + included_delta(session, service_id, start, end)  # re-rates may have moved some
     return dict(used)
 
 
@@ -94,7 +96,9 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
     cdrs = assign_services(gather(settings, day, validated, requeued_path), settings)
     # Calls held by an open dispute are not rated: they stay unrated ("disputed") until it is resolved.
     to_rate, held = split_held(cdrs, held_keys(settings))
-    rated = rate_for_billing(to_rate, settings, load_tariffs(settings), included_used(settings, to_rate))
+    tariffs = load_tariffs(settings)
+    archive_tariffs(settings, tariffs)  # every version billed with can be named later (NAME@VERSION)
+    rated = rate_for_billing(to_rate, settings, tariffs, included_used(settings, to_rate))
     if held.height:
         rated = pl.concat([rated, held_as_unrated(held, OUTPUT_SCHEMA)], how="vertical")
     del to_rate

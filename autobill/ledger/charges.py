@@ -159,9 +159,18 @@ def outstanding_uncertain(settings: Settings) -> list[str]:
         ))
 
 
-def pending_charge_ids(settings: Settings) -> list[int]:
+def pending_charge_ids(settings: Settings, kind: str | None = None) -> list[int]:
+    """Pending charges, oldest first; `kind` (`charge` | `correction`) narrows them."""
+    query = select(Charge.id).where(Charge.state == "pending").order_by(Charge.id)
+    if kind is not None:
+        query = query.where(Charge.kind == kind)
     with session_scope(settings.ledger) as session:
-        return list(session.scalars(select(Charge.id).where(Charge.state == "pending").order_by(Charge.id)))
+        return list(session.scalars(query))
+
+
+def posts_as_credit(charge: Charge) -> bool:
+    """A correction that lowers a line is posted as a WHMCS credit (AddCredit), not a billable item."""
+    return charge.kind == "correction" and charge.amount < 0
 
 
 def claim(settings: Settings, charge_ids: list[int]) -> list[Charge]:

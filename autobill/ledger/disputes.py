@@ -192,8 +192,8 @@ def _credit_line(settings: Settings, session, dispute: Dispute, charge_id: int, 
     key = f"ab-cr-{dispute.id}-{charge_id}-{digest}"
     day = local_today(settings.tz)
     charge = Charge(
-        idempotency_key=key, client_id=original.client_id, service_id=original.service_id, billing_date=day,
-        charge_class=CORRECTION_CLASS, currency=original.currency, amount=amount, exact_amount=-now_cost,
+        idempotency_key=key, kind="correction", corrects_charge_id=original.id, client_id=original.client_id,
+        service_id=original.service_id, billing_date=day, charge_class=CORRECTION_CLASS, currency=original.currency, amount=amount, exact_amount=-now_cost,
         billable_seconds=0, cdr_count=len(items), tariff_version=original.tariff_version,
         description=(f"Credit for {len(items)} disputed call(s) of {original.billing_date:%Y-%m-%d} line "
                      f"{statement_ref(original.idempotency_key)} (dispute #{dispute.id}), statement ref "

@@ -111,6 +111,11 @@ class Charge(Base):
     posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # When the charge became `uncertain`: no call of ours for it can be in flight after this.
     uncertain_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Corrections (issue 16): a re-rate's difference is a charge of kind `correction`, posted like
+    # any charge (an increase as a billable item, a decrease as a WHMCS credit), never an edit.
+    kind: Mapped[str] = mapped_column(String(16), default="charge", server_default="charge")  # charge | correction
+    corrects_charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), nullable=True)
+    rerate_id: Mapped[int | None] = mapped_column(ForeignKey("rerates.id"), nullable=True)
 
 
 class BilledCDR(Base):
@@ -331,3 +336,44 @@ class QuarantinedFile(Base):
     reason: Mapped[str] = mapped_column(Text)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class Rerate(Base):
+    """One re-rate of past billing dates: who asked, when, why, and with which tariff versions."""
+
+    __tablename__ = "rerates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    requested_by: Mapped[str] = mapped_column(String(128))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    reason: Mapped[str] = mapped_column(Text)
+    date_from: Mapped[date] = mapped_column(Date)
+    date_to: Mapped[date] = mapped_column(Date)
+    client_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tariff_versions: Mapped[str] = mapped_column(Text)  # JSON {tariff name: version} rated with
+    old_versions: Mapped[str] = mapped_column(Text)  # JSON [tariff versions of the lines corrected]
+    flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+
+
+class CorrectionCDR(Base):
+    """One CDR's price before and after a re-rate; its latest row is the CDR's current price."""
+
+    __tablename__ = "correction_cdrs"
+    __table_args__ = (Index("ix_correction_cdrs_key", "cdr_key", "id"),
+                      Index("ix_correction_cdrs_correction", "correction_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rerate_id: Mapped[int] = mapped_column(ForeignKey("rerates.id"))
+    correction_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), nullable=True)  # null: no line moved
+    cdr_key: Mapped[str] = mapped_column(String(200))
+    charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), nullable=True)  # the nightly line
+    old_class: Mapped[str] = mapped_column(String(32))
+    new_class: Mapped[str] = mapped_column(String(32))
+    old_outcome: Mapped[str] = mapped_column(String(16))
+    new_outcome: Mapped[str] = mapped_column(String(16))
+    old_cost: Mapped[Decimal] = mapped_column(ExactDecimal(24, 6))
+    new_cost: Mapped[Decimal] = mapped_column(ExactDecimal(24, 6))
+    old_included: Mapped[int] = mapped_column(Integer)
+    new_included: Mapped[int] = mapped_column(Integer)
+    new_billable_seconds: Mapped[int] = mapped_column(Integer)
+    tariff_version: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -34,9 +34,11 @@ class Uncertain:
 
 
 def uncertain_charges(settings: Settings) -> list[Uncertain]:
-    """Every uncertain charge, oldest first."""
+    """Every uncertain charge, oldest first, that invoices can settle: a correction posted as a credit
+    (AddCredit, issue 16) never shows on an invoice, so it is left to an operator (the credit log)."""
+    credit = (Charge.kind == "correction") & (Charge.amount < 0)
     with session_scope(settings.ledger) as session:
-        rows = session.scalars(select(Charge).where(Charge.state == "uncertain").order_by(Charge.id)).all()
+        rows = session.scalars(select(Charge).where(Charge.state == "uncertain", ~credit).order_by(Charge.id)).all()
         return [
             Uncertain(c.id, c.idempotency_key, c.client_id, c.currency, c.amount, c.posting_started_at,
                       c.uncertain_at or c.posting_started_at or c.created_at)

@@ -77,6 +77,8 @@ class Api:
             "updateclientproduct": self.update_client_product,
             "sendemail": self.send_email,
             "sendadminemail": self.send_admin_email,
+            "addcredit": self.add_credit,
+            "getcredits": self.get_credits,
         }
 
     def dispatch(self, p: dict[str, str]) -> dict:
@@ -382,6 +384,46 @@ class Api:
             c.execute("INSERT INTO emails (messagename, relid, customvars, at) VALUES (?, 0, ?, ?)",
                       (f"admin:{subject}", json.dumps(body), now_text()))
         return {"result": "success"}
+
+    # -- AddCredit / GetCredits (domain.md §2.10) --------------------------------------------
+
+    def add_credit(self, p: dict[str, str]) -> dict:
+        """Add (or with type=remove take) credit; the description is the admin note in the credit log."""
+        conn = self.store.conn()
+        row = conn.execute("SELECT id, credit, currency FROM clients WHERE id = ?",
+                           (_int(p.get("clientid")) or 0,)).fetchone()
+        if row is None:
+            raise ApiError("Client ID Not Found")
+        amount = p.get("amount", "")
+        if not _DECIMAL.match(amount) or amount.startswith("-"):
+            raise ApiError("Amount must be in decimal format: ### or ###.##")
+        places = minor_units(row["currency"])
+        if Decimal(amount) != Decimal(amount).quantize(Decimal(1).scaleb(-places)):
+            raise ApiError(f"Amount has more than {places} decimal places (sandbox check)")
+        kind = p.get("type", "") or "add"
+        if kind not in ("add", "remove"):
+            raise ApiError("Invalid Type")
+        day = p.get("date", "") or date.today().isoformat()
+        if not _valid_date(day):
+            raise ApiError("Invalid Date Format - Expected: 'YYYY-mm-dd'")
+        signed = Decimal(amount) if kind == "add" else -Decimal(amount)
+        with self.store.tx() as c:
+            (credit,) = c.execute("SELECT credit FROM clients WHERE id = ?", (row["id"],)).fetchone()
+            balance = Decimal(credit) + signed
+            c.execute("UPDATE clients SET credit = ? WHERE id = ?", (money_text(balance), row["id"]))
+            c.execute("INSERT INTO credits (clientid, date, description, amount, relid, type) VALUES (?, ?, ?, ?, 0, ?)",
+                      (row["id"], day, p.get("description", ""), money_text(signed), kind))
+        return {"result": "success", "newbalance": money_text(balance)}
+
+    def get_credits(self, p: dict[str, str]) -> dict:
+        cid = _int(p.get("clientid"))
+        if cid is None or self.store.conn().execute("SELECT 1 FROM clients WHERE id = ?", (cid,)).fetchone() is None:
+            raise ApiError("Client ID Not Found")
+        rows = self.store.conn().execute("SELECT * FROM credits WHERE clientid = ? ORDER BY id", (cid,)).fetchall()
+        items = [{"id": str(r["id"]), "date": r["date"], "description": r["description"], "amount": r["amount"],
+                  "relid": str(r["relid"])} for r in rows]
+        return {"result": "success", "totalresults": str(len(items)), "clientid": str(cid),
+                "credits": {"credit": items}}
 
 
 def _valid_date(text: str) -> bool:

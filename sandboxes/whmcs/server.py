@@ -301,6 +301,16 @@ class WhmcsSandbox:
             r["amount_text"], r["amount"], r["quantity"] = r["amount"], Decimal(r["amount"]), Decimal(r["quantity"])
         return rows
 
+    def credits(self, client_id: int | None = None) -> list[dict]:
+        """The credit log (AddCredit), amounts as Decimal (negative for type=remove)."""
+        sql, args = "SELECT * FROM credits", ()
+        if client_id is not None:
+            sql, args = sql + " WHERE clientid = ?", (int(client_id),)
+        rows = self.store.rows(sql + " ORDER BY id", args)
+        for r in rows:
+            r["amount"] = Decimal(r["amount"])
+        return rows
+
     def run_daily_cron(self, at: datetime | None = None) -> dict:
         """WHMCS's daily cron: nextcron billable items become invoice lines (see Store.run_daily_cron)."""
         return self.store.run_daily_cron(at)

@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS billable_items (
   quantity TEXT, invoiceaction TEXT, duedate TEXT, recur INTEGER, recurcycle TEXT, recurfor INTEGER,
   created TEXT);
 CREATE INDEX IF NOT EXISTS ix_billable_user ON billable_items(userid, id);
+CREATE TABLE IF NOT EXISTS credits (
+  id INTEGER PRIMARY KEY, clientid INTEGER NOT NULL, date TEXT, description TEXT, amount TEXT, relid INTEGER,
+  type TEXT);
 CREATE TABLE IF NOT EXISTS emails (
   id INTEGER PRIMARY KEY, messagename TEXT, relid INTEGER, customvars TEXT, at TEXT);
 CREATE TABLE IF NOT EXISTS module_calls (

@@ -168,3 +168,25 @@ def test_concurrent_clients_post_and_read_correctly(sandbox):
     for n, cid in enumerate(cids):
         keys = sorted(parse_charge_key(i["description"]) for i in sandbox.billable_items(cid))
         assert keys == sorted(f"t{n}-{j}" for j in range(25))
+
+
+# -- AddCredit (corrections that lower a line) -------------------------------------------------
+
+
+def test_add_credit_raises_the_balance_once_and_a_lost_answer_is_uncertain(sandbox):
+    cid = sandbox.add_client(credit="1.00")
+    with make_client(sandbox) as c:
+        assert c.add_credit(cid, "Correction for 2026-11-18: outbound [rc-1]", Decimal("2.50")) == Decimal("3.50")
+        sandbox.fail_next(1, "503", action="AddCredit")  # never processed: retried at once
+        assert c.add_credit(cid, "Correction [rc-2]", Decimal("0.25")) == Decimal("3.75")
+        sandbox.fail_next(1, "drop_after_store", action="AddCredit")
+        with pytest.raises(WhmcsUncertainError):
+            c.add_credit(cid, "Correction [rc-3]", Decimal("1.00"))
+        settle(sandbox, "AddCredit", 4)
+        with pytest.raises(ValueError):
+            c.add_credit(cid, "Correction [rc-4]", Decimal("-1.00"))
+        with pytest.raises(ValueError):
+            c.add_credit(cid, "Correction [rc-5]", Decimal("0.001"), currency="USD")
+        log = c.get_credits(cid)
+    assert [e["description"][-6:] for e in log] == ["[rc-1]", "[rc-2]", "[rc-3]"]  # each once, none twice
+    assert sandbox.client(cid)["credit"] == "4.75" and sandbox.request_count("AddCredit") == 4

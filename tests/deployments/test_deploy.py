@@ -23,14 +23,15 @@ from tests.support.ops import ROOT, WHMCS_ENV, BillingWorld, summary_for
 
 D1, D2 = date(2026, 11, 16), date(2026, 11, 17)
 POOL = "autobill-process"
-NAMES = {"autobill/nightly", "autosuspend/every-5-min", "autobill-backfill/backfill"}
+NAMES = {"autobill/nightly", "autosuspend/every-5-min", "autobill-backfill/backfill", "rerate/rerate"}
 
 # -- the YAML itself (fast) ---------------------------------------------------------------------
 
 
 def test_prefect_yaml_declares_the_three_deployments_with_their_schedules_and_limits():
     specs = {s.name: s for s in load_specs()}
-    assert set(specs) == {"nightly", "every-5-min", "backfill"}
+    assert set(specs) == {"nightly", "every-5-min", "backfill", "rerate"}
+    assert specs["rerate"].schedules == [] and specs["rerate"].entrypoint == "flows/rerate.py:rerate"
     example_tz = yaml.safe_load((ROOT / "autobill.example.yaml").read_text())["timezone"]
     assert check_timezone(list(specs.values()), example_tz) == []
     assert check_timezone(list(specs.values()), "Europe/Paris")  # a different billing zone is refused
@@ -46,7 +47,8 @@ def test_prefect_yaml_declares_the_three_deployments_with_their_schedules_and_li
 
 def test_serve_builds_the_same_deployments_in_the_configured_timezone():
     deps = {d.name: d for d in runner_deployments(load_specs(), timezone="Europe/Berlin")}
-    assert set(deps) == {"nightly", "every-5-min", "backfill"}
+    assert set(deps) == {"nightly", "every-5-min", "backfill", "rerate"}
+    assert {"start_date", "end_date", "reason"} <= set(deps["rerate"]._parameter_openapi_schema.required)
     (sched,) = deps["nightly"].schedules
     assert sched.schedule.cron == "55 0 * * *" and sched.schedule.timezone == "Europe/Berlin"
     assert deps["every-5-min"].concurrency_options.collision_strategy.value == "CANCEL_NEW"
