@@ -93,8 +93,11 @@ def test_credit_posts_a_correction_for_exactly_the_disputed_calls(tmp_path, sand
     report = _post(w)
     items = {i["id"]: i for i in sandbox.billable_items(charge.client_id)}
     [after] = _rows(w.settings, Charge, Charge.id == credit_id)
+    # A credit lowers what the client owes: a WHMCS credit (AddCredit), as a re-rate's decrease is.
+    credits = [c for c in sandbox.credits(charge.client_id) if f"[{after.idempotency_key}]" in c["description"]]
     if credit.amount != 0:
-        assert report.posted == 1 and items[after.whmcs_billable_id]["amount"] == credit.amount
+        assert report.posted == 1 and after.state == "posted"
+        assert [c["amount"] for c in credits] == [-credit.amount]
     assert _post(w).posted == 0  # exactly once
     # the original line was never edited
     [orig] = _rows(w.settings, Charge, Charge.id == charge.id)
@@ -104,7 +107,7 @@ def test_credit_posts_a_correction_for_exactly_the_disputed_calls(tmp_path, sand
     [line] = [ln for ln in stmt.lines if ln.charge_id == credit_id]
     assert line.kind == "correction" and line.amount == credit.amount and "dispute #" in line.note
     assert line.tied_out and stmt.tied_out
-    whmcs_total = sum((i["amount"] for i in items.values()), Decimal(0))
+    whmcs_total = sum((i["amount"] for i in items.values()), Decimal(0)) - sum((c["amount"] for c in credits), Decimal(0))
     assert sum((t["total"] for t in stmt.totals().values()), Decimal(0)) == whmcs_total
     [view] = list_disputes(w.settings, charge.client_id)
     assert (view.status, view.opened_by, view.resolved_by, view.note) == ("credited", "alice", "bob", "goodwill")
