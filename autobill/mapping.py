@@ -112,7 +112,8 @@ def assign_from_history(cdrs: pl.DataFrame, history: History) -> pl.DataFrame:
     claims = history.claims
     wanted = ["_row", *SERVICE_COLUMNS, "conflict"]
     calls = idx.filter(start.is_not_null() & (start <= confirmed)).select(
-        "_row", "server", "tenant", "extension", "direction", "rate_number", "start_utc")
+        "_row", *[pl.col(c).cast(pl.String) for c in ("server", "tenant", "extension", "direction", "rate_number")],
+        "start_utc")
 
     def hits(kind: str, on: list[str], frame: pl.DataFrame, rank: int) -> pl.DataFrame:
         table = claims.filter(pl.col("kind") == kind).drop("kind")

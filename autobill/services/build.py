@@ -224,8 +224,19 @@ def claims_of(services: Iterable[MappedService], settings: Settings) -> tuple[li
             keys.append((m.server, m.tenant, "tenant", ""))
         for key in keys:
             by_key[key][m.service_id] = m
+    # A DID rings in one place: the same DID claimed in two tenants of one server is a conflict too.
+    did_owners: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for (server, _, kind, value), owners in by_key.items():
+        if kind == "did":
+            did_owners[(server, value)].update(owners)
     claims, conflicts = [], []
     for key, owners in sorted(by_key.items()):
+        if key[2] == "did" and len(did_owners[(key[0], key[3])]) > 1 and len(owners) == 1:
+            ids = tuple(sorted(did_owners[(key[0], key[3])]))
+            claims.append(Claim(*key, None, None, None, ids))
+            conflicts.append(Conflict("duplicate_claim", ids, f"services {list(ids)} all claim DID {key[3]} on "
+                                      f"server {key[0]} (tenant {key[1]} here)"))
+            continue
         if len(owners) == 1:
             (m,) = owners.values()
             claims.append(Claim(*key, m.service_id, m.client_id, m.billing_plan))
