@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "cli.backfill_cmd",
     "cli.runs_cmd",
     "cli.deploy_cmd",
+    "cli.services_cmd",
 ]
 
 for _name in COMMAND_MODULES:
