@@ -24,7 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import polars as pl
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ServiceClaim, ServiceRecord, ServiceSync
@@ -75,24 +75,27 @@ def record_sync(url: str, mapping: Mapping, now: datetime, origin: str) -> tuple
                            conflicts=json.dumps([c.to_json() for c in mapping.conflicts]))
         s.add(sync)
         s.flush()
-        open_rows = {(r.server, r.tenant, r.kind, r.value): r
-                     for r in s.scalars(select(ServiceClaim).where(ServiceClaim.valid_to.is_(None)))}
+        cols = (ServiceClaim.id, ServiceClaim.server, ServiceClaim.tenant, ServiceClaim.kind, ServiceClaim.value,
+                ServiceClaim.service_id, ServiceClaim.client_id, ServiceClaim.plan, ServiceClaim.conflict)
+        open_rows = {tuple(r[1:5]): r for r in s.execute(select(*cols).where(ServiceClaim.valid_to.is_(None)))}
         seen = {tuple(k) for k in s.execute(
             select(ServiceClaim.server, ServiceClaim.tenant, ServiceClaim.kind, ServiceClaim.value).distinct())}
         changes = diff({k: _owner(r) for k, r in open_rows.items()}, current, seen)
-        inserts = []
+        inserts, closes = [], []
         for ch in changes:
             if ch.op == "close":
-                open_rows[ch.key].valid_to = now
+                closes.append(open_rows[ch.key].id)
             elif ch.op == "resolve":
-                row = open_rows[ch.key]
-                row.service_id, row.client_id, row.plan, row.conflict = ch.owner[0], ch.owner[1], ch.owner[2], None
+                s.execute(update(ServiceClaim).where(ServiceClaim.id == open_rows[ch.key].id).values(
+                    service_id=ch.owner[0], client_id=ch.owner[1], plan=ch.owner[2], conflict=None))
             else:
                 server, tenant, kind, value = ch.key
                 sid, cid, plan, conflict = ch.owner
                 inserts.append({"server": server, "tenant": tenant, "kind": kind, "value": value, "service_id": sid,
                                 "client_id": cid, "plan": plan, "conflict": json.dumps(list(conflict)) if conflict else None,
                                 "valid_from": None if ch.since_always else now, "valid_to": None, "sync_id": sync.id})
+        for i in range(0, len(closes), 500):
+            s.execute(update(ServiceClaim).where(ServiceClaim.id.in_(closes[i:i + 500])).values(valid_to=now))
         s.flush()
         if inserts:
             s.execute(insert(ServiceClaim), inserts)
