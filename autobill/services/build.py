@@ -125,8 +125,8 @@ def match_server(svc: WhmcsService, settings: Settings) -> str | None:
     for m in settings.service_sync.servers:
         if m.whmcs in names:
             return m.server
-    for name in names[1:]:  # by name or hostname; the numeric id only through `servers`
-        if name in ids:
+    for name in (svc.server_name, svc.server_hostname):  # by name or hostname; the id only through `servers`
+        if name and name in ids:
             return name
     return None
 
@@ -231,7 +231,7 @@ def claims_of(services: Iterable[MappedService], settings: Settings) -> tuple[li
             did_owners[(server, value)].update(owners)
     claims, conflicts = [], []
     for key, owners in sorted(by_key.items()):
-        if key[2] == "did" and len(did_owners[(key[0], key[3])]) > 1 and len(owners) == 1:
+        if key[2] == "did" and len(did_owners[(key[0], key[3])]) > len(owners):
             ids = tuple(sorted(did_owners[(key[0], key[3])]))
             claims.append(Claim(*key, None, None, None, ids))
             conflicts.append(Conflict("duplicate_claim", ids, f"services {list(ids)} all claim DID {key[3]} on "
