@@ -40,6 +40,7 @@ import polars as pl
 from autobill.cdr import CDR_SCHEMA, DIRECTIONS, conform
 from autobill.config import Settings
 from autobill.mapping import ISSUE_COLUMN, assign_services
+from autobill.services.build import derived_plans
 from autobill.timeutil import as_utc, day_bounds_utc, local_today
 
 MAX_KEY_LENGTH = 200  # ledger column width of cdr_key
@@ -262,6 +263,7 @@ def _with_billing_context(rows: pl.DataFrame, settings: Settings) -> pl.DataFram
     """`rows` plus the owning service (autobill.mapping) and the flags saying which numbers are rated."""
     mapped = assign_services(rows.select(list(CDR_SCHEMA)), settings).select(
         "client_id", "service_id", "plan", pl.col(ISSUE_COLUMN).is_not_null().alias("_service_pending"))
+    settings = derived_plans(settings, mapped["plan"].unique().to_list())  # per-service included minutes
     return (
         pl.concat([rows, mapped], how="horizontal")
         .join(_plan_flags(settings), on="plan", how="left", maintain_order="left")

@@ -77,3 +77,27 @@ def test_derived_plans_carry_the_included_minutes_override():
     assert s.plan("pro+250min").included_minutes == 250 and s.plan("pro+250min").tariff == "t"
     assert [p.name for p in s.plans] == ["basic", "pro", "pro+250min"]
     assert derived_plans(SETTINGS, ["basic"]) is SETTINGS
+
+
+def test_an_included_minutes_override_is_rated_with_its_minutes(tmp_path):
+    """`Included Minutes` = 1 on a `pro` service: its first minute is included, the next billed."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    import polars as pl
+
+    from autobill.rating.billing import load_tariffs, rate_for_billing
+
+    (tmp_path / "t.csv").write_text("prefix,rate,description,connect_fee,first_increment,next_increment\n"
+                                    "44,0.60,UK,0,60,60\n")
+    base = settings_from_dict({**SETTINGS.model_dump(exclude={"base_dir"}, mode="json")}, base_dir=tmp_path)
+    settings = derived_plans(base, ["pro+1min"])
+    cdrs = pl.DataFrame({
+        "cdr_key": ["pbx:1", "pbx:2"], "client_id": [7, 7], "service_id": [70, 70], "plan": ["pro+1min"] * 2,
+        "server": ["pbx", "pbx"], "direction": ["outbound"] * 2, "rate_number": ["442071234567"] * 2,
+        "start_utc": [datetime(2026, 11, 2, 10, tzinfo=UTC), datetime(2026, 11, 2, 11, tzinfo=UTC)],
+        "billsec": [60, 60],
+    })
+    rated = rate_for_billing(cdrs, settings, load_tariffs(settings), {})
+    assert rated["outcome"].to_list() == ["included", "billed"]
+    assert [Decimal(str(c)) for c in rated["cost"].to_list()] == [Decimal("0"), Decimal("0.6")]
