@@ -319,6 +319,54 @@ class Statements(_Strict):
     workers: Annotated[int, Field(ge=1, le=32)] = 1  # processes rendering statements (spawned; >1 pays off only for big PDFs)
 
 
+class ServiceFields(_Strict):
+    """Where each value of a WHMCS service is read from (issue 14, seeds 001).
+
+    `domain` and `dedicatedip` name the service's own Domain / Dedicated IP; any other value
+    names a product custom field (matched case-insensitively, as GetClientsProducts returns them).
+    """
+
+    tenant: str = "domain"  # FusionPBX/file: the domain; Vodia `Tenant | DID | ... | search`; LesNet `Peer | DID`
+    extensions: str = "dedicatedip"  # FusionPBX extension mode keeps the service's extensions here
+    dids: str = "DIDs"  # extra DIDs (comma/space separated), any kind
+    peer_id: str = "Peer ID"  # LesNet, when the domain does not hold `Peer | DID`
+    plan: str = "Plan"  # per-service plan override
+    included_minutes: str = "Included Minutes"  # per-service included minutes override
+    suspend_mode: str = "Suspend Mode"  # gateway | extension | module | none
+    low_balance_threshold: str = "Low Balance Threshold"
+
+
+class ProductPlan(_Strict):
+    """WHMCS product (id or exact name) -> plan, and the suspend mode its services use."""
+
+    product: Annotated[int, Field(ge=1)] | str
+    plan: str
+    suspend_mode: Literal["gateway", "extension", "module", "none"] | None = None
+
+
+class ServerMatch(_Strict):
+    """A WHMCS server record (its id, name or hostname) -> a configured server id."""
+
+    whmcs: str
+    server: str
+
+
+class ServiceSync(_Strict):
+    """Read the VoIP services from WHMCS (GetClientsProducts) instead of listing them in `services`."""
+
+    enabled: bool = False
+    # Which services are VoIP: products by id and/or product groups by name (both empty: every product).
+    product_ids: list[Annotated[int, Field(ge=1)]] = []
+    product_groups: list[str] = []
+    products: list[ProductPlan] = []
+    # Unlisted WHMCS servers match a configured server whose id equals their name or hostname.
+    servers: list[ServerMatch] = []
+    fields: ServiceFields = ServiceFields()
+    # Services in these statuses own their numbers; any other status (Terminated, Cancelled, ...)
+    # releases them from the sync that sees it (earlier calls stay theirs).
+    owning_statuses: list[str] = ["Active", "Suspended"]
+
+
 class Settings(_Strict):
     timezone: str = "UTC"
     data_dir: Path = Path("data")
@@ -338,6 +386,7 @@ class Settings(_Strict):
     nightly_budget_minutes: Annotated[int, Field(ge=1, le=1440)] = 45
     dask_address: str | None = None
     statements: Statements = Statements()
+    service_sync: ServiceSync = ServiceSync()
     # Where the file was read from, for resolving relative paths; not a YAML key.
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -371,6 +420,12 @@ class Settings(_Strict):
                 errors.append(f"services.{i}.gateway_uuids: gateway suspend mode needs at least one gateway uuid")
             if svc.suspend_mode == "extension" and not svc.extensions:
                 errors.append(f"services.{i}.extensions: extension suspend mode needs the service's extensions")
+        for i, pp in enumerate(self.service_sync.products):
+            if pp.plan not in plan_names:
+                errors.append(f"service_sync.products.{i}.plan: unknown plan {pp.plan!r} (known: {sorted(plan_names)})")
+        for i, sm in enumerate(self.service_sync.servers):
+            if sm.server not in server_ids:
+                errors.append(f"service_sync.servers.{i}.server: unknown server {sm.server!r} (known: {sorted(server_ids)})")
         if errors:
             raise ValueError("; ".join(errors))
         return self

@@ -1,4 +1,8 @@
-"""Which WHMCS service a CDR belongs to (config `services`), as one vectorised join.
+"""Which WHMCS service a CDR belongs to, as one vectorised join.
+
+Where the services come from: with `service_sync.enabled` and at least one successful services
+sync in the ledger, the claim history (autobill/services/history.py): a call belongs to the
+service that owned its extension / DID / tenant at the call's START. Otherwise config `services`.
 
 A service owns the calls of (server, tenant) that match one of its extensions, or, for inbound
 calls, one of its DIDs; a service with no extensions owns the rest of the tenant. The most
@@ -8,15 +12,24 @@ same extension or DID of one tenant is a config error, reported here, not billed
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import polars as pl
 
 from autobill.config import Settings
+from autobill.services.history import History, load_history
 
 SERVICE_COLUMNS = {
     "client_id": pl.Int64(),
     "service_id": pl.Int64(),
     "plan": pl.String(),
 }
+
+
+# Why a call has no service although one may own it: `conflict` (several services claim its
+# number), `unconfirmed` (it started after the last successful services sync). Null otherwise.
+ISSUE_COLUMN = "service_issue"
+_AUTO = object()
 
 
 class MappingError(ValueError):
@@ -57,8 +70,14 @@ def service_keys(settings: Settings) -> tuple[pl.DataFrame, pl.DataFrame, pl.Dat
     return by_ext, by_did, by_tenant
 
 
-def assign_services(cdrs: pl.DataFrame, settings: Settings) -> pl.DataFrame:
-    """`cdrs` plus client_id, service_id and plan (null when no service owns the call)."""
+def assign_services(cdrs: pl.DataFrame, settings: Settings, history: History | None | object = _AUTO) -> pl.DataFrame:
+    """`cdrs` plus client_id, service_id, plan (null when no service owns the call) and
+    `service_issue`. `history`: the claim history to use (default: the ledger's, when
+    `service_sync.enabled` and a sync has happened; None forces config `services`)."""
+    if history is _AUTO:
+        history = load_history(settings.ledger) if settings.service_sync.enabled else None
+    if history is not None:
+        return assign_from_history(cdrs, history)  # type: ignore[arg-type]
     by_ext, by_did, by_tenant = service_keys(settings)
     idx = cdrs.with_row_index("_row")
     ext = idx.join(by_ext, on=["server", "tenant", "extension"], how="inner").select("_row", *SERVICE_COLUMNS)
@@ -75,5 +94,57 @@ def assign_services(cdrs: pl.DataFrame, settings: Settings) -> pl.DataFrame:
         .unique("_row", keep="first")
         .drop("_rank")
     )
-    out = idx.drop([c for c in SERVICE_COLUMNS if c in idx.columns]).join(matches, on="_row", how="left")
-    return out.sort("_row").drop("_row").with_columns([pl.col(c).cast(t) for c, t in SERVICE_COLUMNS.items()])
+    out = idx.drop([c for c in (*SERVICE_COLUMNS, ISSUE_COLUMN) if c in idx.columns]).join(matches, on="_row",
+                                                                                          how="left")
+    return out.sort("_row").drop("_row").with_columns(
+        [pl.col(c).cast(t) for c, t in SERVICE_COLUMNS.items()] + [pl.lit(None, pl.String).alias(ISSUE_COLUMN)])
+
+
+def assign_from_history(cdrs: pl.DataFrame, history: History) -> pl.DataFrame:
+    """As `assign_services`, from the claim history: the claim valid at each call's start
+    (`valid_from <= start < valid_to`, open claims up to `confirmed_until`); most specific first
+    (extension, DID for inbound calls, tenant). A conflict claim owns the call for nobody."""
+    idx = cdrs.with_row_index("_row")
+    confirmed = pl.lit(_utc(history.confirmed_until), dtype=pl.Datetime("us", "UTC"))
+    start = pl.col("start_utc")
+    in_force = ((pl.col("valid_from").is_null() | (start >= pl.col("valid_from")))
+                & (pl.col("valid_to").is_null() | (start < pl.col("valid_to"))))
+    claims = history.claims
+    wanted = ["_row", *SERVICE_COLUMNS, "conflict"]
+    calls = idx.filter(start.is_not_null() & (start <= confirmed)).select(
+        "_row", *[pl.col(c).cast(pl.String) for c in ("server", "tenant", "extension", "direction", "rate_number")],
+        "start_utc")
+
+    def hits(kind: str, on: list[str], frame: pl.DataFrame, rank: int) -> pl.DataFrame:
+        table = claims.filter(pl.col("kind") == kind).drop("kind")
+        table = table.rename({"value": on[-1]}) if kind != "tenant" else table.drop("value")
+        return frame.join(table, on=on, how="inner").filter(in_force).select(wanted).with_columns(
+            pl.lit(rank).alias("_rank"))
+
+    matches = (
+        pl.concat([
+            hits("extension", ["server", "tenant", "extension"], calls, 0),
+            hits("did", ["server", "tenant", "rate_number"], calls.filter(pl.col("direction") == "inbound"), 1),
+            hits("tenant", ["server", "tenant"], calls, 2),
+        ])
+        .sort("_row", "_rank")
+        .unique("_row", keep="first")
+        .drop("_rank")
+    )
+    late = idx.filter(start.is_not_null() & (start > confirmed)).select("_row")
+    out = idx.drop([c for c in (*SERVICE_COLUMNS, ISSUE_COLUMN) if c in idx.columns]).join(matches, on="_row",
+                                                                                          how="left")
+    issue = (pl.when(pl.col("conflict").fill_null(False)).then(pl.lit("conflict"))
+             .when(pl.col("_row").is_in(late["_row"].implode())).then(pl.lit("unconfirmed"))
+             .otherwise(pl.lit(None, pl.String)))
+    return (
+        out.sort("_row")
+        .with_columns(issue.alias(ISSUE_COLUMN))
+        .with_columns([pl.when(pl.col("conflict").fill_null(False)).then(None).otherwise(pl.col(c)).cast(t).alias(c)
+                       for c, t in SERVICE_COLUMNS.items()])
+        .drop("_row", "conflict")
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

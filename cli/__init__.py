@@ -41,6 +41,7 @@ COMMAND_MODULES = [
     "cli.dispute_cmd",
     "cli.fraud_cmd",
     "cli.rerate_cmd",
+    "cli.services_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -60,6 +60,12 @@ def describe(settings: Settings) -> tuple[list[str], list[str]]:
     for svc in settings.services:
         by_mode[svc.suspend_mode] = by_mode.get(svc.suspend_mode, 0) + 1
     lines.append(f"services      {len(settings.services)} (suspend modes: {by_mode or 'none'})")
+    sync = settings.service_sync
+    if sync.enabled:
+        lines.append(f"service_sync  from WHMCS: product groups {sync.product_groups or '-'}, product ids "
+                     f"{sync.product_ids or '-'}, {len(sync.products)} product plan(s); `services` above override")
+        if settings.whmcs is None:
+            warnings.append("service_sync.enabled: services are read from WHMCS but `whmcs` is not configured")
     if settings.whmcs is None:
         lines.append("whmcs         not configured (nightly posting and autosuspend need it)")
     else:

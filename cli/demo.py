@@ -39,7 +39,7 @@ import yaml
 DEMO_SECRETS = {"AUTOBILL_DEMO_WHMCS_ID": "demo", "AUTOBILL_DEMO_WHMCS_SECRET": "demo-secret",
                 "AUTOBILL_DEMO_VODIA_PASSWORD": "demo-vodia"}
 OWNED = ("autobill.yaml", "tariffs", "drop", "lesnet", "vodia", "data", "prefect", "logs", "whmcs.db", "staging")
-ARTIFACT_KEYS = ("autobill-run-summary", "autobill-client-totals", "autobill-backfill-summary",
+ARTIFACT_KEYS = ("autobill-run-summary", "autobill-client-totals", "autobill-service-conflicts", "autobill-backfill-summary",
                  "autosuspend-summary", "autosuspend-changes", "autobill-run-durations")
 BROKE, LOW = 3, 3  # clients with no credit (suspended) and with low credit (alerted)
 
@@ -200,19 +200,24 @@ def run_demo(workdir: Path, keep_ui: bool = False, clients: int = 50, days: int 
 
 
 def _seed_whmcs(whmcs, config: dict, world) -> None:
-    """One WHMCS client and VoIP product per generated client; a few out of credit, a few low."""
+    """One WHMCS client per generated client (a few out of credit, a few low) and its VoIP service
+    kept in WHMCS as the ictVoIP guides do (server assignment, Domain, DIDs custom field): the
+    config has no `services:` list, the nightly run reads them (`service_sync`)."""
+    from sandboxes.generate import PLAN_PRODUCTS, seed_whmcs_services, service_sync_section
+
     ids = world.clients["client_id"].to_list()
     broke, low = set(ids[1 : 1 + BROKE]), set(ids[1 + BROKE : 1 + BROKE + LOW])
-    product_of = {}
     for cid in ids:
         credit = "0.00" if cid in broke else "3.00" if cid in low else f"{50 + (cid * 37) % 150}.00"
-        got = whmcs.add_client(firstname=f"Client{cid}", lastname="Demo", credit=credit)
+        got = whmcs.add_client(firstname=f"Client{cid}", lastname="Demo", credit=credit,
+                               custom_fields={"Has VoIP Service": "on"})
         if got != cid:
             raise RuntimeError(f"WHMCS sandbox gave client id {got} for generated client {cid} (sandbox not empty?)")
-        product_of[cid] = whmcs.add_product(cid, name="VoIP Service")
-    for svc in config["services"]:
-        svc["service_id"] = product_of[svc["client_id"]]
-        svc["suspend_mode"] = "module"
+    seed_whmcs_services(whmcs, world)
+    config["services"] = []
+    config["service_sync"] = service_sync_section()
+    # Autosuspend manages the VoIP products' services of "Has VoIP Service" clients (ModuleSuspend).
+    config.setdefault("autosuspend", {})["voip_product_ids"] = sorted(pid for pid, _ in PLAN_PRODUCTS.values())
 
 
 def _finish_config(config: dict, whmcs, vodia, vodia_id: str) -> None:
@@ -223,7 +228,8 @@ def _finish_config(config: dict, whmcs, vodia, vodia_id: str) -> None:
         if server["kind"] == "file":
             server["settle_seconds"] = 0
     config["whmcs"] = {"url": whmcs.url, "identifier": {"env": "AUTOBILL_DEMO_WHMCS_ID"},
-                       "secret": {"env": "AUTOBILL_DEMO_WHMCS_SECRET"}, "timeout_seconds": 10}
+                       "secret": {"env": "AUTOBILL_DEMO_WHMCS_SECRET"}, "timeout_seconds": 10,
+                       "custom_field_ids": dict(whmcs.custom_field_ids)}
     config["nightly_budget_minutes"] = 45
 
 
@@ -324,6 +330,7 @@ def _where_to_look(result: DemoResult, whmcs, echo: Callable[[str], None]) -> No
     echo("  artifacts         " + ", ".join(ARTIFACT_KEYS) + f"   ({ui}/artifacts)")
     echo(f"  ledger            {result.ledger}")
     echo(f"  run history       autobill runs -c {result.config_path}")
+    echo(f"  services (WHMCS)  autobill services list -c {result.config_path}")
     echo(f"  log file          {result.log_file}")
     items = whmcs.billable_items()
     per_client: dict[int, Decimal] = {}

@@ -470,6 +470,10 @@ class WhmcsClient:
     def get_clients_products(self, client_id: int | None = None, service_id: int | None = None) -> list[dict]:
         return list(self._pages("GetClientsProducts", "products", "product", clientid=client_id, serviceid=service_id))
 
+    def iter_clients_products(self, pid: int | None = None) -> Iterator[dict]:
+        """Every service (of product `pid`), page by page: the services sync reads thousands."""
+        yield from self._pages("GetClientsProducts", "products", "product", pid=pid)
+
     def get_invoices(self, user_id: int | None = None, status: str | None = None) -> list[dict]:
         return list(
             self._pages("GetInvoices", "invoices", "invoice", userid=user_id, status=status, orderby="id", order="asc")

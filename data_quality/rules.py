@@ -39,7 +39,8 @@ import polars as pl
 
 from autobill.cdr import CDR_SCHEMA, DIRECTIONS, conform
 from autobill.config import Settings
-from autobill.mapping import assign_services
+from autobill.mapping import ISSUE_COLUMN, assign_services
+from autobill.services.build import derived_plans
 from autobill.timeutil import as_utc, day_bounds_utc, local_today
 
 MAX_KEY_LENGTH = 200  # ledger column width of cdr_key
@@ -183,7 +184,9 @@ def _billing_rules(settings: Settings) -> list[tuple[str, pl.Expr, pl.Expr]]:
     return [
         ("missing_tenant", answered & (tenant.is_null() | (tenant.str.strip_chars() == "")),
          pl.lit("tenant is empty")),
-        ("unknown_service", answered & pl.col("service_id").is_null(),
+        # A call whose number is in a mapping conflict, or after the last services sync, is not
+        # bad data: it stays unrated (rated again next run), never quarantined.
+        ("unknown_service", answered & pl.col("service_id").is_null() & ~pl.col("_service_pending"),
          pl.format("no service maps server {} tenant {} extension {} (number {})", pl.col("server"),
                    tenant.fill_null("(empty)"), pl.col("extension").fill_null("(none)"),
                    pl.col("rate_number").fill_null("(none)"))),
@@ -265,7 +268,9 @@ def _repeats(keyed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def _with_billing_context(rows: pl.DataFrame, settings: Settings) -> pl.DataFrame:
     """`rows` plus the owning service (autobill.mapping) and the flags saying which numbers are rated."""
-    mapped = assign_services(rows.select(list(CDR_SCHEMA)), settings).select("client_id", "service_id", "plan")
+    mapped = assign_services(rows.select(list(CDR_SCHEMA)), settings).select(
+        "client_id", "service_id", "plan", pl.col(ISSUE_COLUMN).is_not_null().alias("_service_pending"))
+    settings = derived_plans(settings, mapped["plan"].unique().to_list())  # per-service included minutes
     return (
         pl.concat([rows, mapped], how="horizontal")
         .join(_plan_flags(settings), on="plan", how="left", maintain_order="left")

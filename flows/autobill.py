@@ -27,6 +27,7 @@ from tasks.rate import rate_run_task
 from tasks.reconcile import reconcile_task
 from tasks.report import RunSummary, ServerLine, report_task
 from tasks.runs import finish_run_task, start_run_task
+from tasks.services import sync_services_task
 from tasks.statements import statements_task
 from tasks.validate import BatchRejected, validate_batch_task, validate_requeued_task
 
@@ -75,6 +76,7 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
         finish_run_task(settings, run_id, "failed", data)
         logger.error("%s", exc)
         return Failed(message=str(exc), data=data)
+    services = sync_services_task(settings, "nightly")  # who owns which number, before anything is rated
     if not dry_run:
         surface_interrupted_task(settings)
     until = billing_cutoff(settings, day)
@@ -119,7 +121,7 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
         statements_task(settings, day, run_id, return_state=True)  # a failure is logged; the billing stands
     uncertain = outstanding_uncertain_task(settings)
     summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain,
-                                      reconciled)
+                                      reconciled, services=services.to_json() if services.enabled else None)
     data = summary.to_json()
     finish_run_task(settings, run_id, summary.status, data)
     logger.info("billing date %s: %s", day, summary.status)

@@ -369,6 +369,41 @@ def generate_config(
     }
 
 
+# -- the same services, kept in WHMCS (issue 14) -------------------------------------------------
+
+PLAN_PRODUCTS = {"basic": (1, "VoIP Basic"), "business": (2, "VoIP Business")}  # plan -> (pid, product name)
+
+
+def whmcs_services(world: World, server_record_ids: dict[str, int]) -> list[dict[str, Any]]:
+    """The world's services as a WHMCS sandbox holds them (`WhmcsSandbox.bulk_services`), in the
+    ictVoIP formats (seeds 001): Vodia `tenant | DID`, LesNet `Peer | DID`, FusionPBX / drop folder
+    the tenant in Domain and the DID in the `DIDs` product custom field. Same services as
+    `generate_config`'s `services:` list."""
+    out = []
+    for r in world.clients.iter_rows(named=True):
+        pid, name = PLAN_PRODUCTS[r["plan"]]
+        entry: dict[str, Any] = {"id": r["service_id"], "clientid": r["client_id"], "pid": pid, "name": name,
+                                 "groupname": "VoIP", "serverid": server_record_ids[r["server"]], "status": "Active"}
+        if r["kind"] in ("vodia", "lesnet"):
+            entry["domain"] = f"{r['tenant']} | 1{r['did']}"
+        else:
+            entry["domain"], entry["custom_fields"] = r["tenant"], {"DIDs": "1" + r["did"]}
+        out.append(entry)
+    return out
+
+
+def seed_whmcs_services(sandbox: Any, world: World) -> None:
+    """One WHMCS server record per generated server (named as the server's id) and every service."""
+    ids = {sid: sandbox.add_server(sid, f"{sid}.example.net") for sid in world.servers["id"].to_list()}
+    sandbox.bulk_services(whmcs_services(world, ids))
+
+
+def service_sync_section() -> dict[str, Any]:
+    """The `service_sync:` config that reads `whmcs_services` back (products by group, plan by pid)."""
+    return {"enabled": True, "product_groups": ["VoIP"],
+            "products": [{"product": pid, "plan": plan} for plan, (pid, _) in PLAN_PRODUCTS.items()]}
+
+
 # -- writers -----------------------------------------------------------------------------------
 
 

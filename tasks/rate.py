@@ -30,9 +30,10 @@ from autobill.ledger.db import session_scope
 from autobill.ledger.disputes import held_as_unrated, held_keys, split_held
 from autobill.ledger.models import BilledCDR
 from autobill.ledger.unrated import unrated_rows
-from autobill.mapping import assign_services
+from autobill.mapping import ISSUE_COLUMN, assign_services
 from autobill.rating.archive import archive as archive_tariffs
 from autobill.rating.billing import OUTPUT_SCHEMA, load_tariffs, rate_for_billing
+from autobill.services.build import derived_plans
 from autobill.timeutil import period_bounds
 
 _LEAN = [c for c in CDR_SCHEMA if c != "source_row"]
@@ -90,10 +91,23 @@ def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, dat
     return dict(used)
 
 
+def with_service_issue(rated: pl.DataFrame, cdrs: pl.DataFrame) -> pl.DataFrame:
+    """`no_service` becomes `service_conflict` / `service_unconfirmed` where the mapping knows why
+    (autobill/mapping.py): those calls wait, unrated, for the conflict to be fixed or a sync."""
+    issues = cdrs.filter(pl.col(ISSUE_COLUMN).is_not_null()).select("cdr_key", ISSUE_COLUMN)
+    if issues.is_empty():
+        return rated
+    return rated.join(issues, on="cdr_key", how="left", maintain_order="left").with_columns(
+        pl.when((pl.col("unrated_reason") == "no_service") & pl.col(ISSUE_COLUMN).is_not_null())
+        .then(pl.lit("service_") + pl.col(ISSUE_COLUMN)).otherwise(pl.col("unrated_reason")).alias("unrated_reason")
+    ).drop(ISSUE_COLUMN)
+
+
 def rate_run(settings: Settings, day: date, validated: list[str], requeued_path: str | None,
              run_id: int | None = None) -> Path:
     """Rate what this run bills; writes `<data>/rated/run-<id>.parquet` and returns its path."""
     cdrs = assign_services(gather(settings, day, validated, requeued_path), settings)
+    settings = derived_plans(settings, cdrs["plan"].unique().to_list())  # per-service included minutes
     # Calls held by an open dispute are not rated: they stay unrated ("disputed") until it is resolved.
     to_rate, held = split_held(cdrs, held_keys(settings))
     tariffs = load_tariffs(settings)
@@ -104,6 +118,7 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
     del to_rate
     if rated.height != cdrs.height:
         raise RuntimeError(f"rating returned {rated.height} rows for {cdrs.height} CDRs")
+    rated = with_service_issue(rated, cdrs)
     extra = [c for c in ("server", "billing_date", "source", "rate_number", "start_utc") if c not in rated.columns]
     rated = rated.join(cdrs.select("cdr_key", *extra), on="cdr_key", how="left") if extra else rated
     # Only rows to rate again later keep their whole canonical row (unrated_cdrs.row); carrying

@@ -67,6 +67,7 @@ class RunSummary:
     reconciled_posted: int = 0
     reconciled_pending: int = 0
     reconcile_undecided: int = 0
+    services: dict[str, Any] | None = None  # the services sync of this run (tasks/services.py), when enabled
 
     def total(self, key: str) -> int:
         return sum(getattr(s, key) for s in self.servers)
@@ -113,6 +114,8 @@ class RunSummary:
                 for s in self.servers
             },
         })
+        if self.services is not None:
+            out["services"] = self.services
         if self.dry_run:
             out["preview"] = self.preview
         return out
@@ -174,10 +177,27 @@ def markdown(summary: RunSummary) -> str:
     if summary.failed_posts:
         lines += ["", "**Not posted (WHMCS error; retried next run):**", ""]
         lines += [f"- {e}" for e in summary.failed_posts]
+    if summary.services is not None:
+        lines += ["", _services_markdown(summary.services)]
     if summary.failed_servers:
         lines += ["", f"**Servers not billed this run:** {', '.join(summary.failed_servers)} — their watermarks did "
                   "not move; their CDRs are billed by the next run."]
     return "\n".join(lines)
+
+
+def _services_markdown(sync: dict[str, Any]) -> str:
+    if not sync.get("ok"):
+        return (f"**Services sync failed** ({sync.get('error')}): the last successful sync's mapping was used; "
+                "calls after it stay unrated until a sync succeeds.")
+    head = (f"**Services from WHMCS:** {sync['services']} services, {sync['claims']} claims, "
+            f"{sync['changes']} change(s) since the last sync, {len(sync['conflicts'])} conflict(s)")
+    if not sync["conflicts"]:
+        return head + "."
+    rows = [head + " — their calls stay unrated until fixed (`autobill services list --conflicts`):", ""]
+    rows += [f"- {c['kind']}: {c['detail']}" for c in sync["conflicts"][:50]]
+    if len(sync["conflicts"]) > 50:
+        rows.append(f"- ... and {len(sync['conflicts']) - 50} more (artifact `autobill-service-conflicts`)")
+    return "\n".join(rows)
 
 
 def client_totals(lines: list) -> list[dict[str, Any]]:
@@ -290,10 +310,11 @@ def build_summary(
 @task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def report_task(billing_date: date, dry_run: bool, lines: dict[str, ServerLine], rated_path: str,
                 requeued: Any | None, record: Any, posting: Any | None, uncertain: list[str],
-                reconciled: Any | None = None) -> RunSummary:
+                reconciled: Any | None = None, services: dict[str, Any] | None = None) -> RunSummary:
     """`uncertain`: every charge still waiting for reconciliation (not only this run's)."""
     present = pl.read_parquet_schema(rated_path)
     rated = pl.read_parquet(rated_path, columns=[c for c in REPORT_COLUMNS if c in present])
     summary = build_summary(billing_date, dry_run, lines, rated, requeued, record, posting, uncertain, reconciled)
+    summary.services = services
     publish(summary, client_totals(record.lines), unrated_destinations(rated))
     return summary

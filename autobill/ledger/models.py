@@ -377,3 +377,54 @@ class CorrectionCDR(Base):
     new_included: Mapped[int] = mapped_column(Integer)
     new_billable_seconds: Mapped[int] = mapped_column(Integer)
     tariff_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ServiceClaim(Base):
+    """Who owned a tenant / extension / DID, and when (issue 14; autobill/services/history.py).
+
+    `service_id` NULL with `conflict` set: several services claimed the key (their calls stay
+    unrated). `valid_from` NULL: since always (the first owner ever seen); `valid_to` NULL: still open.
+    """
+
+    __tablename__ = "service_claims"
+    __table_args__ = (Index("ix_service_claims_key", "server", "tenant", "kind", "value"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    server: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))  # extension | did | tenant
+    value: Mapped[str] = mapped_column(String(64))
+    service_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    client_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    plan: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    conflict: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of service ids
+    valid_from: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    valid_to: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    sync_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ServiceRecord(Base):
+    """Each VoIP service as the last sync read it (what `autobill services list` shows)."""
+
+    __tablename__ = "service_records"
+    service_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[int] = mapped_column(Integer, index=True)
+    source: Mapped[str] = mapped_column(String(16))  # whmcs | yaml
+    status: Mapped[str] = mapped_column(String(32))
+    problem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data: Mapped[str] = mapped_column(Text)  # JSON
+    sync_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ServiceSync(Base):
+    """One services sync: when, from where, and the conflicts it found."""
+
+    __tablename__ = "service_syncs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, index=True)
+    origin: Mapped[str] = mapped_column(String(32))  # nightly | autosuspend | cli
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    services: Mapped[int] = mapped_column(Integer, default=0)
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+    changes: Mapped[int] = mapped_column(Integer, default=0)
+    conflicts: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

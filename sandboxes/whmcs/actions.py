@@ -218,7 +218,10 @@ class Api:
         rows = conn.execute(
             f"SELECT * FROM products WHERE {cond} ORDER BY id LIMIT ? OFFSET ?", [*args, num, start]  # noqa: S608
         ).fetchall()
-        return _paged(total, start, [_product_object(r) for r in rows], "products", "product")
+        servers = {r["id"]: r for r in conn.execute("SELECT id, name, hostname FROM servers")}
+        field_ids = {(r["pid"], r["name"]): r["id"] for r in conn.execute("SELECT id, pid, name FROM product_fields")}
+        items = [_with_service_fields(_product_object(r), r, servers, field_ids) for r in rows]
+        return _paged(total, start, items, "products", "product")
 
     def _service(self, p: dict[str, str]):
         sid = _int(p.get("serviceid") or p.get("accountid"))
@@ -462,6 +465,23 @@ def _product_object(r) -> dict:
         "overideautosuspend": str(r["overideautosuspend"]), "overidesuspenduntil": r["overidesuspenduntil"],
         "notes": r["notes"], "customfields": {"customfield": []}, "configoptions": {"configoption": []},
     }
+
+
+def _with_service_fields(obj: dict, r, servers: dict, field_ids: dict) -> dict:
+    """Server assignment, Dedicated IP and product custom fields, shaped as WHMCS returns them:
+    `customfields: {customfield: [{id, name, translated_name, value}]}` in field-id order."""
+    keys = r.keys()
+    server = servers.get(r["serverid"]) if "serverid" in keys else None
+    fields = json.loads(r["customfields"] or "{}") if "customfields" in keys else {}
+    custom = sorted(({"id": str(field_ids.get((r["pid"], name), 0)), "name": name, "translated_name": name,
+                      "value": value} for name, value in fields.items()), key=lambda f: int(f["id"]))
+    obj.update({
+        "serverid": str(r["serverid"] or 0) if "serverid" in keys else "0",
+        "servername": server["name"] if server else "", "serverhostname": server["hostname"] if server else "",
+        "dedicatedip": r["dedicatedip"] or "" if "dedicatedip" in keys else "",
+        "customfields": {"customfield": custom},
+    })
+    return obj
 
 
 def _invoice_object(r) -> dict:

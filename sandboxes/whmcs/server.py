@@ -272,8 +272,20 @@ class WhmcsSandbox:
         return self.store.add_client(**kwargs)
 
     def add_product(self, client_id: int, **kwargs: Any) -> int:
-        """Keywords: name, pid, domain, status, overideautosuspend, module (None: no module), billingcycle."""
+        """Keywords: name, pid, domain, status, overideautosuspend, module (None: no module), billingcycle,
+        service_id, server_id, dedicatedip, groupname, custom_fields ({name: value})."""
         return self.store.add_product(client_id, **kwargs)
+
+    def add_server(self, name: str, hostname: str = "", type_: str = "autobill") -> int:
+        """A WHMCS server record that services are assigned to (`add_product(server_id=...)`)."""
+        return self.store.add_server(name, hostname, type_)
+
+    def set_service(self, service_id: int, **changes: Any) -> None:
+        """Move a DID, terminate, reassign: domain, dedicatedip, status, serverid, custom_fields, ..."""
+        self.store.set_service(service_id, **changes)
+
+    def bulk_services(self, services: list[dict]) -> None:
+        self.store.bulk_services(services)
 
     def add_invoice(self, client_id: int, total: Decimal | str, **kwargs: Any) -> int:
         """Keywords: status (Unpaid/Paid/Cancelled), balance, date_, duedate."""

@@ -73,7 +73,14 @@ CREATE INDEX IF NOT EXISTS ix_invoice_items_invoice ON invoice_items(invoiceid, 
 CREATE INDEX IF NOT EXISTS ix_invoice_items_rel ON invoice_items(type, relid);
 CREATE TABLE IF NOT EXISTS automation_log (
   id INTEGER PRIMARY KEY, started TEXT, finished TEXT, invoices INTEGER, items INTEGER);
+CREATE TABLE IF NOT EXISTS servers (id INTEGER PRIMARY KEY, name TEXT, hostname TEXT, type TEXT);
+CREATE TABLE IF NOT EXISTS product_fields (
+  id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, name TEXT NOT NULL, UNIQUE (pid, name));
 """
+# Service (product) columns added for the services sync (issue 14): the server the service is
+# assigned to, its Dedicated IP field, and its product custom fields as JSON {name: value}.
+_PRODUCT_COLUMNS = (("serverid", "INTEGER DEFAULT 0"), ("dedicatedip", "TEXT DEFAULT ''"),
+                    ("customfields", "TEXT DEFAULT '{}'"))
 
 
 def now_text() -> str:
@@ -96,6 +103,10 @@ class Store:
         conn = self.conn()
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(products)")}
+        for name, decl in _PRODUCT_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE products ADD COLUMN {name} {decl}")
         with self.tx() as c:
             c.executemany(
                 "INSERT OR IGNORE INTO customfield_defs (id, type, name) VALUES (?, 'client', ?)",
@@ -161,6 +172,8 @@ class Store:
         self, client_id: int, name: str = "VoIP Service", pid: int = 1, domain: str = "",
         status: str = "Active", overideautosuspend: bool = False, module: str | None = "autobill",
         billingcycle: str = "Monthly", recurringamount: Decimal | str = "0",
+        service_id: int | None = None, server_id: int = 0, dedicatedip: str = "", groupname: str = "VoIP",
+        custom_fields: dict[str, str] | None = None,
     ) -> int:
         with self.tx() as c:
             cur = c.execute(
@@ -171,7 +184,67 @@ class Store:
                  (date.today() + timedelta(days=30)).isoformat(), money_text(recurringamount),
                  int(overideautosuspend), module or ""),
             )
+            sid = int(cur.lastrowid)
+            c.execute("UPDATE products SET groupname = ?, serverid = ?, dedicatedip = ? WHERE id = ?",
+                      (groupname, int(server_id), dedicatedip, sid))
+            if service_id is not None and service_id != sid:
+                c.execute("UPDATE products SET id = ? WHERE id = ?", (int(service_id), sid))
+                sid = int(service_id)
+        if custom_fields:
+            self.set_service(sid, custom_fields=custom_fields)
+        return sid
+
+    def add_server(self, name: str, hostname: str = "", type_: str = "autobill") -> int:
+        """A WHMCS server record (Setup > Servers) that services are assigned to."""
+        with self.tx() as c:
+            cur = c.execute("INSERT INTO servers (name, hostname, type) VALUES (?, ?, ?)", (name, hostname, type_))
             return int(cur.lastrowid)
+
+    def set_service(self, service_id: int, **changes: object) -> None:
+        """Change a service: domain, dedicatedip, status, serverid, pid, clientid, or custom_fields
+        (a dict merged into the product custom fields; a value None removes the field)."""
+        custom = changes.pop("custom_fields", None)
+        allowed = {"domain", "dedicatedip", "status", "serverid", "pid", "clientid", "name", "groupname"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise KeyError(f"cannot set {sorted(unknown)} (known: {sorted(allowed)})")
+        with self.tx() as c:
+            row = c.execute("SELECT pid, customfields FROM products WHERE id = ?", (int(service_id),)).fetchone()
+            if row is None:
+                raise KeyError(f"no service {service_id}")
+            if changes:
+                sets = ", ".join(f"{k} = ?" for k in changes)
+                c.execute(f"UPDATE products SET {sets} WHERE id = ?", [*changes.values(), int(service_id)])  # noqa: S608
+            if custom is not None:
+                fields = json.loads(row["customfields"] or "{}")
+                for name, value in custom.items():
+                    if value is None:
+                        fields.pop(name, None)
+                    else:
+                        fields[name] = str(value)
+                pid = changes.get("pid", row["pid"])
+                c.executemany("INSERT OR IGNORE INTO product_fields (pid, name) VALUES (?, ?)",
+                              [(pid, n) for n in fields])
+                c.execute("UPDATE products SET customfields = ? WHERE id = ?", (json.dumps(fields), int(service_id)))
+
+    def bulk_services(self, services: list[dict]) -> None:
+        """Many services in one transaction. Each dict: id, clientid, pid, name, groupname, domain,
+        dedicatedip, serverid, status, custom_fields ({name: value})."""
+        today = date.today().isoformat()
+        due = (date.today() + timedelta(days=30)).isoformat()
+        with self.tx() as c:
+            c.executemany("INSERT OR IGNORE INTO product_fields (pid, name) VALUES (?, ?)",
+                          sorted({(int(s.get("pid", 1)), n) for s in services for n in s.get("custom_fields", {})}))
+            c.executemany(
+                "INSERT INTO products (id, clientid, orderid, pid, name, groupname, domain, status, suspensionreason,"
+                " billingcycle, regdate, nextduedate, recurringamount, overideautosuspend, overidesuspenduntil,"
+                " module, notes, serverid, dedicatedip, customfields) VALUES (?, ?, 0, ?, ?, ?, ?, ?, '', 'Monthly',"
+                " ?, ?, '0.00', 0, '0000-00-00', 'autobill', '', ?, ?, ?)",
+                [(s.get("id"), int(s["clientid"]), int(s.get("pid", 1)), s.get("name", "VoIP Service"),
+                  s.get("groupname", "VoIP"), s.get("domain", ""), s.get("status", "Active"), today, due,
+                  int(s.get("serverid", 0)), s.get("dedicatedip", ""),
+                  json.dumps({k: str(v) for k, v in s.get("custom_fields", {}).items()})) for s in services],
+            )
 
     def add_invoice(
         self, client_id: int, total: Decimal | str, status: str = "Unpaid", balance: Decimal | str | None = None,
