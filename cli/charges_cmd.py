@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from decimal import Decimal
 from typing import Annotated
 
 import typer
 
+from autobill.money import format_amounts, format_money
 from cli.common import ConfigOption, fail, settings_or_exit
+from cli.tables import DEFAULT_LIMIT, AllOption, Column, JsonOption, LimitOption, print_listing, row_limit
 
 charges_app = typer.Typer(help="Charge lines posted (or to post) to WHMCS.", no_args_is_help=True)
 
@@ -21,6 +24,20 @@ WHMCS (Billing > Billable Items, or the client's invoices) for the key, then:
   not found  autobill charges reconcile KEY [KEY ...] --not-posted      (posted by the next run)
   ask WHMCS  autobill charges reconcile --check                          (what the nightly run does)
 """
+
+
+CHARGE_COLUMNS = (
+    Column("id", "id", right=True), Column("state", "state"), Column("billing_date", "date"),
+    Column("client_id", "client", right=True), Column("service_id", "service", right=True),
+    Column("class", "class"), Column("money", "amount", right=True), Column("cdrs", "calls", right=True),
+    Column("key", "key", max_width=44),
+)
+
+
+UNCERTAIN_COLUMNS = (
+    Column("key", "key", max_width=44), Column("client_id", "client", right=True),
+    Column("money", "amount", right=True), Column("last_error", "last error", max_width=40),
+)
 
 
 def _row(c) -> dict:
@@ -38,33 +55,41 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
         state: Annotated[str | None, typer.Option(help="pending|posting|posted|uncertain|zero")] = None,
         on: Annotated[str | None, typer.Option("--date", help="Billing date YYYY-MM-DD.")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+        limit: LimitOption = DEFAULT_LIMIT,
+        show_all: AllOption = False,
+        as_json: JsonOption = False,
     ) -> None:
-        """List charge lines, newest first."""
-        from sqlalchemy import select
+        """List charge lines, newest first, with a total per state and currency."""
+        from sqlalchemy import func, select
 
         from autobill.ledger.db import ensure_current, session_scope
         from autobill.ledger.models import Charge
 
         settings = settings_or_exit(config)
         ensure_current(settings.ledger)
-        query = select(Charge).order_by(Charge.id.desc())
+        where = []
         if state:
-            query = query.where(Charge.state == state)
+            where.append(Charge.state == state)
         if on:
-            query = query.where(Charge.billing_date == date.fromisoformat(on))
+            try:
+                where.append(Charge.billing_date == date.fromisoformat(on))
+            except ValueError:
+                raise fail(f"--date: not a date YYYY-MM-DD: {on!r}", code=2) from None
+        query = select(Charge).where(*where).order_by(Charge.id.desc()).limit(row_limit(limit, show_all))
         with session_scope(settings.ledger) as session:
             rows = [_row(c) for c in session.scalars(query)]
+            sums = session.execute(select(Charge.state, Charge.currency, func.count(), func.sum(Charge.amount))
+                                   .where(*where).group_by(Charge.state, Charge.currency)).all()
+        total = sum(n for _, _, n, _ in sums)
+        amounts: dict[str, Decimal] = {}
+        for _, ccy, _, amount in sums:
+            amounts[ccy] = amounts.get(ccy, Decimal(0)) + Decimal(str(amount or 0))
+        by_state = ", ".join(f"{n} {st} {format_money(Decimal(str(a or 0)), c)}" for st, c, n, a in sorted(sums))
         for r in rows:
-            if as_json:
-                typer.echo(json.dumps(r))
-            else:
-                typer.echo(
-                    f"{r['id']:>6} {r['state']:<9} {r['billing_date']} client {r['client_id']:<6} "
-                    f"svc {r['service_id']:<6} {r['class']:<13} {r['amount']:>12} {r['currency']}  {r['key']}"
-                )
-        if not as_json:
-            typer.echo(f"{len(rows)} charge(s)")
+            r["money"] = format_money(r["amount"], r["currency"])
+        print_listing(rows, CHARGE_COLUMNS, title="Charges", total=total, as_json=as_json,
+                      totals={"state": "total", "money": format_amounts(amounts, "0")},
+                      notes=[f"by state: {by_state}"] if by_state else [])
 
     @charges_app.command("reconcile")
     def reconcile_(

@@ -104,7 +104,7 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
     posting = None if dry_run else post_pending_task(settings)
     uncertain = outstanding_uncertain_task(settings)
     summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain,
-                                      reconciled)
+                                      reconciled, settings=settings, run_id=run_id)
     data = summary.to_json()
     finish_run_task(settings, run_id, summary.status, data)
     logger.info("billing date %s: %s", day, summary.status)
