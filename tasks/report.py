@@ -157,8 +157,8 @@ def _add(line: ServerLine, r: dict[str, Any]) -> None:
 
 
 ZERO_WHY = {
-    "free": "every call within included minutes or zero-cost",
-    "under_minor_unit": "calls cost less than the currency's smallest unit once rounded",
+    "free": "every call was within included minutes or free",
+    "under_minor_unit": "the calls cost less than one cent (the currency's smallest unit) once rounded",
 }
 SHORT_REASON = {"no_rate": "no rate", "invalid_number": "bad number", "invalid": "bad CDR"}
 ATTENTION_ROWS = 5  # list items shown before "and N more" in the summary
@@ -183,14 +183,20 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _calls_line(summary: RunSummary) -> str:
+def _calls_rows(summary: RunSummary) -> list[str]:
+    """Calls in short cells: the artifact pane does not wrap table cells (checked at 1280 px)."""
     read = summary.total("extracted") + summary.total("carried_in")
-    parts = [f"{_n(summary.total(k))} {label}" for k, label in (
-        ("billed", "billed"), ("included", "included"), ("zero_cost", "zero-cost"), ("unrated", "unrated"),
+    carried = f" ({_n(summary.total('carried_in'))} carried in)" if summary.total("carried_in") else ""
+    rated = [f"{_n(summary.total(k))} {label}" for k, label in (
+        ("billed", "billed"), ("included", "included"), ("zero_cost", "zero-cost"), ("unrated", "unrated"))
+        if summary.total(k)]
+    held = [f"{_n(summary.total(k))} {label}" for k, label in (
         ("quarantined", "quarantined"), ("duplicates", "duplicates"), ("deferred", "deferred"),
         ("already_billed", "billed earlier")) if summary.total(k)]
-    carried = f" ({_n(summary.total('carried_in'))} carried in)" if summary.total("carried_in") else ""
-    return f"{_n(read)} read{carried}" + (": " + ", ".join(parts) if parts else "")
+    rows = [f"| Calls read | {_n(read)}{carried} |", f"| Calls rated | {', '.join(rated) or 'none'} |"]
+    if held:
+        rows.append(f"| Not rated | {', '.join(held)} |")
+    return rows
 
 
 def _charges_line(summary: RunSummary) -> str:
@@ -201,15 +207,22 @@ def _charges_line(summary: RunSummary) -> str:
     if summary.uncertain:
         parts.append(f"**{_n(len(summary.uncertain))} uncertain**")
     if summary.failed_posts:
-        parts.append(f"**{_n(len(summary.failed_posts))} not posted (WHMCS error)**")
+        parts.append(f"**{_n(len(summary.failed_posts))} refused**")
     if zero:
-        why = "; ".join(f"{n} {ZERO_WHY.get(k, k)}" for k, n in sorted(summary.charges_zero.items()))
-        parts.append(f"{_n(zero)} zero-amount, not posted ({why})")
-    text = f"{_n(summary.charges_created)} created: " + ", ".join(parts)
+        parts.append(f"{_n(zero)} zero-amount")
+    return f"{_n(summary.charges_created)} created: " + ", ".join(parts)
+
+
+def _notes(summary: RunSummary) -> list[str]:
+    """Sentences under the totals table (a paragraph wraps; a table cell does not)."""
+    out = []
+    if summary.charges_zero and not summary.dry_run:
+        why = "; ".join(f"{n} because {ZERO_WHY.get(k, k)}" for k, n in sorted(summary.charges_zero.items()))
+        out.append(f"Zero-amount charges are recorded, never posted to WHMCS: {why}.")
     if summary.reconciled_posted or summary.reconciled_pending or summary.reconcile_undecided:
-        text += (f"; reconciled from WHMCS: {summary.reconciled_posted} found (posted), "
-                 f"{summary.reconciled_pending} not there (posted again), {summary.reconcile_undecided} undecided")
-    return text
+        out.append(f"Reconciled from WHMCS: {summary.reconciled_posted} found (posted), "
+                   f"{summary.reconciled_pending} not there (posted again), {summary.reconcile_undecided} undecided.")
+    return out
 
 
 def _server_table(summary: RunSummary) -> list[str]:
@@ -302,8 +315,11 @@ def markdown(summary: RunSummary, extra: Attention | None = None, images: dict[s
         lines.append(f"| **Would bill** | **{billed}** |")
     else:
         lines += [f"| **Posted to WHMCS** | **{posted}** |", f"| Billed (charge lines) | {billed} |"]
-    lines += [f"| Charges | {_charges_line(summary)} |", f"| Calls | {_calls_line(summary)} |", "",
-              "## Servers", "", *_server_table(summary), "", "## Needs attention", ""]
+    lines += [f"| Charges | {_charges_line(summary)} |", *_calls_rows(summary), ""]
+    notes = _notes(summary)
+    if notes:
+        lines += [" ".join(notes), ""]
+    lines += ["## Servers", "", *_server_table(summary), "", "## Needs attention", ""]
     attention = _attention(summary, extra)
     lines += attention or ["Nothing: every server billed, every charge settled."]
     for name, uri in (images or {}).items():

@@ -109,7 +109,12 @@ def test_summary_totals_come_first_with_money_and_zero_reasons():
     # The totals table is the first thing under the title; money reads "354.00 USD", never a repr.
     assert lines[0] == "# Nightly run 2026-11-20: partial"
     assert lines[4] == "| **Posted to WHMCS** | **354.00 USD** |"
-    assert "4 created: 2 posted, **1 uncertain**, 2 zero-amount, not posted (1 every call within included" in md
+    assert "| Charges | 4 created: 2 posted, **1 uncertain**, 2 zero-amount |" in md
+    assert "never posted to WHMCS: 1 because every call was within included minutes or free; 1 because the " \
+        "calls cost less than one cent" in md
+    assert "| Calls read | 6 |" in md and "| Calls rated | 2 billed, 1 included, 1 zero-cost, 2 unrated |" in md
+    # Table cells do not wrap in the Prefect UI: every totals cell stays short.
+    assert all(len(ln) < 80 for ln in md.splitlines()[2:10] if ln.startswith("|")), md
     assert md.index("## Servers") < md.index("## Needs attention")
     assert "Decimal(" not in md and "{'" not in md
     assert "| unknown_service | a | 3 | x |" in md
