@@ -117,7 +117,8 @@ def analyse(history: list[dict[str, Any]], budget_minutes: int, tz: ZoneInfo, no
             report.warnings.append(f"{len(older)} earlier run(s) also went past the budget ({dates})")
     now = now or datetime.now(tz)
     for r in runs:
-        if r.minutes is None and (now - r.started_local).total_seconds() / 60 > stale_factor * budget_minutes:
+        if r.minutes is None and (r.status == "interrupted"
+                                  or (now - r.started_local).total_seconds() / 60 > stale_factor * budget_minutes):
             report.warnings.append(
                 f"run {r.run_id} (billing date {r.billing_date}) started {r.started_local:%Y-%m-%d %H:%M} and never "
                 "finished: its process died; rerun the date (it bills only what is missing)")

@@ -52,3 +52,16 @@ def round_minor(value: Decimal, currency: str) -> Decimal:
 def format_cost(value: Decimal | None) -> str:
     """Exactly 6 decimals, or empty for no cost (RATING.md output)."""
     return "" if value is None else f"{round_cost(value):.6f}"
+
+
+def format_money(value: Decimal | int | str, currency: str) -> str:
+    """An amount for people: `354.00 USD`. At least the currency's minor unit, never fewer digits
+    than the exact value has (`0.300001 USD` stays exact: nothing is rounded for display)."""
+    amount = to_decimal(value)
+    places = max(minor_units(currency), -amount.normalize().as_tuple().exponent)
+    return f"{amount:.{places}f} {currency.upper()}"
+
+
+def format_amounts(amounts: dict[str, Decimal] | dict[str, str], empty: str = "nothing") -> str:
+    """Amounts per currency, `354.00 USD, 12.50 CAD` (sorted by currency), or `empty`."""
+    return ", ".join(format_money(v, c) for c, v in sorted(amounts.items())) or empty

@@ -59,3 +59,11 @@ def date_range(first: date, last: date) -> list[date]:
     if last < first:
         raise ValueError(f"empty date range: {first} .. {last}")
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def local_run_name(prefix: str, tz: ZoneInfo, now: datetime | None = None) -> str:
+    """A flow-run name people can place in their day: `autosuspend-2026-11-20-14:05-EST` (the
+    local time in `tz`, with its abbreviation so DST changes read right). For `flow_run_name=`."""
+    moment = as_utc(now) if now else utc_now()
+    local = moment.astimezone(tz)
+    return f"{prefix}-{local:%Y-%m-%d-%H:%M}-{local.tzname()}"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Annotated
 
 import typer
 
+from autobill.money import format_amounts, format_money
 from cli.common import ConfigOption, check_choice, fail, parse_day, settings_or_exit
+from cli.tables import DEFAULT_LIMIT, AllOption, Column, JsonOption, LimitOption, print_listing, row_limit
 
 CHARGE_STATES = ("pending", "posting", "posted", "uncertain", "zero")
 
@@ -24,6 +27,20 @@ WHMCS (Billing > Billable Items, or the client's invoices) for the key, then:
 Corrections (keys rc-...) too; one with a negative amount was an AddCredit: look for its key
 in the client's credit log (Billing > Credit) instead.
 """
+
+
+CHARGE_COLUMNS = (
+    Column("id", "id", right=True), Column("state", "state"), Column("billing_date", "date"),
+    Column("client_id", "client", right=True), Column("service_id", "service", right=True),
+    Column("class", "class"), Column("money", "amount", right=True), Column("cdrs", "calls", right=True),
+    Column("key", "key", max_width=44),
+)
+
+
+UNCERTAIN_COLUMNS = (
+    Column("key", "key", max_width=44), Column("client_id", "client", right=True),
+    Column("money", "amount", right=True), Column("last_error", "last error", max_width=40),
+)
 
 
 def _row(c) -> dict:
@@ -58,50 +75,51 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
         state: Annotated[str | None, typer.Option(help="pending|posting|posted|uncertain|zero")] = None,
         on: Annotated[str | None, typer.Option("--date", help="Billing date YYYY-MM-DD.")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+        limit: LimitOption = DEFAULT_LIMIT,
+        show_all: AllOption = False,
+        as_json: JsonOption = False,
     ) -> None:
-        """List charge lines, newest first; each correction right under the line it corrects."""
-        from sqlalchemy import select
+        """List charge lines, newest first, with a total per state and currency; each correction right
+        under the line it corrects, with who, when and why."""
+        from sqlalchemy import func, select
 
         from autobill.ledger.db import ensure_current, session_scope
-        from autobill.ledger.models import Charge
+        from autobill.ledger.models import Charge, Rerate
 
         check_choice(state, CHARGE_STATES, "--state")
         day = parse_day(on, "--date") if on is not None else None
         settings = settings_or_exit(config)
         ensure_current(settings.ledger)
-        query = select(Charge).order_by(Charge.id.desc())
+        where = []
         if state:
-            query = query.where(Charge.state == state)
+            where.append(Charge.state == state)
         if day:
-            query = query.where(Charge.billing_date == day)
-        from autobill.ledger.models import Rerate
-
+            where.append(Charge.billing_date == day)
+        query = select(Charge).where(*where).order_by(Charge.id.desc()).limit(row_limit(limit, show_all))
         with session_scope(settings.ledger) as session:
             rows = [_row(c) for c in session.scalars(query)]
-            audits = {r.id: r for r in session.scalars(
+            sums = session.execute(select(Charge.state, Charge.currency, func.count(), func.sum(Charge.amount))
+                                   .where(*where).group_by(Charge.state, Charge.currency)).all()
+            audits = {a.id: a for a in session.scalars(
                 select(Rerate).where(Rerate.id.in_({r["rerate_id"] for r in rows if r["rerate_id"]})))}
-            for r in rows:
-                if r["rerate_id"] in audits:  # who, when, why, which tariff versions
-                    a = audits[r["rerate_id"]]
-                    r.update(reason=a.reason, requested_by=a.requested_by, requested_at=a.requested_at.isoformat(),
-                             tariff_versions=json.loads(a.tariff_versions), old_versions=json.loads(a.old_versions))
-        for r in beside(rows):
-            if as_json:
-                typer.echo(json.dumps(r))
-            elif r["kind"] == "correction":
-                typer.echo(
-                    f"{r['id']:>6} {r['state']:<9} {r['billing_date']}   \u21b3 correction of #{r['corrects'] or '-'}"
-                    f" {r['class']:<13} {r['amount']:>12} {r['currency']}  {r['key']}  "
-                    f"({r.get('requested_by')} {r.get('requested_at', '')[:16]}: {r.get('reason')})"
-                )
-            else:
-                typer.echo(
-                    f"{r['id']:>6} {r['state']:<9} {r['billing_date']} client {r['client_id']:<6} "
-                    f"svc {r['service_id']:<6} {r['class']:<13} {r['amount']:>12} {r['currency']}  {r['key']}"
-                )
-        if not as_json:
-            typer.echo(f"{len(rows)} charge(s)")
+        for r in rows:
+            if r["rerate_id"] in audits:  # who, when, why, which tariff versions
+                a = audits[r["rerate_id"]]
+                r.update(reason=a.reason, requested_by=a.requested_by, requested_at=a.requested_at.isoformat(),
+                         tariff_versions=json.loads(a.tariff_versions), old_versions=json.loads(a.old_versions))
+            r["money"] = format_money(r["amount"], r["currency"])
+            if r["kind"] == "correction" and not as_json:  # shown beside the line it corrects
+                who = f"{r.get('requested_by') or ''} {(r.get('requested_at') or '')[:16]}: {r.get('reason') or ''}"
+                r["class"] = f"\u21b3 correction of #{r['corrects'] or '-'} {r['class']}"
+                r["key"] = f"{r['key']} ({who.strip()})"
+        total = sum(n for _, _, n, _ in sums)
+        amounts: dict[str, Decimal] = {}
+        for _, ccy, _, amount in sums:
+            amounts[ccy] = amounts.get(ccy, Decimal(0)) + Decimal(str(amount or 0))
+        by_state = ", ".join(f"{n} {st} {format_money(Decimal(str(a or 0)), c)}" for st, c, n, a in sorted(sums))
+        print_listing(beside(rows), CHARGE_COLUMNS, title="Charges", total=total, as_json=as_json,
+                      totals={"state": "total", "money": format_amounts(amounts, "0")},
+                      notes=[f"by state: {by_state}"] if by_state else [])
 
     @charges_app.command("reconcile")
     def reconcile_(

@@ -36,9 +36,12 @@ from typing import Any
 
 import yaml
 
+from autobill.money import format_money
+
 DEMO_SECRETS = {"AUTOBILL_DEMO_WHMCS_ID": "demo", "AUTOBILL_DEMO_WHMCS_SECRET": "demo-secret",
                 "AUTOBILL_DEMO_VODIA_PASSWORD": "demo-vodia"}
 OWNED = ("autobill.yaml", "tariffs", "drop", "lesnet", "vodia", "data", "prefect", "logs", "whmcs.db", "staging")
+DEMO_POOL = "autobill-process"  # the work pool the demo registers its deployments on
 ARTIFACT_KEYS = ("autobill-run-summary", "autobill-client-totals", "autobill-service-conflicts", "autobill-backfill-summary",
                  "autosuspend-summary", "autosuspend-changes", "autobill-run-durations")
 BROKE, LOW = 3, 3  # clients with no credit (suspended) and with low credit (alerted)
@@ -239,7 +242,7 @@ def _register_deployments(timezone: str, echo: Callable[[str], None]) -> None:
     from deployments.spec import load_specs, runner_deployments
     from deployments.work_pool import ensure_work_pool
 
-    pool = "autobill-process"
+    pool = DEMO_POOL
     ensure_work_pool(pool)
     ids = {}
     for dep in runner_deployments(load_specs(), timezone=timezone):
@@ -337,11 +340,20 @@ def _where_to_look(result: DemoResult, whmcs, echo: Callable[[str], None]) -> No
     for i in items:
         per_client[i["userid"]] = per_client.get(i["userid"], Decimal(0)) + i["amount"]
     total = sum(per_client.values(), Decimal(0))
-    echo(f"  WHMCS sandbox     {len(items)} billable items for {len(per_client)} clients, total {total} USD "
-         f"(invoiceaction nextcron), {len(whmcs.module_calls())} module suspensions, {len(whmcs.emails())} emails")
+    echo(f"  WHMCS sandbox     {len(items)} billable items for {len(per_client)} clients, total "
+         f"{format_money(total, 'USD')} (invoiceaction nextcron), {len(whmcs.module_calls())} module suspensions, "
+         f"{len(whmcs.emails())} emails")
     for cid, amount in sorted(per_client.items(), key=lambda kv: -kv[1])[:5]:
-        echo(f"                    client {cid}: {amount} USD")
+        echo(f"                    client {cid}: {format_money(amount, 'USD')}")
+    echo("  deployments       shown \"Not Ready\" in the UI: no worker polls their pool in the demo (its runs")
+    echo("                    ran in this process). To run them from the UI, start one:")
+    echo(f"                    PREFECT_API_URL={ui}/api prefect worker start --pool {DEMO_POOL}")
     echo(f"  finished in {result.seconds:.0f} s")
+    echo("\n== explore the demo's ledger and runs (copy and paste) ==")
+    echo(f"  export AUTOBILL_CONFIG={result.config_path}")
+    for command in ("autobill runs", "autobill charges list", "autobill charges list --state zero --all",
+                    "autobill charges reconcile", "autobill quarantine list", "autobill runs --json"):
+        echo(f"  {command}")
 
 
 def _wait_for_stop(stop_event: threading.Event | None) -> None:

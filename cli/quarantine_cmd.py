@@ -14,6 +14,13 @@ from typing import Annotated
 import typer
 
 from cli.common import ConfigOption, check_choice, settings_or_exit, usage
+from cli.tables import DEFAULT_LIMIT, AllOption, Column, JsonOption, LimitOption, print_listing, row_limit
+
+QUARANTINE_COLUMNS = (
+    Column("id", "id", right=True), Column("status", "status"), Column("server", "server"),
+    Column("billing_date", "date"), Column("rule", "rule"), Column("cdr_key", "cdr key", max_width=30),
+    Column("reason", "reason", max_width=50),
+)
 
 quarantine_app = typer.Typer(help="CDRs held back by validation (issue #5).", no_args_is_help=True)
 
@@ -39,32 +46,30 @@ def register(app: typer.Typer) -> None:
         server: Annotated[str | None, typer.Option(help="Only this server.")] = None,
         rule: Annotated[str | None, typer.Option(help="Only this rule, e.g. unknown_service.")] = None,
         status: Annotated[str | None, typer.Option(help="held | released | requeued (default: all).")] = None,
-        limit: Annotated[int, typer.Option(help="At most this many rows (0: all).")] = 200,
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+        limit: LimitOption = DEFAULT_LIMIT,
+        show_all: AllOption = False,
+        as_json: JsonOption = False,
     ) -> None:
-        """List quarantined rows, oldest first, with a count per rule."""
-        from data_quality.quarantine import STATUSES, list_quarantine
+        """List quarantined rows, oldest first, with a count per rule (of every matching row)."""
+        from data_quality.quarantine import STATUSES, count_by, list_quarantine
         from data_quality.rules import RULE_ORDER
 
         check_choice(status, STATUSES, "--status")
         check_choice(rule, RULE_ORDER, "--rule")
-        if limit < 0:
-            raise usage(f"--limit: must be 0 (all) or more, not {limit}")
-        entries = list_quarantine(_settings(config), server=server, rule=rule, status=status, limit=limit or None)
-        for e in entries:
-            if as_json:
-                typer.echo(json.dumps(e.to_dict()))
-            else:
-                day = e.billing_date.isoformat() if e.billing_date else "-"
-                typer.echo(f"{e.id:>7} {e.status:<8} {e.server:<12} {day:<10} {e.rule:<22} "
-                           f"{e.cdr_key or '(no key)'}  {e.reason[:100]}")
-        if not as_json:
-            by_rule: dict[str, int] = {}
-            for e in entries:
-                by_rule[e.rule] = by_rule.get(e.rule, 0) + 1
-            summary = ", ".join(f"{r} {n}" for r, n in sorted(by_rule.items()))
-            more = f" (the first {limit}; --limit 0 shows all)" if limit and len(entries) == limit else ""
-            typer.echo(f"{len(entries)} row(s){more}" + (f": {summary}" if summary else ""))
+        settings = _settings(config)
+        entries = list_quarantine(settings, server=server, rule=rule, status=status,
+                                  limit=row_limit(limit, show_all))
+        counts = {k: n for k, n in count_by(settings, status=status).items()
+                  if (server is None or k[0] == server) and (rule is None or k[1] == rule)}
+        by_rule: dict[str, int] = {}
+        for (_, r), n in counts.items():
+            by_rule[r] = by_rule.get(r, 0) + n
+        rows = [{**e.to_dict(), "billing_date": e.billing_date.isoformat() if e.billing_date else "-",
+                 "cdr_key": e.cdr_key or "(no key)"} for e in entries]
+        summary = ", ".join(f"{r} {n}" for r, n in sorted(by_rule.items()))
+        print_listing(rows if not as_json else [e.to_dict() for e in entries], QUARANTINE_COLUMNS,
+                      title="Quarantined rows", total=sum(by_rule.values()), as_json=as_json,
+                      notes=[f"by rule: {summary}"] if summary else [])
 
     @quarantine_app.command("show")
     def show_(

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from cli.common import ConfigOption, check_choice, settings_or_exit
+from cli.tables import AllOption, Column, LimitOption, print_listing, row_limit
 
 RUN_KINDS = ("nightly", "autosuspend", "backfill", "manual")
 
@@ -22,7 +23,8 @@ def register(app: typer.Typer) -> None:
     @app.command("runs")
     def runs(
         kind: Annotated[str | None, typer.Option("--kind", help="Only runs of this kind (nightly, autosuspend).")] = None,
-        limit: Annotated[int, typer.Option("--limit", min=1, help="How many recent runs to show.")] = 30,
+        limit: LimitOption = 30,
+        show_all: AllOption = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
         check: Annotated[bool, typer.Option("--check", help="Exit 1 when the nightly runs need attention.")] = False,
         config: ConfigOption = None,
@@ -35,8 +37,8 @@ def register(app: typer.Typer) -> None:
         check_choice(kind, RUN_KINDS, "--kind")
         settings = settings_or_exit(config)
         upgrade(settings.ledger)
-        history = run_history(settings, kind, limit)
-        nightly = history if kind == "nightly" else run_history(settings, "nightly", limit)
+        history = run_history(settings, kind, row_limit(limit, show_all))
+        nightly = history if kind == "nightly" else run_history(settings, "nightly", row_limit(limit, show_all))
         report = analyse(nightly, settings.nightly_budget_minutes, settings.tz)
         if as_json:
             doc = {
@@ -47,30 +49,38 @@ def register(app: typer.Typer) -> None:
             }  # fmt: skip
             typer.echo(json.dumps(doc, sort_keys=True))
         else:
-            _print(history, settings, report)
+            _print(history, settings, report, kind)
         if check and report.warnings:
             raise typer.Exit(1)
 
 
-def _print(history, settings, report) -> None:
+def _print(history, settings, report, kind: str | None) -> None:
+    from autobill.ledger.runs import count_runs
+
     tz, budget = settings.tz, settings.nightly_budget_minutes
-    if not history:
-        typer.echo("no runs recorded yet")
-    else:
-        typer.echo(f"{'id':>6}  {'kind':<12}{'billing date':<14}{'status':<11}{'started (' + tz.key + ')':<28}"
-                   f"{'minutes':>9}  budget {budget} min")
+    rows = []
     for h in history:
         seconds = h["seconds"]
-        minutes = "" if seconds is None else f"{seconds / 60:.1f}"
         bar = ""
         if h["kind"] == "nightly" and seconds is not None:
             used = seconds / 60 / budget
-            bar = "#" * min(40, round(used * 20)) + (" OVER" if used > 1 else "")
-        started = h["started_at"].astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-        dry = " (dry)" if h["dry_run"] else ""
-        typer.echo(f"{h['id']:>6}  {h['kind']:<12}{str(h['billing_date'] or '-'):<14}{h['status'] + dry:<11}"
-                   f"{started:<28}{minutes:>9}  {bar}")
+            bar = "#" * min(20, round(used * 10)) + (" OVER" if used > 1 else f" {used:.0%}")
+        rows.append({
+            "id": h["id"], "kind": h["kind"], "billing_date": str(h["billing_date"] or "-"),
+            "status": h["status"] + (" (dry)" if h["dry_run"] else ""),
+            "started": h["started_at"].astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"),
+            "minutes": "" if seconds is None else f"{seconds / 60:.1f}", "budget": bar,
+        })
+    columns = (Column("id", "id", right=True), Column("kind", "kind"), Column("billing_date", "billing date"),
+               Column("status", "status"), Column("started", f"started ({tz.key})"),
+               Column("minutes", "minutes", right=True), Column("budget", f"of {budget} min budget"))
+    notes = []
     if report.trend_minutes_per_week is not None:
-        typer.echo(f"nightly trend: {report.trend_minutes_per_week:+.2f} min/week")
+        notes.append(f"nightly trend: {report.trend_minutes_per_week:+.2f} min/week")
+    interrupted = sum(1 for h in history if h["status"] == "interrupted")
+    if interrupted:
+        notes.append(f"{interrupted} interrupted run(s): the process died before finishing; rerun the billing "
+                     "date (it bills only what is missing)")
+    print_listing(rows, columns, title="Runs", total=count_runs(settings, kind), notes=notes)
     for w in report.warnings:
         typer.echo(f"WARNING: {w}", err=True)

@@ -171,3 +171,17 @@ def requeue_released(settings: Settings, run_id: int | None = None) -> pl.DataFr
     keyed = rows.filter(pl.col("cdr_key").is_not_null())
     keyed = keyed.reverse().unique("cdr_key", keep="first", maintain_order=True).reverse()
     return pl.concat([keyed, rows.filter(pl.col("cdr_key").is_null())])
+
+
+def run_reasons(settings: Settings, run_id: int, top: int = 5) -> list[dict]:
+    """The most frequent (rule, server) pairs quarantined by run `run_id`, with one example
+    reason each, most rows first: the "why" of a run's quarantine at a glance."""
+    with session_scope(settings.ledger) as session:
+        query = (
+            select(QuarantinedRow.rule, QuarantinedRow.server, func.count(), func.min(QuarantinedRow.reason))
+            .where(QuarantinedRow.run_id == run_id)
+            .group_by(QuarantinedRow.rule, QuarantinedRow.server)
+            .order_by(func.count().desc(), QuarantinedRow.rule, QuarantinedRow.server)
+            .limit(top)
+        )
+        return [{"rule": r, "server": s, "rows": n, "example": reason} for r, s, n, reason in session.execute(query)]

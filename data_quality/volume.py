@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import ExtractionBatch
+from autobill.ledger.models import ExtractionBatch, Run
 
 MIN_WINDOW_HOURS = 6.0
 MIN_HISTORY = 3
@@ -93,3 +94,22 @@ def volume_history(ledger_url: str, server: str, now: datetime, days: int, exclu
             ExtractionBatch.server == server, ExtractionBatch.status == "committed",
             ExtractionBatch.created_at >= since)
         return [Sample(rows or 0, ws, we) for bid, rows, ws, we in session.execute(query) if bid != exclude_batch]
+
+
+def is_rerun(ledger_url: str, batch_id: int) -> bool:
+    """True when batch `batch_id` belongs to a run of a billing date that this server already
+    committed a batch for (a rerun): an empty batch then means "nothing new since", not an empty
+    night, and is not judged (no volume or empty-batch warning)."""
+    this_run, other_run = aliased(Run), aliased(Run)
+    other = aliased(ExtractionBatch)
+    with session_scope(ledger_url) as session:
+        query = (
+            select(other.id)
+            .join(other_run, other.run_id == other_run.id)
+            .join(ExtractionBatch, ExtractionBatch.id == batch_id)
+            .join(this_run, ExtractionBatch.run_id == this_run.id)
+            .where(other.server == ExtractionBatch.server, other.status == "committed", other.id != batch_id,
+                   other_run.billing_date == this_run.billing_date, other_run.dry_run.is_(False))
+            .limit(1)
+        )
+        return session.scalar(query) is not None

@@ -121,7 +121,8 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
         statements_task(settings, day, run_id, return_state=True)  # a failure is logged; the billing stands
     uncertain = outstanding_uncertain_task(settings)
     summary: RunSummary = report_task(day, dry_run, lines, rated_path, requeued, record, posting, uncertain,
-                                      reconciled, services=services.to_json() if services.enabled else None)
+                                      reconciled, services=services.to_json() if services.enabled else None,
+                                      settings=settings, run_id=run_id)
     data = summary.to_json()
     finish_run_task(settings, run_id, summary.status, data)
     logger.info("billing date %s: %s", day, summary.status)

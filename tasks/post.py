@@ -29,7 +29,7 @@ from autobill.ledger.charges import (
     surface_interrupted,
 )
 from autobill.ledger.models import Charge
-from autobill.money import round_minor
+from autobill.money import format_amounts, round_minor
 from connectors.whmcs import WhmcsClient, WhmcsError, WhmcsUncertainError
 
 QUANTITY = Decimal(1)  # the amount is the line total; minutes are in the description (WHMCS qty is 999.99 max)
@@ -196,6 +196,6 @@ def post_pending_task(settings: Settings, kind: str | None = None) -> PostingRep
         for c in clients:
             c.close()
     update_progress_artifact(artifact, 100.0, description=f"done: {report.posted} posted")
-    logger.info("posted %s charge(s) %s; %s uncertain; %s failed", report.posted, report.amount_posted,
+    logger.info("posted %s charge(s) (%s); %s uncertain; %s failed", report.posted, format_amounts(report.amount_posted),
                 len(report.uncertain), len(report.failed))
     return report

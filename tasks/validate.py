@@ -47,7 +47,7 @@ from data_quality.quarantine import record_quarantine, requeue_released
 from data_quality.report import render_markdown, write_report
 from data_quality.rules import DUPLICATE_COLUMN, RowCheck, check_rows
 from data_quality.suites import BatchReport, batch_report
-from data_quality.volume import Sample, volume_check, volume_history
+from data_quality.volume import Sample, is_rerun, volume_check, volume_history
 
 __all__ = [
     "BatchRejected", "ValidationOutcome", "validate_batch", "validate_requeued", "requeue_released",
@@ -85,6 +85,7 @@ class ValidationOutcome:
     markdown_path: Path
     markdown: str = field(repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
+    rerun: bool = False  # an empty batch of a date this server already billed: not judged
 
     def summary(self) -> dict:
         out = asdict(self)
@@ -157,14 +158,19 @@ def validate_batch(settings: Settings, batch_id: int, run_id: int | None = None,
     seconds["rules"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    history = volume_history(settings.ledger, server, now, settings.validation.volume_history_days, batch_id)
-    volume = volume_check(Sample(cdrs.height, *window), history, settings.validation.volume_drop_fraction)
-    report = batch_report(cdrs, settings, server, batch_id, volume)
+    rerun = cdrs.height == 0 and is_rerun(settings.ledger, batch_id)
+    report = None  # a rerun with nothing new is not judged: no "empty night" warning
+    if not rerun:
+        history = volume_history(settings.ledger, server, now, settings.validation.volume_history_days, batch_id)
+        volume = volume_check(Sample(cdrs.height, *window), history, settings.validation.volume_drop_fraction)
+        report = batch_report(cdrs, settings, server, batch_id, volume)
     seconds["suite"] = time.perf_counter() - t0
 
     decision = decide(check, report, settings)
-    outcome = _finish(settings, f"batch-{batch_id}", f"{server} batch {batch_id}", server, batch_id, cdrs, check,
-                      report, decision, run_id, seconds)
+    title = f"{server} batch {batch_id}" + (" (rerun of a billed date: no new CDRs)" if rerun else "")
+    outcome = _finish(settings, f"batch-{batch_id}", title, server, batch_id, cdrs, check, report, decision, run_id,
+                      seconds)
+    outcome.rerun = rerun
     if not decision.accepted:
         reject_batch(settings, batch_id, "validation: " + "; ".join(decision.reasons))
         raise BatchRejected(server, decision.reasons, outcome)
@@ -197,15 +203,16 @@ def _artifact_key(text: str) -> str:
 
 
 def publish(outcome: ValidationOutcome) -> None:
-    """The report as a markdown artifact (versioned per server) and a link to the files."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+    """The report as one markdown artifact of tables (versioned per server). No file:// link: a
+    browser on another machine cannot open the worker's disk; the files' paths are given as text."""
+    from prefect.artifacts import create_markdown_artifact
 
     key = _artifact_key(f"validation-{outcome.server or 'requeued'}")
     state = "accepted" if outcome.accepted else "REJECTED"
-    create_markdown_artifact(outcome.markdown, key=key,
+    where = (f"\n_Files on the worker: `{outcome.markdown_path.absolute()}` and "
+             f"`{outcome.report_path.absolute()}` (JSON)._\n")
+    create_markdown_artifact(outcome.markdown + where, key=key,
                              description=f"{outcome.label}: {state}, {outcome.quarantined} quarantined")
-    create_link_artifact(outcome.markdown_path.absolute().as_uri(), link_text=f"{outcome.label} report (markdown)",
-                         key=f"{key}-file", description=f"JSON result: {outcome.report_path.absolute()}")
 
 
 @task(name="validate-batch", cache_policy=NO_CACHE, retries=0)
@@ -221,6 +228,9 @@ def validate_batch_task(settings: Settings, batch_id: int, run_id: int | None = 
         logger.error("%s", exc)
         raise
     publish(outcome)
+    if outcome.rerun:
+        logger.info("%s: %s: no new CDRs since this date was billed", outcome.label, outcome.server)
+        return outcome
     logger.info("%s: %s rows, %s good, %s quarantined, %s duplicates", outcome.label, outcome.rows,
                 outcome.good, outcome.quarantined, outcome.duplicates)
     for warning in outcome.warnings:

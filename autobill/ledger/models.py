@@ -35,6 +35,8 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     summary: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)  # where the run's process runs
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # its pid: gone => interrupted
 
 
 class ServerWatermark(Base):

@@ -5,6 +5,8 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from autobill.money import MoneyError, format_cost, round_cost, round_minor, to_decimal
 from autobill.timeutil import day_bounds_utc, period_bounds, yesterday
@@ -54,3 +56,33 @@ def test_period_bounds():
     assert period_bounds(date(2026, 11, 21), 1) == (date(2026, 11, 1), date(2026, 12, 1))
     assert period_bounds(date(2026, 12, 3), 15) == (date(2026, 11, 15), date(2026, 12, 15))
     assert period_bounds(date(2027, 1, 20), 15) == (date(2027, 1, 15), date(2027, 2, 15))
+
+
+@given(st.decimals(min_value=-10**9, max_value=10**9, places=6, allow_nan=False, allow_infinity=False),
+       st.sampled_from(["USD", "CAD", "JPY", "KWD"]))
+def test_format_money_is_exact_and_shows_the_minor_unit(value, currency):
+    from autobill.money import format_money, minor_units
+
+    text = format_money(value, currency)
+    number, code = text.split(" ")
+    assert code == currency and Decimal(number) == value  # nothing rounded away for display
+    decimals = len(number.split(".")[1]) if "." in number else 0
+    assert decimals >= minor_units(currency)
+
+
+def test_format_money_examples():
+    from autobill.money import format_amounts, format_money
+
+    assert format_money(Decimal("354"), "usd") == "354.00 USD"
+    assert format_money(Decimal("0.300001"), "USD") == "0.300001 USD"
+    assert format_amounts({"USD": Decimal("1"), "CAD": Decimal("2.5")}) == "2.50 CAD, 1.00 USD"
+    assert format_amounts({}) == "nothing"
+
+
+def test_local_run_name_reads_in_local_time_across_dst():
+    from autobill.timeutil import local_run_name
+
+    assert local_run_name("autosuspend", TORONTO, datetime(2026, 11, 20, 19, 5, tzinfo=UTC)) == \
+        "autosuspend-2026-11-20-14:05-EST"
+    assert local_run_name("autosuspend", TORONTO, datetime(2026, 7, 1, 4, 0, tzinfo=UTC)) == \
+        "autosuspend-2026-07-01-00:00-EDT"

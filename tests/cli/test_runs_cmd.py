@@ -129,3 +129,40 @@ def test_prefect_logging_yaml_adds_the_file_handler_to_every_run_log(tmp_path):
     assert handler["filename"].endswith("/logs/autobill.log") and "$" not in handler["filename"]
     assert "autobill_file" in config["root"]["handlers"]
     assert config["loggers"]["prefect.flow_runs"].get("propagate", True)  # reaches the root handler
+
+
+def test_a_run_whose_process_died_shows_as_interrupted(tmp_path):
+    import subprocess
+    import sys
+
+    from autobill.ledger.db import session_scope, upgrade
+    from autobill.ledger.models import Run
+    from autobill.ledger.runs import HOST, run_history, start_run
+    from autobill.timeutil import utc_now
+    from cli import app
+
+    cfg = tmp_path / "autobill.yaml"
+    cfg.write_text("timezone: America/Toronto\nledger_url: sqlite:///ledger.db\n")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    from autobill.config import load_settings
+
+    settings = load_settings(cfg)
+    alive = start_run(settings, "nightly", date(2026, 11, 20))  # this process: still running
+    dead_proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_proc.wait()
+    with session_scope(url) as s:  # a run started by a process that has exited since
+        s.add(Run(kind="nightly", billing_date=date(2026, 11, 21), dry_run=False, status="running",
+                  started_at=utc_now(), host=HOST, pid=dead_proc.pid))
+        s.add(Run(kind="nightly", billing_date=date(2026, 11, 22), dry_run=False, status="running",
+                  started_at=utc_now(), host="another-host", pid=dead_proc.pid))  # cannot tell: stays running
+    status = {h["billing_date"].day: h["status"] for h in run_history(settings)}
+    assert status == {20: "running", 21: "interrupted", 22: "running"}
+    assert [h["id"] for h in run_history(settings) if h["status"] == "running"][-1] == alive
+    result = CliRunner().invoke(app, ["runs", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "interrupted" in result.output and "1 interrupted run(s)" in result.output
+    assert "never finished: its process died" in result.output  # the durations report says so at once
+    assert "3 runs" in result.output
+    few = CliRunner().invoke(app, ["runs", "-c", str(cfg), "--limit", "1"])
+    assert "1 of 3 runs (--all shows every row)" in few.output

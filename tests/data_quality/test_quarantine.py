@@ -140,7 +140,9 @@ def _run(*args):
 def test_cli_list_show_release_round_trip(cli_config):
     settings, config = cli_config
     text = _run("quarantine", "list", "-c", config)
-    assert "4 row(s): malformed_key 1, negative_billsec 1, unknown_service 2" in text
+    assert "4 quarantined rows" in text and "by rule: malformed_key 1, negative_billsec 1, unknown_service 2" in text
+    header = next(line for line in text.splitlines() if "status" in line).split()
+    assert header[:5] == ["id", "status", "server", "date", "rule"]  # a table with headers
 
     rows = [json.loads(line) for line in _run("quarantine", "list", "-c", config, "--rule", "unknown_service",
                                               "--json").splitlines()]
@@ -180,5 +182,6 @@ def test_cli_errors(cli_config):
 
 def test_cli_list_says_when_it_is_cut(cli_config):
     _, config = cli_config
-    assert "2 row(s) (the first 2; --limit 0 shows all)" in _run("quarantine", "list", "-c", config, "--limit", "2")
-    assert "4 row(s):" in _run("quarantine", "list", "-c", config, "--limit", "0")
+    assert "2 of 4 quarantined rows (--all shows every row)" in _run("quarantine", "list", "-c", config, "--limit", "2")
+    assert "4 quarantined rows\n" in _run("quarantine", "list", "-c", config, "--all")
+    assert len(_run("quarantine", "list", "-c", config, "--limit", "1", "--json").splitlines()) == 1

@@ -262,3 +262,38 @@ def test_cron_that_ran_before_the_charge_became_uncertain_decides_nothing(env):
     second = env.run(D1)
     assert second["uncertain"] == [key] and second["reconcile_undecided"] == 1 and second["charges_posted"] == 0
     assert not [i for i in env.sandbox.billable_items() if key in i["description"]]  # not re-posted
+
+
+def _artifacts(flow_run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in artifacts}
+
+
+def test_summary_artifact_and_a_quiet_rerun(env):
+    from flows.autobill import nightly
+
+    env.drop(D1)
+    first = nightly(billing_date=D1, config_path=str(env.config_path), return_state=True)
+    arts = _artifacts(str(first.state_details.flow_run_id))
+    summary = arts["autobill-run-summary"].data
+    posted = sum((c.amount for c in env.charges() if c.state == "posted"), Decimal(0))
+    # Totals first, money as "1.73 USD", the charts inline (PNG data URIs), no Python reprs.
+    assert summary.splitlines()[4] == f"| **Posted to WHMCS** | **{posted:.2f} USD** |"
+    assert "![Nightly trend" in summary and "](data:image/png;base64," in summary
+    assert "![Volume per server](data:image/png;base64," in summary
+    assert "Decimal(" not in summary
+    clients = arts["autobill-client-totals"].data
+    assert '"client": "Test Client"' in clients and f'"amount": "{posted:.2f} USD"' in clients  # WHMCS names; total
+
+    again = nightly(billing_date=D1, config_path=str(env.config_path), return_state=True)
+    arts = _artifacts(str(again.state_details.flow_run_id))
+    for server in ("file-1", "file-2"):  # a rerun with no new calls is not judged as an "empty night"
+        report = arts[f"validation-{server}"].data
+        assert "rerun of a billed date: no new CDRs" in report and "## Warnings" not in report
+        assert "volume" not in report.lower()
+    assert len(env.sandbox.billable_items()) == len([c for c in env.charges() if c.state == "posted"])

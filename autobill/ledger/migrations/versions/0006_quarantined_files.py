@@ -4,8 +4,8 @@ Why: a file that cannot be read (empty, not UTF-8, wrong columns, broken parquet
 with a log line while the run ended green. It is now recorded here (server, sha256, name, reason,
 run), counted in the run summary (the run ends partial), and not read again while unchanged.
 
-Revision ID: 0003
-Revises: 0004 (main's head when this branch was rebased)
+Revision ID: 0006
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from alembic import op
 
 import autobill.ledger.types
 
-revision = "0003"
-down_revision = "0009"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

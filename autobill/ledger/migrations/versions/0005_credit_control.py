@@ -4,7 +4,7 @@ Why: autosuspend counts today's calls against prepaid credit (intraday_usage, re
 of its own so the nightly's never moves), the toll-fraud guard records what it suspended and the
 calls that tripped it (fraud_holds), and low-balance alerts remember each level alerted.
 
-Revision ID: 0009
+Revision ID: 0005
 Revises: 0004
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 
 from autobill.ledger.types import ExactDecimal, UTCDateTime
 
-revision = "0009"
-down_revision = "0007"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

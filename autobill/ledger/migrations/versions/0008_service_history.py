@@ -1,7 +1,7 @@
 """services from WHMCS: claim history, the services last read, and the syncs (issue 14)
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0008
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from alembic import op
 
 from autobill.ledger.types import UTCDateTime
 
-revision = "0005"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -7,8 +7,8 @@ points at the charge it corrects and at the re-rate that made it (who, when, why
 versions). `correction_cdrs` holds, per re-rated CDR, its previous and new price: the link from
 a correction to its calls, and the CDR's current price is its latest row there.
 
-Revision ID: 0006
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from alembic import op
 
 from autobill.ledger.types import ExactDecimal, UTCDateTime
 
-revision = "0006"
-down_revision = "0003"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -4,7 +4,7 @@ Why: the nightly run settles uncertain charges from WHMCS's invoices (or its dat
 must be explainable later (which invoices were read, what the last daily cron was), and an
 operator's verdict is kept the same way.
 
-Revision ID: 0004
+Revision ID: 0003
 Revises: 0002
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 
 import autobill.ledger.types
 
-revision = "0004"
+revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None

@@ -4,8 +4,8 @@ Why: a client who disputes calls must see them held (not yet billed) or credited
 billed) with who, when and why on record (issue 17). `billed_cdrs` gains an index on
 (billing_date, run_id): statements find the runs that billed a period without scanning the table.
 
-Revision ID: 0007
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from alembic import op
 
 from autobill.ledger.types import ExactDecimal, UTCDateTime
 
-revision = "0007"
-down_revision = "0004"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
