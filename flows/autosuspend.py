@@ -28,6 +28,7 @@ from autobill.ledger.runs import RunBusy
 from autobill.suspension.planning import CycleReport
 from autobill.timeutil import utc_now
 from tasks.intraday import intraday, intraday_task
+from tasks.services import refresh_services, refresh_services_task
 from tasks.suspend import (
     CycleContext,
     apply_cycle,
@@ -47,16 +48,17 @@ from tasks.suspend import (
     usage_task,
 )
 
-PLAIN_STEPS = SimpleNamespace(recover=recover, intraday=intraday, read=read, usage=usage, decide=decide_cycle,
+PLAIN_STEPS = SimpleNamespace(services=refresh_services, recover=recover, intraday=intraday, read=read, usage=usage, decide=decide_cycle,
                               apply=apply_cycle, finish=finish)
-TASK_STEPS = SimpleNamespace(recover=recover_task, intraday=intraday_task, read=read_task, usage=usage_task,
+TASK_STEPS = SimpleNamespace(services=refresh_services_task, recover=recover_task, intraday=intraday_task, read=read_task, usage=usage_task,
                              decide=decide_task, apply=apply_task, finish=finish_task)
 
 
 def cycle(ctx: CycleContext, steps: SimpleNamespace) -> CycleReport:
-    """recover -> intraday usage -> read WHMCS -> usage terms + fraud guard -> decide -> apply ->
-    record; a failure records the run as failed."""
+    """services from WHMCS -> recover -> intraday usage -> read WHMCS -> usage terms + fraud guard ->
+    decide -> apply -> record; a failure records the run as failed."""
     try:
+        ctx.settings = steps.services(ctx.settings, "autosuspend")  # who owns what, as WHMCS says now
         outcomes = steps.recover(ctx)
         today = steps.intraday(ctx.settings, ctx.now)
         result = steps.read(ctx)

@@ -103,6 +103,13 @@ def services_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"services": synced}) if synced else settings
 
 
+def refresh_services(settings: Settings, origin: str = "autosuspend") -> Settings:
+    """Sync the services from WHMCS (when enabled) and return the settings whose `services` are the
+    last successful sync's: what an autosuspend cycle manages (a failed sync keeps the last mapping)."""
+    sync_services(settings, origin)
+    return services_settings(settings)
+
+
 def conflict_rows(result: SyncResult) -> list[dict[str, Any]]:
     return [{"kind": c["kind"], "services": ", ".join(str(s) for s in c["service_ids"]) or "-",
              "detail": c["detail"]} for c in result.conflicts]
@@ -125,3 +132,6 @@ def sync_services_task(settings: Settings, origin: str = "nightly") -> SyncResul
     create_table_artifact(conflict_rows(result) or [{"kind": "-", "services": "-", "detail": "no conflicts"}],
                           key=CONFLICTS_ARTIFACT, description="Service mapping conflicts: their calls stay unrated")
     return result
+
+
+refresh_services_task = task(name="services-refresh", cache_policy=NO_CACHE)(refresh_services)

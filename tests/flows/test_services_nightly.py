@@ -15,7 +15,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from autobill.ledger.db import session_scope
+from autobill.ledger.db import session_scope, upgrade
 from autobill.ledger.models import UnratedCDR
 from sandboxes.generate import seed_whmcs_services, service_sync_section
 from sandboxes.whmcs import WhmcsSandbox
@@ -110,3 +110,25 @@ def test_a_conflict_waits_unrated_and_is_billed_once_after_the_fix(tmp_path, pre
         assert sum((b[3] for b in billed.values()), Decimal(0)) > 0
         assert _run(world, D2)["charges_posted"] == 0
         world.assert_exactly_once()
+
+
+def test_autosuspend_manages_the_services_read_from_whmcs(tmp_path):
+    """With no `services:` in the config, an autosuspend cycle syncs WHMCS first and manages what it
+    read there: an out-of-credit client's service is suspended (by module, the mode a service read
+    from WHMCS gets unless its product or field says otherwise), a client in credit is left alone."""
+    from flows.autosuspend import run_cycle
+
+    with WhmcsSandbox() as sandbox:
+        world = _world(tmp_path, sandbox, True)
+        assert yaml.safe_load(world.config_path.read_text())["services"] == []
+        clients = world.world.clients.unique("client_id", keep="first", maintain_order=True)
+        broke, fine = clients.row(0, named=True), clients.row(1, named=True)
+        for c in clients.iter_rows(named=True):
+            sandbox.set_credit(c["client_id"], "50.00")
+        sandbox.set_credit(broke["client_id"], "0.00")
+        upgrade(world.settings.ledger)
+        report = run_cycle(world.settings, actor="test")
+        done = {(o.decision.service_id, str(o.decision.action)) for o in report.outcomes if o.status == "done"}
+        assert (broke["service_id"], "suspend") in done
+        assert not any(sid == fine["service_id"] for sid, _ in done)
+        assert [c["serviceid"] for c in sandbox.module_calls()] == [broke["service_id"]]
