@@ -108,10 +108,13 @@ def register(app: typer.Typer) -> None:
                 r.update(reason=a.reason, requested_by=a.requested_by, requested_at=a.requested_at.isoformat(),
                          tariff_versions=json.loads(a.tariff_versions), old_versions=json.loads(a.old_versions))
             r["money"] = format_money(r["amount"], r["currency"])
-            if r["kind"] == "correction" and not as_json:  # shown beside the line it corrects
-                who = f"{r.get('requested_by') or ''} {(r.get('requested_at') or '')[:16]}: {r.get('reason') or ''}"
-                r["class"] = f"\u21b3 correction of #{r['corrects'] or '-'} {r['class']}"
-                r["key"] = f"{r['key']} ({who.strip()})"
+            if r["kind"] == "correction" and not as_json:  # shown right under the line it corrects
+                r["class"] = f"\u21b3 {r['class']}"
+        corrections = [
+            f"#{r['id']} correction of #{r['corrects'] or '-'}: {r['money']} by {r.get('requested_by') or '-'} "
+            f"at {(r.get('requested_at') or '')[:16]}: {r.get('reason') or '-'}"
+            for r in rows if r["kind"] == "correction"
+        ]
         total = sum(n for _, _, n, _ in sums)
         amounts: dict[str, Decimal] = {}
         for _, ccy, _, amount in sums:
@@ -120,6 +123,10 @@ def register(app: typer.Typer) -> None:
         print_listing(beside(rows), CHARGE_COLUMNS, title="Charges", total=total, as_json=as_json,
                       totals={"state": "total", "money": format_amounts(amounts, "0")},
                       notes=[f"by state: {by_state}"] if by_state else [])
+        if corrections and not as_json:  # who, when and why of each correction, one line each (never wrapped)
+            typer.echo("corrections (\u21b3 rows, each under the line it corrects):")
+            for line in corrections:
+                typer.echo(f"  {line}")
 
     @charges_app.command("reconcile")
     def reconcile_(

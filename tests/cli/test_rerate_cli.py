@@ -56,14 +56,16 @@ def test_rerate_cli_errors_preview_and_charges_list(world):
     done = run("rerate", "--from", str(D1), "--to", str(D1), "--reason", "USA rate doubled", "--by", "alice", *cfg)
     assert done.exit_code == 0 and "status completed" in done.output, done.output
     listing = run("charges", "list", *cfg).output.splitlines()
-    marks = [i for i, line in enumerate(listing) if "correction of #" in line]
-    assert marks and all("alice" in listing[i] and "USA rate doubled" in listing[i] for i in marks)
-    for i in marks:  # right under the line it corrects (or another correction of it)
-        corrected = listing[i].split("correction of #")[1].split()[0]
-        j = i - 1
-        while "correction of #" in listing[j]:
-            j -= 1
-        assert listing[j].split()[0] == corrected
+    marks = [line for line in listing if "correction of #" in line]
+    assert marks and all("alice" in line and "USA rate doubled" in line for line in marks)
+    rows = [json.loads(line) for line in run("charges", "list", "--json", *cfg).output.splitlines()]
+    assert sum(r["kind"] == "correction" for r in rows) == len(marks)
+    for i, r in enumerate(rows):  # right under the line it corrects (or another correction of it)
+        if r["kind"] == "correction":
+            j = i - 1
+            while rows[j]["kind"] == "correction":
+                j -= 1
+            assert rows[j]["id"] == r["corrects"]
     # Back to the archived version the day was billed with: the corrections are taken back.
     back = run("rerate", "--from", str(D1), "--to", str(D1), "--reason", "revert", "--tariff",
                f"retail@{version[:8]}", "--json", *cfg)
