@@ -14,6 +14,7 @@ import json
 import random
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -340,6 +341,10 @@ class Store:
         the item's description) on one new Unpaid invoice per client, dated the cron's local day;
         the run is written to the automation log. `at`: the local (naive) invocation time.
         Credit is not applied to the new invoices (WHMCS's Automatic Credit Use is not simulated)."""
+        if at is None:
+            # WHMCS records whole seconds: a cron invoked now is made to start on the next whole
+            # second, so everything that happened before this call is strictly earlier than its start.
+            time.sleep(1 - time.time() % 1)
         started = at or self.local_now()
         if started.tzinfo is not None:
             started = started.astimezone(self.tz).replace(tzinfo=None)
