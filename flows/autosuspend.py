@@ -116,7 +116,7 @@ def autosuspend(dry_run: bool = False, config_path: str | None = None) -> dict[s
         return {"status": "busy", "message": str(exc)}
     report = cycle(ctx, TASK_STEPS)
     publish_task(report)
-    logger.info("autosuspend: %s", report.summary())
+    logger.info("autosuspend %s", report.log_line())
     return report.summary()
 
 

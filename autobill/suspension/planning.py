@@ -249,6 +249,14 @@ class CycleReport:
             "seconds": round((self.finished_at - self.started_at).total_seconds(), 3) if self.finished_at else None,
         }  # fmt: skip
 
+    def log_line(self) -> str:
+        """The cycle in one readable line (logs): no Python reprs."""
+        s = self.summary()
+        decided = ", ".join(f"{k} {v}" for k, v in s["decisions"].items()) or "nothing to decide"
+        return (f"{s['status']}{' (dry run)' if self.dry_run else ''}: {s['services']} services "
+                f"({s['clients_read']} clients read, {s['unreadable_clients']} unreadable); {decided}; "
+                f"applied {s['applied']}, failed or pending {s['failed']}; {s['seconds']} s")
+
     def to_json(self) -> dict[str, Any]:
         return {**self.summary(), "changes": self.changed_rows() if not self.dry_run else [],
                 "would_change": [_decision_row(d) for d in self.decisions if d.changes] if self.dry_run else []}  # fmt: skip
