@@ -21,22 +21,9 @@ from connectors.whmcs import WhmcsClient
 from sandboxes.generate import tariff_frame
 from tasks.post import post_pending
 from tests.support.statements import StatementWorld
-from tests.support.whmcs import new_sandbox
 
 D1, D2, D3 = date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)
 CENT = Decimal("0.01")
-
-
-@pytest.fixture
-def sandbox():
-    with new_sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture(autouse=True)
-def _whmcs_env(monkeypatch):
-    for k, v in StatementWorld.env().items():
-        monkeypatch.setenv(k, v)
 
 
 def _rows(settings, model, *where):

@@ -32,18 +32,6 @@ from tests.support.whmcs import new_sandbox
 D1, D2, D3 = date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)
 
 
-@pytest.fixture
-def sandbox():
-    with new_sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture(autouse=True)
-def _whmcs_env(monkeypatch):
-    for k, v in StatementWorld.env().items():
-        monkeypatch.setenv(k, v)
-
-
 def _ledger(settings):
     with session_scope(settings.ledger) as s:
         charges = s.scalars(select(Charge)).all()

@@ -24,27 +24,13 @@ from pathlib import Path
 import pytest
 
 from cli.local_prefect import free_port
+from tests.support.browser import chromium_binary
 from tests.support.ops import ROOT
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1000", "--virtual-time-budget=15000"]
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if IN_CI:  # CI must run this test: install Debian's chromium (the container runs as root)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env, timeout=600)
-        found = shutil.which("chromium")
-        if not found:
-            pytest.fail("chromium is required under CI=true and `apt-get install -y chromium` did not provide it")
-        return found
-    pytest.skip("chromium not installed (apt-get install -y chromium); required under CI=true")
 
 
 def _chrome(binary: str, url: str, *, screenshot: Path | None = None) -> str:
@@ -77,7 +63,7 @@ def _processes_with(text: str) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_demo_keeps_the_ui_up_shows_deployments_and_a_completed_run_with_artifacts_then_stops(tmp_path):
-    chromium = _chromium()
+    chromium = chromium_binary()
     workdir = tmp_path / "demo"
     port = free_port()
     log = tmp_path / "demo.out"

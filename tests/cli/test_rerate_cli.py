@@ -11,18 +11,15 @@ from typer.testing import CliRunner
 
 from cli import app
 from sandboxes.generate import tariff_frame
-from sandboxes.whmcs import WhmcsSandbox
-from tests.support.ops import WHMCS_ENV, BillingWorld
+from tests.support.ops import whmcs_world
 
 D1 = date(2026, 11, 18)
 
 
 @pytest.fixture
 def world(tmp_path, prefect_harness, monkeypatch):
-    for k, v in WHMCS_ENV.items():
-        monkeypatch.setenv(k, v)
-    with WhmcsSandbox() as sandbox:
-        yield BillingWorld(tmp_path, sandbox, D1, D1, clients=4, servers=1, calls_per_day=20)
+    with whmcs_world(tmp_path, monkeypatch, D1, D1, clients=4, servers=1, calls_per_day=20) as w:
+        yield w
 
 
 def run(*args: str):

@@ -18,9 +18,8 @@ from sqlalchemy import func, select
 
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Charge, ExtractionBatch, QuarantinedFile, QuarantinedRow, Run
-from sandboxes.whmcs import WhmcsSandbox
 from tests.support import closed_port
-from tests.support.ops import WHMCS_ENV, BillingWorld
+from tests.support.ops import BillingWorld, whmcs_world
 
 pytestmark = [pytest.mark.flow]
 D1 = date(2026, 11, 18)
@@ -28,10 +27,8 @@ D1 = date(2026, 11, 18)
 
 @pytest.fixture
 def world(tmp_path, prefect_harness, monkeypatch):
-    for k, v in WHMCS_ENV.items():
-        monkeypatch.setenv(k, v)
-    with WhmcsSandbox() as sb:
-        yield BillingWorld(tmp_path, sb, D1, D1, clients=4, servers=1)
+    with whmcs_world(tmp_path, monkeypatch, D1, D1, clients=4, servers=1) as w:
+        yield w
 
 
 def _run(world: BillingWorld, **kw):

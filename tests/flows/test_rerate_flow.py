@@ -28,8 +28,7 @@ from autobill.mapping import assign_services
 from autobill.money import round_minor
 from autobill.rating.billing import load_tariffs, rate_for_billing
 from sandboxes.generate import tariff_frame
-from sandboxes.whmcs import WhmcsSandbox
-from tests.support.ops import ROOT, WHMCS_ENV, BillingWorld
+from tests.support.ops import ROOT, BillingWorld, whmcs_world
 
 pytestmark = [pytest.mark.flow]
 D1 = date(2026, 11, 18)
@@ -37,10 +36,8 @@ D1 = date(2026, 11, 18)
 
 @pytest.fixture
 def world(tmp_path, prefect_harness, monkeypatch):
-    for k, v in WHMCS_ENV.items():
-        monkeypatch.setenv(k, v)
-    with WhmcsSandbox() as sandbox:
-        yield BillingWorld(tmp_path, sandbox, D1, D1, clients=6, servers=2, calls_per_day=25)
+    with whmcs_world(tmp_path, monkeypatch, D1, D1, clients=6, servers=2, calls_per_day=25) as w:
+        yield w
 
 
 def set_tariff(world: BillingWorld, changes: dict[str, tuple[str, int]]) -> None:

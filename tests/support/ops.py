@@ -8,6 +8,8 @@ to read back what the ledger and WHMCS hold, so each test can assert exactly-onc
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -168,3 +170,14 @@ class BillingWorld:
 
 def summary_for(settings, flow_run_id: str) -> dict[str, Any] | None:
     return run_summary(settings, flow_run_id)
+
+
+@contextmanager
+def whmcs_world(tmp_path: Path, monkeypatch: Any, first: date, last: date, **kw: Any) -> Iterator[BillingWorld]:
+    """A BillingWorld on a fresh WHMCS sandbox, with the WHMCS secrets in the environment (for fixtures)."""
+    from sandboxes.whmcs import WhmcsSandbox
+
+    for k, v in WHMCS_ENV.items():
+        monkeypatch.setenv(k, v)
+    with WhmcsSandbox() as sandbox:
+        yield BillingWorld(tmp_path, sandbox, first, last, **kw)
