@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from autobill.money import format_amounts, format_money
-from cli.common import ConfigOption, check_choice, fail, parse_day, settings_or_exit
+from cli.common import ConfigOption, check_choice, fail, parse_day, settings_or_exit, usage
 from cli.tables import DEFAULT_LIMIT, AllOption, Column, JsonOption, LimitOption, print_listing, row_limit
 
 CHARGE_STATES = ("pending", "posting", "posted", "uncertain", "zero")
@@ -149,23 +149,25 @@ def register(app: typer.Typer) -> None:
         if not refs:
             _list_uncertain(settings)
             return
-        if posted is None:
-            raise fail("say what you found in WHMCS: --posted (with --billable-id) or --not-posted")
-        ids = billable_id or []
-        if posted and len(ids) != len(refs):
-            raise fail(f"--posted needs one --billable-id per charge, in order ({len(refs)} charge(s), "
-                       f"{len(ids)} id(s))")
-        if not posted and ids:
-            raise fail("--billable-id goes with --posted")
         from autobill.ledger.charges import ReconcileError, find_charge, reconcile
 
-        try:  # every reference is checked before any is settled
-            for ref in refs:
-                if find_charge(settings, ref).state != "uncertain":
-                    raise ReconcileError(f"charge {ref} is {find_charge(settings, ref).state}, not uncertain: "
-                                         "nothing to reconcile")
-        except ReconcileError as exc:
-            raise fail(str(exc)) from None
+        found = {}
+        for ref in dict.fromkeys(refs):  # an unknown id or key is bad usage, like any unknown id
+            try:
+                found[ref] = find_charge(settings, ref)
+            except ReconcileError as exc:
+                raise usage(f"{exc} (see `autobill charges list` or `autobill charges reconcile`)") from None
+        if posted is None:
+            raise usage("say what you found in WHMCS: --posted (with --billable-id) or --not-posted")
+        ids = billable_id or []
+        if posted and len(ids) != len(refs):
+            raise usage(f"--posted needs one --billable-id per charge, in order ({len(refs)} charge(s), "
+                        f"{len(ids)} id(s))")
+        if not posted and ids:
+            raise usage("--billable-id goes with --posted")
+        for ref, charge in found.items():  # every reference is checked before any is settled
+            if charge.state != "uncertain":
+                raise fail(f"charge {ref} is {charge.state}, not uncertain: nothing to reconcile")
         for i, ref in enumerate(refs):
             try:
                 charge = reconcile(settings, ref, posted=posted, billable_id=ids[i] if posted else None, note=note)

@@ -1,4 +1,5 @@
-"""`autobill quarantine list|show|release`: see the CDRs validation held back, and let them go.
+"""`autobill quarantine list|show|release|files`: see the CDRs validation held back, and let them go;
+list the drop files quarantined whole.
 
 A quarantined row is never billed until released; releasing only re-queues it: the next
 nightly run validates it again (with today's config) and rates it if it now passes. Imports
@@ -13,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ConfigOption, check_choice, settings_or_exit, usage
+from cli.common import ConfigOption, check_choice, check_servers, settings_or_exit, usage
 from cli.tables import DEFAULT_LIMIT, AllOption, Column, JsonOption, LimitOption, print_listing, row_limit
 
 QUARANTINE_COLUMNS = (
@@ -21,6 +22,12 @@ QUARANTINE_COLUMNS = (
     Column("billing_date", "date"), Column("rule", "rule"), Column("cdr_key", "cdr key", max_width=30),
     Column("reason", "reason", max_width=50),
 )
+
+FILE_COLUMNS = (
+    Column("name", "file", max_width=40), Column("server", "server"), Column("hash", "sha256"),
+    Column("reason", "reason", max_width=50), Column("first_seen", "first seen (UTC)"),
+)
+SHORT_HASH = 12  # hex digits of the sha256 shown in the table (--json gives all 64)
 
 quarantine_app = typer.Typer(help="CDRs held back by validation (issue #5).", no_args_is_help=True)
 
@@ -110,5 +117,30 @@ def register(app: typer.Typer) -> None:
             who = "operator"
         count = release(settings, ids=ids or (), rule=rule, server=server, by=who)
         typer.echo(f"released {count} row(s); the next nightly run validates them again")
+
+    @quarantine_app.command("files")
+    def files_(
+        config: ConfigOption = None,
+        server: Annotated[str | None, typer.Option(help="Only this server.")] = None,
+        limit: LimitOption = DEFAULT_LIMIT,
+        show_all: AllOption = False,
+        as_json: JsonOption = False,
+    ) -> None:
+        """List drop-folder files quarantined whole (unreadable), oldest first: name, server, hash,
+        reason, first seen. A file is read again once its content changes (a new hash)."""
+        from autobill.ledger.batches import quarantined_files
+
+        settings = _settings(config)
+        check_servers(settings, [server] if server else None)
+        files = quarantined_files(settings, server)
+        shown = files[: row_limit(limit, show_all)]
+        if as_json:
+            print_listing(shown, FILE_COLUMNS, title="Quarantined files", total=len(files), as_json=True)
+            return
+        rows = [{**f, "hash": f["sha256"][:SHORT_HASH], "first_seen": f["created_at"][:19].replace("T", " "),
+                 "reason": f["reason"].removeprefix(f"{f['name']}: ")} for f in shown]
+        print_listing(rows, FILE_COLUMNS, title="Quarantined files", total=len(files),
+                      notes=["fix the file (its content changes, so its hash does) and the next run reads it"]
+                      if files else [])
 
     app.add_typer(quarantine_app, name="quarantine")

@@ -21,7 +21,11 @@ Why it looks the way it does:
 Row rules (decided here; the tests hold them):
 - A row that cannot be parsed (bad date, bad duration, wrong number of fields, unknown direction)
   is kept, with nulls in the fields that failed and the original row in `source_row`, so the
-  validation step quarantines it with a reason instead of it disappearing.
+  validation step quarantines it with a reason instead of it disappearing. A date or duration
+  that is there but does not parse, and a wrong field count, put the reason in
+  `source_row["_error"]` (`start "June first" is not a date (DateTime, format ...)`): validation
+  quarantines the row as `unreadable_row` with it. An empty date or duration stays
+  missing_start / missing_billsec.
 - `cdr_key` is `<server>:<CallID>`. Without a CallID (column not mapped, or empty in a row) it is
   `<server>:row-<24 hex>`: the SHA-256 of the row's mapped raw values (start, src, dst, direction,
   duration, stripped, in that order). It is stable across re-downloads of a cumulative file;
@@ -53,7 +57,7 @@ import requests
 from autobill.cdr import CDR_SCHEMA, cdr_key, conform
 from autobill.config import LesNetFormat, LesNetServer
 from autobill.numbering import normalise_expr
-from connectors.base import Extracted, SourceError
+from connectors.base import Extracted, SourceError, with_problem
 
 DEFAULT_COLUMNS: dict[str, str] = {
     "call_id": "CallID",
@@ -166,9 +170,36 @@ def _start_expr(raw: pl.Expr, fmt: LesNetFormat) -> pl.Expr:
         return s.str.strptime(pl.Datetime("us"), fmt.timestamp_format, strict=False).dt.convert_time_zone(
             "UTC"
         )
-    naive = s.str.strptime(pl.Datetime("us"), fmt.timestamp_format, strict=False)
-    local = naive.dt.replace_time_zone(fmt.timezone, ambiguous="earliest", non_existent="null")
+    local = _naive_start(raw, fmt).dt.replace_time_zone(fmt.timezone, ambiguous="earliest", non_existent="null")
     return local.dt.convert_time_zone("UTC")
+
+
+def _naive_start(raw: pl.Expr, fmt: LesNetFormat) -> pl.Expr:
+    return raw.str.strip_chars().str.strptime(pl.Datetime("us"), fmt.timestamp_format, strict=False)
+
+
+def _problems(frame: pl.DataFrame, start: pl.Expr, billsec: pl.Expr, fmt: LesNetFormat,
+              cmap: dict[str, str]) -> pl.Expr:
+    """Why a row's date or duration cannot be read (null when both can, or are empty)."""
+    def given(key: str) -> pl.Expr:
+        return pl.col(key).str.strip_chars().replace("", None).is_not_null()
+
+    def shown(key: str) -> pl.Expr:
+        return pl.lit('"') + pl.col(key).str.strip_chars().str.slice(0, 60) + pl.lit('"')
+
+    zoned = "%z" in fmt.timestamp_format or "%:z" in fmt.timestamp_format
+    gap = pl.lit(False) if zoned else _naive_start(pl.col("start"), fmt).is_not_null()
+    checks = [
+        pl.when(given("start") & start.is_null() & gap).then(pl.format(
+            "start {} does not exist in {} (the clocks skip it)", shown("start"), pl.lit(fmt.timezone))),
+        pl.when(given("start") & start.is_null() & ~gap).then(pl.format(
+            "start {} is not a date ({}, format {})", shown("start"), pl.lit(cmap["start"]),
+            pl.lit(fmt.timestamp_format))),
+        pl.when(given("billsec") & billsec.is_null()).then(pl.format(
+            "duration {} is not a duration ({}: seconds, M:SS or H:MM:SS)", shown("billsec"),
+            pl.lit(cmap["billsec"]))),
+    ]
+    return pl.concat_str(checks, separator="; ", ignore_nulls=True).replace("", None)
 
 
 def parse_lesnet(text: str, fmt: LesNetFormat | None, server_cfg: LesNetServer) -> pl.DataFrame:
@@ -205,7 +236,7 @@ def parse_lesnet(text: str, fmt: LesNetFormat | None, server_cfg: LesNetServer) 
     if not frames:
         return conform(pl.DataFrame(schema=CDR_SCHEMA))
     frame = pl.concat(frames, how="vertical").sort("_line").drop("_line")
-    return _canonical(frame, fmt, dmap, server_cfg)
+    return _canonical(frame, fmt, dmap, server_cfg, cmap)
 
 
 def _good_rows(
@@ -279,7 +310,7 @@ def _unique_names(header: list[str]) -> list[str]:
 
 
 def _canonical(
-    frame: pl.DataFrame, fmt: LesNetFormat, dmap: dict[str, str], cfg: LesNetServer
+    frame: pl.DataFrame, fmt: LesNetFormat, dmap: dict[str, str], cfg: LesNetServer, cmap: dict[str, str]
 ) -> pl.DataFrame:
     num = cfg.numbering
     blank_to_null = {k: pl.col(k).str.strip_chars().replace("", None) for k in ("src", "dst", "direction")}
@@ -304,6 +335,7 @@ def _canonical(
         end_utc=start + pl.duration(seconds=billsec),
         billsec=billsec,
         hangup_cause=pl.lit(None, dtype=pl.String),
+        source_row=with_problem(pl.col("source_row"), _problems(frame, start, billsec, fmt, cmap)),
     )
     return conform(out)
 

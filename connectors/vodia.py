@@ -24,14 +24,22 @@ How a call becomes one row: legs are grouped by PrimaryCallID (CallID when absen
 twice (same CallID, e.g. on two pages) counts once, and the billing leg is the trunk leg
 (TrunkName set): the outbound (O) one first -- an inbound call forwarded off-net is billed as
 outbound, like FusionPBX does -- else the inbound (I) one; a call without any trunk leg is
-`local`. billsec = floor(EndTime - ConnectTime). Rows whose times do not parse keep nulls and go
-to quarantine. The client never retries (the Prefect task does), except one re-login on a 401.
+`local`. billsec = floor(EndTime - ConnectTime).
+
+Bad records never fail the server (issue #12): a listed record that is not a JSON object becomes
+a row of its own (key `<server>:row-<sha256 of domain and record>`, the record kept raw in
+`source_row`), and a time that does not parse (`"later"`, `true`, NaN, a negative or
+out-of-range epoch) is null with the reason in `source_row["_error"]` (`start "later" is not a
+date (StartTime)`); validation quarantines both as `unreadable_row`, the rest of the batch goes
+on. A connect time after the end time gives a negative billsec, quarantined as
+answer_after_end. The client never retries (the Prefect task does), except one re-login on a 401.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -45,7 +53,7 @@ import requests
 from autobill.cdr import cdr_key, conform
 from autobill.config import VodiaServer
 from autobill.numbering import normalise_expr
-from connectors.base import Extracted, SourceError
+from connectors.base import PROBLEM_KEY, Extracted, SourceError
 
 # Canonical key -> Vodia field name. Override any of them with `VodiaServer.cdr_fields`.
 DEFAULT_FIELDS: dict[str, str] = {
@@ -69,6 +77,10 @@ QUERY_FROM, QUERY_TO, QUERY_OFFSET, QUERY_COUNT = "from", "to", "start", "count"
 # call that ended inside the window is seen; the rows are filtered on their end time here.
 QUERY_LOOKBACK = timedelta(hours=6)
 MAX_PAGES = 100_000
+# Epoch seconds above this do not fit the ledger's microsecond timestamps (as in connectors/fusionpbx.py).
+MAX_EPOCH = 9_200_000_000_000
+# Time keys -> the words a quarantine reason uses for them.
+TIME_LABELS = {"start": "start", "connect": "connect", "end": "end"}
 _SIP_USER = re.compile(r"sips?:([^@;>]+)")
 
 
@@ -207,11 +219,12 @@ def domain_names(payload: Any) -> list[str]:
     return names
 
 
-def page_records(payload: Any) -> list[dict[str, Any]] | None:
-    """The records of one listing page (a list, or a list under cdrs/records/data/items); None if neither."""
+def page_records(payload: Any) -> list[Any] | None:
+    """The records of one listing page (a list, or a list under cdrs/records/data/items); None if neither.
+    A record that is not a JSON object is returned as it is: it becomes a quarantined row."""
     if isinstance(payload, dict):
         payload = next((payload[k] for k in ("cdrs", "records", "data", "items") if k in payload), None)
-    if not isinstance(payload, list) or not all(isinstance(r, dict) for r in payload):
+    if not isinstance(payload, list):
         return None
     return payload
 
@@ -221,22 +234,39 @@ def page_records(payload: Any) -> list[dict[str, Any]] | None:
 
 def epoch_micros(value: Any) -> int | None:
     """Microseconds since the epoch from an epoch number/string or ISO-8601; None for 0/empty/bad."""
-    if value is None or value == "":
-        return None
+    return read_time(value)[0]
+
+
+def read_time(value: Any) -> tuple[int | None, str | None]:
+    """(microseconds since the epoch, None) from an epoch number/string or ISO-8601; (None, None) for
+    0 / empty / missing (never connected); (None, why) for a value that is there but is no time."""
+    if value is None or value == "" or (isinstance(value, str) and not value.strip()):
+        return None, None
+    shown = json.dumps(value if isinstance(value, str | int | bool) else str(value), ensure_ascii=False)[:60]
     if isinstance(value, str) and not re.fullmatch(r"\s*-?\d+(\.\d*)?\s*", value):
         try:
             moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            return None
+            return None, f"{shown} is not a date"
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # naive ISO: read as UTC
-        return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        try:
+            micros = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        except OverflowError:
+            return None, f"{shown} is not a usable date"
+        return (micros, None) if micros > 0 else (None, f"{shown} is before 1970")
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        return None, f"{shown} is not a date"
     try:
         seconds = Decimal(str(value).strip())
     except InvalidOperation:
-        return None
-    if seconds <= 0:
-        return None
-    return int((seconds * 1_000_000).to_integral_value())
+        return None, f"{shown} is not a date"
+    if not seconds.is_finite():
+        return None, f"{shown} is not a date"
+    if seconds == 0:
+        return None, None
+    if seconds < 0 or seconds > MAX_EPOCH:
+        return None, f"{shown} is not a usable epoch (0 to {MAX_EPOCH} seconds)"
+    return int((seconds * 1_000_000).to_integral_value()), None
 
 
 def sip_user(value: Any) -> str | None:
@@ -261,11 +291,32 @@ def _pick_leg(legs: list[dict[str, Any]], f: dict[str, str]) -> tuple[dict[str, 
     return leg, {0: "outbound", 1: "inbound", 2: None, 3: "local"}[rank(leg)]
 
 
-def calls_from_legs(legs: list[tuple[str, dict[str, Any]]], cfg: VodiaServer) -> tuple[pl.DataFrame, int]:
-    """Canonical rows (one per call) from (domain, leg record) pairs; also the number of legs merged."""
+def _raw_json(value: Any) -> str:
+    """Valid JSON for a record as it was read (a NaN or Infinity in it -- JSON allows neither -- as text)."""
+    return json.dumps(_finite(value), sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def calls_from_legs(legs: list[tuple[str, Any]], cfg: VodiaServer) -> tuple[pl.DataFrame, int]:
+    """Canonical rows (one per call) from (domain, leg record) pairs; also the number of legs merged.
+    A record that is not a JSON object is a row of its own, quarantined later as unreadable_row."""
     f = fields_for(cfg)
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    junk: dict[str, tuple[str, Any]] = {}  # cdr_key -> (domain, record): a repeat counts once
     for domain, leg in legs:
+        if not isinstance(leg, dict):
+            digest = hashlib.sha256(_raw_json([domain, leg]).encode()).hexdigest()[:24]
+            junk[cdr_key(cfg.id, f"row-{digest}")] = (domain, leg)
+            continue
         call = str(leg.get(f["primary_call_id"]) or leg.get(f["call_id"]) or "").strip()
         if not call:
             call = (
@@ -298,13 +349,15 @@ def calls_from_legs(legs: list[tuple[str, dict[str, Any]]], cfg: VodiaServer) ->
             ),
             None,
         )
-        start, connect, end = (epoch_micros(leg.get(f[k])) for k in ("start", "connect", "end"))
+        read = {k: read_time(leg.get(f[k])) for k in ("start", "connect", "end")}
+        problems = [f"{TIME_LABELS[k]} {why} ({f[k]})" for k, (_, why) in read.items() if why]
+        start, connect, end = (read[k][0] for k in ("start", "connect", "end"))
         if end is None:
             billsec = None
         elif connect is None:
-            billsec = 0
+            billsec = None if read["connect"][1] else 0  # unreadable connect: no billsec is guessed
         else:
-            billsec = (end - connect) // 1_000_000 if end >= connect else None
+            billsec = (end - connect) // 1_000_000  # negative when connect > end: answer_after_end
         for key, value in (
             ("cdr_key", cdr_key(cfg.id, call)),
             ("tenant", domain),
@@ -316,9 +369,19 @@ def calls_from_legs(legs: list[tuple[str, dict[str, Any]]], cfg: VodiaServer) ->
             cols[key].append(value)
         for key, value in (("start", start), ("answer", connect), ("end", end), ("billsec", billsec)):
             times[key].append(value)
-        sources.append(
-            json.dumps({"domain": domain, "legs": len(group), "leg": leg}, sort_keys=True, default=str)
-        )
+        source: dict[str, Any] = {"domain": domain, "legs": len(group), "leg": leg}
+        if problems:
+            source[PROBLEM_KEY] = "; ".join(problems)
+        sources.append(_raw_json(source))
+    for key, (domain, record) in junk.items():
+        for col, value in (("cdr_key", key), ("tenant", domain), ("extension", None), ("direction", None),
+                           ("src", None), ("dst", None)):
+            cols[col].append(value)
+        for col in times:
+            times[col].append(None)
+        kind = "a list" if isinstance(record, list) else "null" if record is None else type(record).__name__
+        why = f"record is not a JSON object ({kind}: {_raw_json(record)[:60]})"
+        sources.append(_raw_json({"domain": domain, "record": record, PROBLEM_KEY: why}))
     utc = pl.Datetime("us", "UTC")
     frame = pl.DataFrame(
         {
@@ -372,8 +435,9 @@ class VodiaConnector:
             legs: list[tuple[str, dict[str, Any]]] = []
             for domain in domains:
                 records = list(client.cdr_legs(domain, lower, until))
-                if records:
-                    _check_fields(records, fields, f"vodia {self.cfg.id}: domain {domain}")
+                objects = [r for r in records if isinstance(r, dict)]
+                if objects:
+                    _check_fields(objects, fields, f"vodia {self.cfg.id}: domain {domain}")
                 legs.extend((domain, r) for r in records)
         calls, merged = calls_from_legs(legs, self.cfg)
         end = pl.col("end_utc")
@@ -384,4 +448,8 @@ class VodiaConnector:
             f"vodia {self.cfg.id}: {len(domains)} domain(s), {len(legs)} legs -> {calls.height} calls "
             f"({merged} legs merged), {kept.height} in the window; {client.logins} login(s)"
         ]
+        unreadable = kept.filter(pl.col("source_row").str.contains(f'"{PROBLEM_KEY}": "')).height
+        if unreadable:
+            notes.append(f"vodia {self.cfg.id}: {unreadable} record(s) that could not be read "
+                         "(kept for quarantine as unreadable_row)")
         return Extracted(cdrs=kept, watermark=watermark, cursor=None, notes=notes)

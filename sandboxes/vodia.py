@@ -176,7 +176,7 @@ class VodiaSandbox(LoopbackServer):
         batch = legs_from_calls(cdrs) if isinstance(cdrs, pl.DataFrame) else cdrs
         with self._data_lock:
             for domain, records in batch.items():
-                self.legs.setdefault(domain, []).extend(dict(r) for r in records)
+                self.legs.setdefault(domain, []).extend(dict(r) if isinstance(r, dict) else r for r in records)
 
     def expire_sessions(self) -> None:
         with self._lock:
@@ -236,12 +236,14 @@ class VodiaSandbox(LoopbackServer):
             if domain not in self.legs:
                 return _json(404, {"error": f"unknown domain {domain}"})
             legs = list(self.legs[domain])
+        # A record that is not a JSON object (test garbage) passes every filter and sorts first.
         if query.get("type") == "trunk":
-            legs = [r for r in legs if r.get("TrunkName")]
+            legs = [r for r in legs if not isinstance(r, dict) or r.get("TrunkName")]
         lo = float(query["from"]) if "from" in query else float("-inf")
         hi = float(query["to"]) if "to" in query else float("inf")
-        legs = [r for r in legs if lo <= _seconds(r.get("StartTime")) < hi]
-        legs.sort(key=lambda r: (_seconds(r.get("StartTime")), str(r.get("CallID"))))
+        legs = [r for r in legs if not isinstance(r, dict) or lo <= _seconds(r.get("StartTime")) < hi]
+        legs.sort(key=lambda r: (_seconds(r.get("StartTime")), str(r.get("CallID"))) if isinstance(r, dict)
+                  else (float("-inf"), json.dumps(r)))
         count = int(query.get("count", 30))  # Vodia's "Default CDR listing size" is 30
         if self.max_page is not None:
             count = min(count, self.max_page)

@@ -25,6 +25,7 @@ from autobill.ledger.batches import commit_batch, quarantined_files, read_batch
 from connectors.lesnet import parse_lesnet
 from connectors.vodia import calls_from_legs
 from data_quality.rules import check_rows
+from sandboxes.vodia import VodiaSandbox
 from tasks.extract import extract_server
 from tests.support import make_settings
 from tests.support.extract import drop_server, fusion_server
@@ -289,12 +290,31 @@ LESNET = LesNetServer(id="les", kind="lesnet", url="http://127.0.0.1:1/cdr.txt",
 LESNET_HEADER = "CallID,DateTime,Source,Destination,Direction,Duration\n"
 LESNET_CASES = [
     ("lesnet_fields", "x1,2026-06-01 09:00:00,4165550100\n", "unreadable_row", "3 fields, expected 6"),
-    ("lesnet_date", "x1,June first,4165550100,6135550123,out,61\n", "missing_start", "start_utc is empty"),
-    ("lesnet_duration", "x1,2026-06-01 09:00:00,4165550100,6135550123,out,sixty\n", "missing_end",
+    ("lesnet_date", "x1,June first,4165550100,6135550123,out,61\n", "unreadable_row",
+     'start "June first" is not a date (DateTime, format %Y-%m-%d %H:%M:%S)'),
+    ("lesnet_date_impossible", "x1,2026-02-30 09:00:00,4165550100,6135550123,out,61\n", "unreadable_row",
+     'start "2026-02-30 09:00:00" is not a date'),
+    ("lesnet_date_other_format", "x1,01/06/2026 09:00,4165550100,6135550123,out,61\n", "unreadable_row",
+     'start "01/06/2026 09:00" is not a date'),
+    ("lesnet_duration", "x1,2026-06-01 09:00:00,4165550100,6135550123,out,sixty\n", "unreadable_row",
+     'duration "sixty" is not a duration (Duration: seconds, M:SS or H:MM:SS)'),
+    ("lesnet_duration_negative", "x1,2026-06-01 09:00:00,4165550100,6135550123,out,-5\n", "unreadable_row",
+     'duration "-5" is not a duration'),
+    ("lesnet_duration_fraction", "x1,2026-06-01 09:00:00,4165550100,6135550123,out,1.5\n", "unreadable_row",
+     'duration "1.5" is not a duration'),
+    ("lesnet_duration_bad_minutes", "x1,2026-06-01 09:00:00,4165550100,6135550123,out,1:75\n", "unreadable_row",
+     'duration "1:75" is not a duration'),
+    ("lesnet_duration_huge", "x1,2026-06-01 09:00:00,4165550100,6135550123,out,99999999999999999999999\n",
+     "unreadable_row", "is not a duration"),
+    ("lesnet_date_and_duration", "x1,soon,4165550100,6135550123,out,long\n", "unreadable_row",
+     'start "soon" is not a date (DateTime, format %Y-%m-%d %H:%M:%S); duration "long" is not a duration'),
+    ("lesnet_empty_date", "x1,,4165550100,6135550123,out,61\n", "missing_start", "start_utc is empty"),
+    ("lesnet_empty_duration", "x1,2026-06-01 09:00:00,4165550100,6135550123,out,\n", "missing_end",
      "missing_billsec: billsec is empty"),
     ("lesnet_direction", "x1,2026-06-01 09:00:00,4165550100,6135550123,sideways,61\n", "unknown_direction",
      "direction (empty)"),
-    ("lesnet_dst_time", "x1,2026-03-08 02:30:00,4165550100,6135550123,out,61\n", "missing_start", "start_utc"),
+    ("lesnet_dst_time", "x1,2026-03-08 02:30:00,4165550100,6135550123,out,61\n", "unreadable_row",
+     'start "2026-03-08 02:30:00" does not exist in America/Toronto (the clocks skip it)'),
 ]
 
 
@@ -308,27 +328,91 @@ def test_lesnet_bad_row_is_quarantined(tmp_path, sqlite_url, row, rule, reason) 
     assert check.good["cdr_key"].to_list() == ["les:g1"]
     q = only_bad(check)
     assert q["rule"] == rule and reason in q["reason"], q
+    source = json.loads(json.loads(q["row"])["source_row"])  # the raw row and its line, kept
+    assert source["_line"] == 3 and (source.get("CallID") == "x1" or "x1" in source.get("_fields", []))
 
 
 VODIA = VodiaServer(id="vod", kind="vodia", url="http://127.0.0.1:1", username="u", password={"env": "X"})
+T9 = int(DAY.timestamp()) + 9 * 3600
 VODIA_CASES = [
-    ("vodia_end_garbage", {"EndTime": "not a time"}, "missing_end"),
-    ("vodia_start_garbage", {"StartTime": "later"}, "missing_start"),
-    ("vodia_connect_after_end", {"ConnectTime": int(DAY.timestamp()) + 9 * 3600 + 900}, "missing_billsec"),
+    # (id, changes on the bad leg, rule, text in the reason)
+    ("vodia_end_garbage", {"EndTime": "not a time"}, "unreadable_row", 'end "not a time" is not a date (EndTime)'),
+    ("vodia_start_garbage", {"StartTime": "later"}, "unreadable_row", 'start "later" is not a date (StartTime)'),
+    ("vodia_connect_garbage", {"ConnectTime": "x"}, "unreadable_row", 'connect "x" is not a date (ConnectTime)'),
+    ("vodia_start_bool", {"StartTime": True}, "unreadable_row", "start true is not a date"),
+    ("vodia_end_object", {"EndTime": {"t": 1}}, "unreadable_row", "is not a date (EndTime)"),
+    ("vodia_end_list", {"EndTime": [T9]}, "unreadable_row", "is not a date (EndTime)"),
+    ("vodia_end_nan", {"EndTime": float("nan")}, "unreadable_row", "is not a date (EndTime)"),
+    ("vodia_end_infinity", {"EndTime": float("inf")}, "unreadable_row", "is not a date (EndTime)"),
+    ("vodia_end_overflow", {"EndTime": 10**20}, "unreadable_row", "is not a usable epoch"),
+    ("vodia_start_negative", {"StartTime": -5}, "unreadable_row", "is not a usable epoch"),
+    ("vodia_end_iso_impossible", {"EndTime": "2026-02-30T10:00:00Z"}, "unreadable_row",
+     'end "2026-02-30T10:00:00Z" is not a date'),
+    ("vodia_end_empty", {"EndTime": ""}, "missing_end", "end_utc is empty"),
+    ("vodia_end_missing", {"EndTime": None}, "missing_end", "end_utc is empty"),
+    ("vodia_connect_after_end", {"ConnectTime": T9 + 900}, "answer_after_end", "is after end"),
 ]
 
 
-@pytest.mark.parametrize(("changes", "rule"), [c[1:] for c in VODIA_CASES], ids=[c[0] for c in VODIA_CASES])
-def test_vodia_bad_leg_is_quarantined(tmp_path, sqlite_url, changes, rule) -> None:
-    settings = world(tmp_path, sqlite_url, {"id": "vod", "kind": "vodia", "url": VODIA.url, "username": "u",
-                                            "password": {"env": "X"}})
-    t = int(DAY.timestamp()) + 9 * 3600
-    base = {"Direction": "O", "TrunkName": "t1", "Extension": "1001", "LocalParty": "1001",
-            "RemoteParty": "6135550123", "StartTime": t, "ConnectTime": t + 5, "EndTime": t + 65}
-    good = {**base, "CallID": "g1", "PrimaryCallID": "g1"}
-    bad = {**base, "CallID": "b1", "PrimaryCallID": "b1", **changes}
-    cdrs, _ = calls_from_legs([(TENANT, good), (TENANT, bad)], VODIA)
+def vodia_settings(tmp_path, ledger_url, url: str = VODIA.url):
+    return world(tmp_path, ledger_url, {"id": "vod", "kind": "vodia", "url": url, "username": "u",
+                                        "password": {"env": "VODIA_CORPUS_PW"}})
+
+
+def vodia_leg(call: str, **changes) -> dict:
+    return {"Direction": "O", "TrunkName": "t1", "Extension": "1001", "LocalParty": "1001",
+            "RemoteParty": "6135550123", "StartTime": T9, "ConnectTime": T9 + 5, "EndTime": T9 + 65,
+            "CallID": call, "PrimaryCallID": call, **changes}
+
+
+@pytest.mark.parametrize(("changes", "rule", "reason"), [c[1:] for c in VODIA_CASES],
+                         ids=[c[0] for c in VODIA_CASES])
+def test_vodia_bad_leg_is_quarantined(tmp_path, sqlite_url, changes, rule, reason) -> None:
+    settings = vodia_settings(tmp_path, sqlite_url)
+    cdrs, _ = calls_from_legs([(TENANT, vodia_leg("g1")), (TENANT, vodia_leg("b1", **changes))], VODIA)
     check = check_rows(cdrs, settings, NOW, server="vod")
     assert check.good.height + check.quarantined.height + check.duplicates.height == cdrs.height == 2
+    assert check.good["cdr_key"].to_list() == ["vod:g1"]
     q = only_bad(check, "vod:b1")
-    assert q["rule"] == rule, q
+    assert q["rule"] == rule and reason in q["reason"], q
+    source = json.loads(json.loads(q["row"])["source_row"])  # the raw leg, kept for the operator
+    assert source["domain"] == TENANT and source["leg"]["CallID"] == "b1"
+
+
+NOT_OBJECTS = [
+    ("string", "garbage", "record is not a JSON object (str: \"garbage\")"),
+    ("number", 42, "record is not a JSON object (int: 42)"),
+    ("list", [1, "a"], 'record is not a JSON object (a list: [1, "a"])'),
+    ("null", None, "record is not a JSON object (null: null)"),
+    ("bool", False, "record is not a JSON object (bool: false)"),
+]
+
+
+@pytest.mark.parametrize(("record", "reason"), [c[1:] for c in NOT_OBJECTS], ids=[c[0] for c in NOT_OBJECTS])
+def test_vodia_record_that_is_not_an_object_is_a_quarantined_row(tmp_path, sqlite_url, record, reason) -> None:
+    cdrs, _ = calls_from_legs([(TENANT, vodia_leg("g1")), (TENANT, record), (TENANT, record)], VODIA)
+    check = check_rows(cdrs, vodia_settings(tmp_path, sqlite_url), NOW, server="vod")
+    assert cdrs.height == 2  # the same junk listed twice (e.g. on two pages) is one row
+    assert check.good["cdr_key"].to_list() == ["vod:g1"]
+    q = only_bad(check)
+    assert q["rule"] == "unreadable_row" and reason in q["reason"], q
+    assert q["cdr_key"].startswith("vod:row-")  # a stable key: the same junk is the same row next run
+    source = json.loads(json.loads(q["row"])["source_row"])
+    assert (source["domain"], source["record"]) == (TENANT, record)
+
+
+def test_vodia_server_with_junk_records_over_http_goes_on(tmp_path, sqlite_url, monkeypatch) -> None:
+    """Over real loopback HTTP: junk among the listed records neither fails the server nor stops the
+    good calls; each piece of junk and each bad leg is one quarantined row with its reason."""
+    monkeypatch.setenv("VODIA_CORPUS_PW", "pw")
+    legs = [vodia_leg("g1"), "junk", vodia_leg("b1", EndTime="later"), [1, 2], vodia_leg("g2", EndTime=T9 + 125)]
+    with VodiaSandbox({TENANT: legs}, username="u", password="pw") as sb:
+        settings = vodia_settings(tmp_path, sqlite_url, sb.url)
+        got = extract_server(settings, "vod", until=UNTIL)
+    assert got.rows == 5
+    _, check = accounted(settings, got.batch_id)
+    assert sorted(check.good["cdr_key"].to_list()) == ["vod:g1", "vod:g2"]
+    reasons = sorted(check.quarantined["reason"].to_list())
+    assert len(reasons) == 3 and all("unreadable_row: record is not a JSON object" in r for r in reasons[1:]), reasons
+    assert 'end "later" is not a date (EndTime)' in reasons[0]
+    assert got.proposed_watermark == datetime.fromtimestamp(T9 + 125, UTC)
