@@ -56,13 +56,16 @@ def daily_cron(log_time: str | None, log_error: str | None, now: datetime, whmcs
                cron_time: str | None, margin_minutes: int) -> DailyCron:
     """The last daily cron from GetAutomationLog's `lastDailyCronInvocationTime` (`log_time`, WHMCS
     local time without an offset; "" = no cron has run), or, when the log could not be read
-    (`log_error`), the configured `whmcs.cron_time` (default 09:00): the latest configured start
-    whose start + `margin_minutes` (assumed finished by then) is not after `now`."""
+    (`log_error`) or says the cron ran in the future (a wrong `whmcs.timezone`), the configured
+    `whmcs.cron_time` (default 09:00): the latest configured start whose start + `margin_minutes`
+    (assumed finished by then) is not after `now`."""
     if log_error is None:
         started = whmcs_time(log_time, whmcs_tz)
         if started is None:
             return DailyCron(None, "GetAutomationLog: no daily cron has run")
-        return DailyCron(started, f"GetAutomationLog: last daily cron {log_time} {whmcs_tz.key}")
+        if started <= now + timedelta(minutes=1):
+            return DailyCron(started, f"GetAutomationLog: last daily cron {log_time} {whmcs_tz.key}")
+        log_error = f"its last daily cron {log_time} {whmcs_tz.key} is in the future: check whmcs.timezone"
     at = cron_time or DEFAULT_CRON_TIME
     started = assumed_cron_done(now, whmcs_tz, at, margin_minutes) - timedelta(minutes=margin_minutes)
     return DailyCron(started, f"whmcs.cron_time {at} {whmcs_tz.key} + {margin_minutes} min "

@@ -75,6 +75,9 @@ def test_the_automation_log_is_read_in_the_whmcs_timezone() -> None:
     got = daily_cron("2025-03-10 01:00:07", None, NOW, tz, "09:00", 90)
     assert got.started == datetime(2025, 3, 10, 5, 0, 7, tzinfo=UTC) and "2025-03-10 01:00:07" in got.source
     assert daily_cron("", None, NOW, tz, "09:00", 90).started is None  # no cron has run: nothing invoiced
+    # a cron "in the future" means the WHMCS timezone is wrong: the configured time decides, and says why
+    future = daily_cron("2025-03-10 12:00:00", None, NOW, tz, "01:00", 90)
+    assert future.started == datetime(2025, 3, 10, 5, 0, tzinfo=UTC) and "check whmcs.timezone" in future.source
 
 
 CRON = datetime(2025, 3, 10, 6, 0, tzinfo=UTC)
