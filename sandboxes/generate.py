@@ -319,12 +319,14 @@ def todays_calls(world: World, client_id: int, now: datetime, n: int = 5, minute
     """`n` answered outbound calls of `minutes` each (Jamaica by default: 0.23/min in the generated
     tariff) that one client made in the last hour before `now`, in generate_calls' columns: a
     prepaid client running out during the day, for the demo's intraday cut-off. The calls start
-    after the local midnight of `now` when the hour allows it (the nightly billed the day before)."""
+    after the local midnight of `now` (the nightly billed the day before) unless `now` is within
+    `minutes` of it; every call has ended by `now`."""
     c = world.clients.filter(pl.col("client_id") == client_id).row(0, named=True)
     midnight = datetime.combine(now.astimezone(ZoneInfo(world.timezone)).date(), time(0), ZoneInfo(world.timezone))
     span = timedelta(minutes=minutes + 1) * n
-    first = max(now - span - timedelta(minutes=5), midnight.astimezone(UTC) + timedelta(seconds=1))
-    step = (now - timedelta(minutes=minutes, seconds=30) - first) / max(n, 1)  # calls may overlap near midnight
+    latest = now - timedelta(minutes=minutes, seconds=30)  # every call has ended by `now`
+    first = min(max(now - span - timedelta(minutes=5), midnight.astimezone(UTC) + timedelta(seconds=1)), latest)
+    step = (latest - first) / max(n, 1)  # calls overlap when the day is young (all start at `latest` at worst)
     rows = []
     for i in range(n):
         start = (first + step * i).replace(microsecond=0)
