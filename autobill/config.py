@@ -231,8 +231,8 @@ class WHMCS(_Strict):
     timezone: str | None = None
     # Automation Settings > Time of Day ("HH:MM", WHMCS local). Only used when GetAutomationLog
     # cannot be read: the daily cron is then assumed complete at this time + cron_margin_minutes.
-    # Autosuspend (#18): charges posted since the last daily cron at this time count as not invoiced
-    # (None: 09:00, WHMCS's default).
+    # Autosuspend (#18) too, then: charges posted since the last daily cron at this time count as not
+    # invoiced (None: 09:00, WHMCS's default).
     cron_time: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] | None = None
     cron_margin_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 90
     # A daily cron counts for a charge only if it started this long after the charge became uncertain.

@@ -177,7 +177,7 @@ def run_demo(workdir: Path, keep_ui: bool = False, clients: int = 50, days: int 
 
             use_file_logging(log_file)
             _register_deployments(settings.timezone, echo)
-            _run_steps(result, settings, world, echo)
+            _run_steps(result, settings, world, echo, whmcs, vodia)
             _drain_logs()
         items = whmcs.billable_items()
         result.billable_items = len(items)
@@ -252,7 +252,7 @@ def _register_deployments(timezone: str, echo: Callable[[str], None]) -> None:
     echo(f"  deployments registered on pool {pool}: {', '.join(sorted(ids))} (autosuspend schedule paused)")
 
 
-def _run_steps(result: DemoResult, settings, world, echo: Callable[[str], None]) -> None:
+def _run_steps(result: DemoResult, settings, world, echo: Callable[[str], None], whmcs=None, vodia=None) -> None:
     from autobill.ledger.runs import run_summary
     from flows.autobill import nightly
     from flows.autosuspend import autosuspend
@@ -284,6 +284,7 @@ def _run_steps(result: DemoResult, settings, world, echo: Callable[[str], None])
 
         print_backfill(result.backfill)
 
+    prepaid = _prepaid_runs_out_today(settings, world, whmcs, vodia, echo) if whmcs and vodia else None
     echo("\n== one autosuspend cycle ==")
     state = autosuspend(config_path=str(result.config_path), return_state=True)
     result.flow_runs["autosuspend"] = str(state.state_details.flow_run_id)
@@ -294,6 +295,45 @@ def _run_steps(result: DemoResult, settings, world, echo: Callable[[str], None])
              + ", ".join(f"{k} {v}" for k, v in (s.get("decisions") or {}).items()) + f"; applied {s.get('applied')}")
     else:
         echo(f"  autosuspend ended {state.type.value}: {state.message}")
+    if prepaid is not None:
+        _show_cut_off(settings, prepaid, echo)
+
+
+# -- a prepaid client runs out during the day (#18): cut off within one autosuspend cycle ----------
+
+
+def _prepaid_runs_out_today(settings, world, whmcs, vodia, echo: Callable[[str], None]) -> int:
+    """Today's calls for one prepaid client on the Vodia server (read intraday by the next cycle),
+    with its WHMCS credit set 2.00 above what it already owes: the calls cost more than that."""
+    from autobill.ledger.intraday import not_invoiced_by_client
+    from autobill.timeutil import utc_now
+    from sandboxes.generate import todays_calls
+
+    ids = world.clients.filter(world.clients["kind"] == "vodia")["client_id"].to_list()
+    cid = ids[-1]
+    calls = todays_calls(world, cid, utc_now())
+    vodia.add(calls)
+    # No WHMCS daily cron has run in the sandbox, so every charge posted tonight is not invoiced yet.
+    owed = not_invoiced_by_client(settings, None).get(cid, Decimal(0))
+    whmcs.set_credit(cid, owed + Decimal("2.00"))
+    echo(f"\n== a prepaid client runs out during the day ==\n  client {cid} (prepaid) has {owed + 2:.2f} of WHMCS "
+         f"credit, {owed:.2f} charged and not invoiced yet; it makes {calls.height} calls to +{calls['dst'][0]} "
+         f"({calls['billsec'].sum() // 60} min) on {calls['server'][0]} today, {calls['start_utc'].min():%H:%M}-"
+         f"{calls['end_utc'].max():%H:%M} UTC: the next cycle reads them from the PBX intraday")
+    return cid
+
+
+def _show_cut_off(settings, cid: int, echo: Callable[[str], None]) -> None:
+    from sqlalchemy import select
+
+    from autobill.ledger.db import session_scope
+    from autobill.ledger.models import SuspensionLog
+
+    with session_scope(settings.ledger) as s:
+        rows = s.scalars(select(SuspensionLog).where(SuspensionLog.client_id == cid, SuspensionLog.action == "suspend")
+                         .order_by(SuspensionLog.id)).all()
+        lines = [f"  client {cid} service {r.service_id} SUSPENDED ({r.mode}) in this cycle: {r.reason}" for r in rows]
+    echo("\n".join(lines) if lines else f"  client {cid} was NOT suspended (see the autosuspend-summary artifact)")
 
 
 def _late_file(workdir: Path, world, day: date) -> int:

@@ -77,6 +77,7 @@ def usage_summary(today, found) -> dict[str, Any]:
         "servers": today.servers, "rows_read": today.rows_read, "rows_stored": today.rows_stored,
         "unrated": today.unrated, "errors": today.errors[:10], "seconds": today.seconds,
         "unbilled_clients": found.unbilled_clients,
+        "not_invoiced_since": found.cron,  # the WHMCS daily cron that ends "not invoiced" (#18)
         "holds": [{"service": h.service_id, "client": h.client_id, "hold": h.hold_id, "reason": h.reason,
                    "calls": [c.line() for c in h.evidence[:20]]} for h in found.new_holds],
     }  # fmt: skip

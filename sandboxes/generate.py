@@ -29,9 +29,10 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import polars as pl
@@ -311,6 +312,38 @@ def generate_calls(
         cat.alias("category"),
     )
     return out.sort("start_utc", "cdr_key").collect()
+
+
+def todays_calls(world: World, client_id: int, now: datetime, n: int = 5, minutes: int = 8,
+                 number: str = "18765550100", seed: int = 7) -> pl.DataFrame:
+    """`n` answered outbound calls of `minutes` each (Jamaica by default: 0.23/min in the generated
+    tariff) that one client made in the last hour before `now`, in generate_calls' columns: a
+    prepaid client running out during the day, for the demo's intraday cut-off. The calls start
+    after the local midnight of `now` (the nightly billed the day before) unless `now` is within
+    `minutes` of it; every call has ended by `now`."""
+    c = world.clients.filter(pl.col("client_id") == client_id).row(0, named=True)
+    midnight = datetime.combine(now.astimezone(ZoneInfo(world.timezone)).date(), time(0), ZoneInfo(world.timezone))
+    span = timedelta(minutes=minutes + 1) * n
+    latest = now - timedelta(minutes=minutes, seconds=30)  # every call has ended by `now`
+    first = min(max(now - span - timedelta(minutes=5), midnight.astimezone(UTC) + timedelta(seconds=1)), latest)
+    step = (latest - first) / max(n, 1)  # calls overlap when the day is young (all start at `latest` at worst)
+    rows = []
+    for i in range(n):
+        start = (first + step * i).replace(microsecond=0)
+        answer = start + timedelta(seconds=5)
+        call_id = f"{seed % 10**8:08d}-0000-4000-9000-{i:012d}"
+        rows.append({
+            "cdr_key": f"{c['server']}:{call_id}", "server": c["server"], "tenant": c["tenant"],
+            "account": c["tenant"] if c["kind"] == "fusionpbx" else None, "extension": "1001",
+            "direction": "outbound", "src": c["did"], "dst": number, "rate_number": number,
+            "start_utc": start, "answer_utc": answer, "end_utc": answer + timedelta(minutes=minutes),
+            "billsec": minutes * 60, "hangup_cause": "NORMAL_CLEARING", "source_row": None, "call_id": call_id,
+            "kind": c["kind"], "client_id": client_id, "service_id": c["service_id"], "did": c["did"],
+            "category": "out_caribbean",
+        })  # fmt: skip
+    frame = pl.DataFrame(rows)
+    return frame.with_columns(pl.col(t).dt.replace_time_zone("UTC").dt.cast_time_unit("us")
+                              for t in ("start_utc", "answer_utc", "end_utc"))
 
 
 # -- tariff and configuration ------------------------------------------------------------------

@@ -36,7 +36,9 @@ from prefect.cache_policies import NO_CACHE
 from autobill.config import Settings
 from autobill.ledger.runs import finish_run as finish_ledger_run
 from autobill.ledger.runs import start_exclusive_run
+from autobill.reconcile import whmcs_time
 from autobill.suspension.apply import Applier, ChangeError, SwitchFactory, load_states, record_admin_alerts
+from autobill.suspension.credit import DailyCron, daily_cron
 from autobill.suspension.planning import (
     CycleReport,
     Outcome,
@@ -148,10 +150,26 @@ def read(ctx: CycleContext) -> ReadResult:
 def usage(ctx: CycleContext, result: ReadResult) -> UsageResult:
     """Add not-invoiced charges, unbilled intraday usage, alert levels and toll-fraud holds to the
     snapshots (autobill/suspension/usage.py), and alert the operator of each new hold."""
-    found = with_usage(ctx.settings, result, ctx.now(), ctx.run_id, ctx.dry_run)
+    found = with_usage(ctx.settings, result, ctx.now(), ctx.run_id, ctx.dry_run, last_daily_cron(ctx))
     if found.new_holds and not ctx.dry_run and ctx.settings.fraud_guard.admin_email:
         alert_operator(ctx, found.new_holds)
     return found
+
+
+def last_daily_cron(ctx: CycleContext) -> DailyCron:
+    """WHMCS's last daily cron, read once per cycle (GetAutomationLog); on any WHMCS error the
+    configured `whmcs.cron_time` (autobill.suspension.credit.daily_cron)."""
+    s, raw, error = ctx.settings, None, None
+    client = ctx.whmcs_factory()
+    try:
+        raw = str(client.get_automation_log().get("lastDailyCronInvocationTime") or "")
+        whmcs_time(raw, s.whmcs_tz)  # unreadable -> the configured time
+    except (WhmcsError, ValueError) as exc:
+        error = str(exc)[:200] or type(exc).__name__
+    finally:
+        client.close()
+    w = s.whmcs
+    return daily_cron(raw, error, ctx.now(), s.whmcs_tz, w.cron_time if w else None, w.cron_margin_minutes if w else 0)
 
 
 def alert_operator(ctx: CycleContext, holds: list[NewHold]) -> None:

@@ -25,15 +25,15 @@ from autobill.ledger.db import session_scope
 from autobill.ledger.models import (
     BilledCDR,
     Charge,
+    ChargeReconciliation,
     FraudHold,
     IntradayUsage,
     IntradayWatermark,
     QuarantinedRow,
     ServerWatermark,
 )
-from autobill.suspension.credit import Baseline, Call
+from autobill.suspension.credit import NOT_POSTED, Baseline, Call, ChargeFacts, not_invoiced
 
-NOT_POSTED = ("pending", "posting", "uncertain")  # charged (billed_cdrs written), not in WHMCS yet
 _CHUNK = 500
 
 
@@ -115,19 +115,28 @@ def unbilled_by_service(settings: Settings) -> dict[int, tuple[int, Decimal]]:
     return out
 
 
-def not_invoiced_by_client(settings: Settings, since: datetime) -> dict[int, Decimal]:
-    """What each client was charged that WHMCS has not invoiced yet: charges not posted yet
-    (pending, posting, uncertain: their calls already left the unbilled figure) and charges posted
-    since `since` (the last WHMCS daily cron; `autobill.suspension.credit.last_cron`)."""
+def not_invoiced_by_client(settings: Settings, cron: datetime | None,
+                           margin: timedelta = timedelta(0)) -> dict[int, Decimal]:
+    """What each client was charged that WHMCS has not invoiced yet, by the rule
+    `autobill.suspension.credit.not_invoiced` (`cron`: the start of WHMCS's last completed daily
+    cron, None when none has run). SQL narrows the rows (not posted, or reached WHMCS since
+    `cron - margin`); the rule decides each one."""
+    stored = func.coalesce(Charge.uncertain_at, Charge.posted_at)
+    recent = Charge.state == "posted"
+    if cron is not None:
+        recent = and_(recent, or_(stored.is_(None), stored >= cron - margin))
+    on_invoice = exists().where(ChargeReconciliation.charge_id == Charge.id, ChargeReconciliation.outcome == "posted",
+                                ChargeReconciliation.invoice_id.is_not(None))
     with session_scope(settings.ledger) as s:
         rows = s.execute(
-            select(Charge.client_id, Charge.amount).where(
-                or_(Charge.state.in_(NOT_POSTED), and_(Charge.state == "posted", Charge.posted_at >= since))
-            )
+            select(Charge.client_id, Charge.state, Charge.amount, Charge.kind, Charge.posted_at, Charge.uncertain_at,
+                   on_invoice.label("on_invoice"))
+            .where(or_(Charge.state.in_(NOT_POSTED), recent))
         ).all()
     out: dict[int, Decimal] = defaultdict(lambda: Decimal(0))
-    for cid, amount in rows:
-        out[cid] += amount
+    for cid, state, amount, kind, posted_at, uncertain_at, invoiced in rows:
+        if not_invoiced(ChargeFacts(state, amount, kind, posted_at, uncertain_at, bool(invoiced)), cron, margin):
+            out[cid] += amount
     return dict(out)
 
 

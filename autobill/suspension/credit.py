@@ -1,5 +1,5 @@
-"""The pure parts of credit control (#18): which invoices are overdue, since when charges count
-as not invoiced, and whether a service's last hour looks like toll fraud.
+"""The pure parts of credit control (#18): which invoices are overdue, which charges count as not
+invoiced yet (from what WHMCS says of its daily cron and what reconciliation found), and whether a service's last hour looks like toll fraud.
 
 Pure: the time, the timezones and the thresholds come in as arguments (tests: property tests
 against a simple reference in tests/autobill/test_credit_control.py). Reading WHMCS is
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
+
+from autobill.reconcile import assumed_cron_done, whmcs_time
 
 DEFAULT_CRON_TIME = "09:00"  # WHMCS's shipped Automation Settings > Time of Day
 
@@ -39,16 +41,75 @@ def overdue_amount(invoices: Iterable[tuple[Decimal, str]], now: datetime, grace
     return sum((bal for bal, due in invoices if is_overdue(due, now, grace_days, whmcs_tz)), Decimal(0))
 
 
-def last_cron(now: datetime, cron_time: str | None, whmcs_tz: ZoneInfo) -> datetime:
-    """The most recent WHMCS daily cron at or before `now` (aware, in `whmcs_tz`'s wall time,
-    returned in UTC). Charges posted after it are not invoiced yet. Swap this function for
-    invoice reconciliation (#13) when that lands."""
-    hh, mm = (int(x) for x in (cron_time or DEFAULT_CRON_TIME).split(":"))
-    local = now.astimezone(whmcs_tz)
-    at = datetime.combine(local.date(), time(hh, mm), whmcs_tz)
-    if at > local:
-        at = datetime.combine(local.date() - timedelta(days=1), time(hh, mm), whmcs_tz)
-    return at.astimezone(ZoneInfo("UTC"))
+# -- posted but not invoiced yet ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DailyCron:
+    """What is known of WHMCS's last completed daily cron: its start (UTC; None = none has run)."""
+
+    started: datetime | None
+    source: str  # how it is known, for the cycle's log
+
+
+def daily_cron(log_time: str | None, log_error: str | None, now: datetime, whmcs_tz: ZoneInfo,
+               cron_time: str | None, margin_minutes: int) -> DailyCron:
+    """The last daily cron from GetAutomationLog's `lastDailyCronInvocationTime` (`log_time`, WHMCS
+    local time without an offset; "" = no cron has run), or, when the log could not be read
+    (`log_error`) or says the cron ran in the future (a wrong `whmcs.timezone`), the configured
+    `whmcs.cron_time` (default 09:00): the latest configured start whose start + `margin_minutes`
+    (assumed finished by then) is not after `now`."""
+    if log_error is None:
+        started = whmcs_time(log_time, whmcs_tz)
+        if started is None:
+            return DailyCron(None, "GetAutomationLog: no daily cron has run")
+        if started <= now + timedelta(minutes=1):
+            return DailyCron(started, f"GetAutomationLog: last daily cron {log_time} {whmcs_tz.key}")
+        log_error = f"its last daily cron {log_time} {whmcs_tz.key} is in the future: check whmcs.timezone"
+    at = cron_time or DEFAULT_CRON_TIME
+    started = assumed_cron_done(now, whmcs_tz, at, margin_minutes) - timedelta(minutes=margin_minutes)
+    return DailyCron(started, f"whmcs.cron_time {at} {whmcs_tz.key} + {margin_minutes} min "
+                              f"(GetAutomationLog failed: {log_error})")
+
+
+@dataclass(frozen=True)
+class ChargeFacts:
+    """What the ledger knows of one charge, for `not_invoiced`."""
+
+    state: str  # pending | posting | uncertain | posted | ...
+    amount: Decimal
+    kind: str = "charge"  # charge | correction
+    posted_at: datetime | None = None
+    uncertain_at: datetime | None = None  # kept when reconciliation found it (posted_at = reconciliation time)
+    on_invoice: bool = False  # reconciliation found it on a WHMCS invoice line
+
+
+NOT_POSTED = ("pending", "posting", "uncertain")
+
+
+def not_invoiced(c: ChargeFacts, cron: datetime | None, margin: timedelta = timedelta(0)) -> bool:
+    """Whether a charge counts as charged but not invoiced yet (autosuspend's "not invoiced" term).
+
+    - a correction that lowers a line is posted with AddCredit: WHMCS's credit shows it, never an
+      invoice, so it never counts here (not even before it is posted: no credit before WHMCS has it);
+    - not posted yet (pending, posting, uncertain): counts;
+    - posted and seen on a WHMCS invoice line by reconciliation: invoiced;
+    - posted: counts until a daily cron started after it reached WHMCS (`cron`, the last completed
+      cron's start; None = no cron has run) by more than `margin` (whmcs.reconcile_margin_seconds).
+      When it reached WHMCS: its `posted_at`, or for a charge settled by reconciliation (posted_at
+      is then the reconciliation time) the moment it became uncertain, after which it could not be
+      stored any more.
+    Anything else (e.g. a state no posting reached) does not count."""
+    if c.kind == "correction" and c.amount < 0:
+        return False
+    if c.state in NOT_POSTED:
+        return True
+    if c.state != "posted" or c.on_invoice:
+        return False
+    stored = c.uncertain_at or c.posted_at
+    if cron is None or stored is None:
+        return True
+    return not cron > stored + margin
 
 
 # -- the spend-velocity guard ------------------------------------------------------------------

@@ -290,6 +290,9 @@ def summary_markdown(report: CycleReport) -> str:
                      f"{u.get('unbilled_clients', 0)} client(s) with unbilled usage")
         for e in u.get("errors", [])[:10]:
             lines.append(f"  - {e}")
+        if u.get("not_invoiced_since"):
+            lines.append(f"- not invoiced: charges not posted yet or posted since WHMCS's last daily cron "
+                         f"({u['not_invoiced_since']})")
         for h in u.get("holds", []):
             lines.append(f"- **toll-fraud guard** suspended service {h['service']} (client {h['client']}): {h['reason']}")
             lines += [f"  - {c}" for c in h.get("calls", [])[:10]]

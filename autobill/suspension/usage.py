@@ -24,7 +24,7 @@ from autobill.ledger.intraday import (
     unbilled_by_service,
     window_calls,
 )
-from autobill.suspension.credit import Call, GuardPolicy, guard, last_cron
+from autobill.suspension.credit import Call, DailyCron, GuardPolicy, daily_cron, guard
 from autobill.suspension.planning import ReadResult
 
 EVIDENCE_LINES = 20
@@ -44,6 +44,7 @@ class UsageResult:
     result: ReadResult
     new_holds: list[NewHold] = field(default_factory=list)
     unbilled_clients: int = 0
+    cron: str = ""  # how the last WHMCS daily cron was known (the "not invoiced" cut-off)
 
 
 def _candidates(calls: list[Call], p: GuardPolicy) -> bool:
@@ -87,8 +88,10 @@ def run_guard(settings: Settings, result: ReadResult, now: datetime, run_id: int
 
 
 def with_usage(settings: Settings, result: ReadResult, now: datetime, run_id: int | None = None,
-               dry_run: bool = False) -> UsageResult:
-    """The snapshots with not invoiced, unbilled, levels and fraud holds (module docstring)."""
+               dry_run: bool = False, cron: DailyCron | None = None) -> UsageResult:
+    """The snapshots with not invoiced, unbilled, levels and fraud holds (module docstring).
+    `cron`: WHMCS's last daily cron as read this cycle (tasks/suspend.py, GetAutomationLog once);
+    None: the configured `whmcs.cron_time` alone."""
     if settings.intraday.enabled:
         per_service = unbilled_by_service(settings)
     else:
@@ -96,8 +99,12 @@ def with_usage(settings: Settings, result: ReadResult, now: datetime, run_id: in
     unbilled: dict[int, Decimal] = defaultdict(lambda: Decimal(0))
     for _sid, (cid, cost) in per_service.items():
         unbilled[cid] += cost
-    since = last_cron(now, settings.whmcs.cron_time if settings.whmcs else None, settings.whmcs_tz)
-    not_invoiced = not_invoiced_by_client(settings, since)
+    whmcs = settings.whmcs
+    if cron is None:
+        cron = daily_cron(None, "not read", now, settings.whmcs_tz, whmcs.cron_time if whmcs else None,
+                          whmcs.cron_margin_minutes if whmcs else 0)
+    margin = timedelta(seconds=whmcs.reconcile_margin_seconds if whmcs else 0)
+    not_invoiced = not_invoiced_by_client(settings, cron.started, margin)
     new = run_guard(settings, result, now, run_id, dry_run)
     holds = {sid: (h.reason, _evidence(json.loads(h.evidence))) for sid, h in open_holds(settings).items()}
     for h in new:
@@ -118,7 +125,7 @@ def with_usage(settings: Settings, result: ReadResult, now: datetime, run_id: in
             fraud=fraud[0] if fraud else None,
             fraud_evidence=fraud[1] if fraud else (),
         ))  # fmt: skip
-    return UsageResult(replace(result, snapshots=snaps), new, len(unbilled))
+    return UsageResult(replace(result, snapshots=snaps), new, len(unbilled), cron.source)
 
 
 def _evidence(rows: list[dict]) -> tuple[str, ...]:

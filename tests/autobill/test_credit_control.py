@@ -15,10 +15,12 @@ from autobill.suspension import Action, Policy, Snapshot, State, decide
 from autobill.suspension.credit import (
     Baseline,
     Call,
+    ChargeFacts,
     GuardPolicy,
+    daily_cron,
     guard,
     is_overdue,
-    last_cron,
+    not_invoiced,
     overdue_amount,
 )
 
@@ -53,16 +55,77 @@ def test_overdue_edges() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(moments, st.sampled_from(["00:00", "01:30", "09:00", "23:59"]), TZS)
-def test_last_cron_is_the_latest_cron_not_after_now(now, cron, tz) -> None:
+@given(moments, st.sampled_from(["00:00", "01:30", "09:00", "23:59", None]), st.integers(0, 180), TZS)
+def test_without_the_automation_log_the_cron_is_the_latest_configured_one_assumed_finished(now, cron, margin, tz):
     zone = ZoneInfo(tz)
-    at = last_cron(now, cron, zone)
-    hh, mm = (int(x) for x in cron.split(":"))
-    assert at <= now and now - at < timedelta(hours=25)
-    local = at.astimezone(zone)
-    assert (local.hour, local.minute) == (hh, mm) or local.replace(tzinfo=None).time() != time(hh, mm)  # DST gap
-    nxt = datetime.combine(local.date() + timedelta(days=1), time(hh, mm), zone)
-    assert nxt > now
+    got = daily_cron("2020-01-01 01:00:00", "HTTP 500", now, zone, cron, margin)
+    hh, mm = (int(x) for x in (cron or "09:00").split(":"))
+    # reference: walk the local days back from tomorrow, the first configured start finished by now
+    day = now.astimezone(zone).date() + timedelta(days=1)
+    while True:
+        start = datetime.combine(day, time(hh, mm), zone).astimezone(UTC)
+        if start + timedelta(minutes=margin) <= now:
+            break
+        day -= timedelta(days=1)
+    assert got.started == start and "GetAutomationLog failed: HTTP 500" in got.source
+
+
+def test_the_automation_log_is_read_in_the_whmcs_timezone() -> None:
+    tz = ZoneInfo("America/Toronto")
+    got = daily_cron("2025-03-10 01:00:07", None, NOW, tz, "09:00", 90)
+    assert got.started == datetime(2025, 3, 10, 5, 0, 7, tzinfo=UTC) and "2025-03-10 01:00:07" in got.source
+    assert daily_cron("", None, NOW, tz, "09:00", 90).started is None  # no cron has run: nothing invoiced
+    # a cron "in the future" means the WHMCS timezone is wrong: the configured time decides, and says why
+    future = daily_cron("2025-03-10 12:00:00", None, NOW, tz, "01:00", 90)
+    assert future.started == datetime(2025, 3, 10, 5, 0, tzinfo=UTC) and "check whmcs.timezone" in future.source
+
+
+CRON = datetime(2025, 3, 10, 6, 0, tzinfo=UTC)
+states = st.sampled_from(["pending", "posting", "uncertain", "posted", "posted", "posted", "other"])
+facts = st.builds(
+    ChargeFacts,
+    state=states,
+    amount=st.decimals(min_value=D("-20"), max_value=D("20"), places=2, allow_nan=False, allow_infinity=False),
+    kind=st.sampled_from(["charge", "correction"]),
+    posted_at=st.none() | st.integers(-7200, 7200).map(lambda s: CRON + timedelta(seconds=s)),
+    uncertain_at=st.none() | st.integers(-7200, 7200).map(lambda s: CRON + timedelta(seconds=s)),
+    on_invoice=st.booleans(),
+)
+
+
+def ref_not_invoiced(c: ChargeFacts, cron: datetime | None, margin: timedelta) -> bool:
+    """The rule as a table walk: where is the charge's money as far as WHMCS shows it?"""
+    if c.kind == "correction" and c.amount < 0:
+        return False  # an AddCredit: WHMCS's credit already has it
+    if c.state != "posted":
+        return c.state in ("pending", "posting", "uncertain")
+    if c.on_invoice:
+        return False
+    reached = c.posted_at if c.uncertain_at is None else c.uncertain_at
+    if cron is None or reached is None:
+        return True
+    return cron - margin <= reached
+
+
+@settings(max_examples=500, deadline=None)
+@given(facts, st.none() | st.just(CRON), st.integers(0, 600).map(lambda s: timedelta(seconds=s)))
+def test_not_invoiced_matches_the_reference(c, cron, margin) -> None:
+    assert not_invoiced(c, cron, margin) == ref_not_invoiced(c, cron, margin)
+
+
+def test_not_invoiced_edges() -> None:
+    before, after = CRON - timedelta(seconds=1), CRON + timedelta(microseconds=1)
+    assert not not_invoiced(ChargeFacts("posted", D("7"), posted_at=before), CRON)  # the cron picked it up
+    assert not_invoiced(ChargeFacts("posted", D("7"), posted_at=CRON), CRON)  # same instant: not proven
+    assert not_invoiced(ChargeFacts("posted", D("7"), posted_at=after), CRON)
+    assert not_invoiced(ChargeFacts("posted", D("7"), posted_at=before), CRON, timedelta(seconds=5))  # margin
+    assert not_invoiced(ChargeFacts("posted", D("7"), posted_at=before), None)  # no cron has run yet
+    # reconciled after the cron (posted_at = reconciliation time), but it reached WHMCS before it
+    assert not not_invoiced(ChargeFacts("posted", D("7"), posted_at=after, uncertain_at=before), CRON)
+    assert not not_invoiced(ChargeFacts("posted", D("7"), posted_at=after, on_invoice=True), CRON)
+    assert not_invoiced(ChargeFacts("uncertain", D("7"), posted_at=None), CRON)
+    assert not not_invoiced(ChargeFacts("pending", D("-2"), kind="correction"), CRON)  # an AddCredit
+    assert not_invoiced(ChargeFacts("pending", D("2"), kind="correction"), CRON)  # a re-rate increase: an item
 
 
 call_st = st.builds(

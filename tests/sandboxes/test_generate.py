@@ -184,3 +184,19 @@ def test_lesnet_file_layout_and_the_lesnet_connector_reads_it(tmp_path: Path) ->
 def test_canonical_schema_first() -> None:
     _, calls = world_calls(clients=2)
     assert calls.columns[: len(CDR_SCHEMA)] == list(CDR_SCHEMA)
+
+
+@pytest.mark.parametrize("local_now", ["2026-11-26 15:10", "2026-11-26 00:20", "2026-11-26 00:03"])
+def test_todays_calls_are_one_clients_finished_calls_of_today(local_now):
+    """The demo's prepaid client running out during the day: finished before now, after the local
+    midnight the nightly billed up to (overlapping calls when the day is young), on its service."""
+    zone = ZoneInfo("America/Toronto")
+    world = gen.make_world(clients=10, servers_per_kind=1, kinds=("file", "lesnet", "vodia"), seed=42)
+    now = datetime.fromisoformat(local_now).replace(tzinfo=zone).astimezone(UTC)
+    calls = gen.todays_calls(world, 9, now, n=5, minutes=8)
+    midnight = datetime(2026, 11, 26, tzinfo=zone)
+    assert calls.height == 5 and calls["cdr_key"].n_unique() == 5
+    assert set(calls["server"]) == {"vodia-1"} and set(calls["service_id"]) == {1009}
+    assert calls["end_utc"].max() < now
+    assert calls["start_utc"].min() > midnight or now - midnight < timedelta(minutes=9)
+    assert calls["billsec"].sum() == 5 * 8 * 60 and set(calls["direction"]) == {"outbound"}
