@@ -273,11 +273,18 @@ def test_killed_rerate_double_posts_nothing(world, prefect_harness):
     assert world.sandbox.wait_idle(10)
     killed = [c for c in world.charges() if c.state == "posting"]
     assert 0 < len(killed) <= world.settings.whmcs.post_workers  # one claimed charge per posting worker
+    stored_credits = {c.idempotency_key for c in killed if c.amount < 0
+                      and any(c.idempotency_key in i["description"] for i in world.sandbox.credits())}
     rerun = rerate(world)
     assert rerun["corrections"] == 0  # the killed run's corrections were recorded: not made twice
-    assert {c.idempotency_key for c in killed} <= set(rerun["uncertain"])
+    # A killed credit that reached WHMCS is found in the credit log and posted by the rerun; the rest
+    # (items wait for WHMCS's cron, credits absent but within the margin) stay uncertain.
+    after = {c.idempotency_key: c.state for c in world.charges()}
+    assert all(after[k] == "posted" for k in stored_credits)
+    assert set(rerun["uncertain"]) == {c.idempotency_key for c in killed} - stored_credits
     states = Counter(c.state for c in world.charges() if c.kind == "correction")
-    assert states["posting"] == 0 and states["pending"] == 0 and states["uncertain"] == len(killed)
+    assert states["posting"] == 0 and states["pending"] == 0
+    assert states["uncertain"] == len(killed) - len(stored_credits)
     items, credits = world.sandbox.billable_items(), world.sandbox.credits()
     for c in world.charges():
         hits = [i for i in items + credits if c.idempotency_key in i["description"]]
