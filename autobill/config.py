@@ -237,6 +237,10 @@ class WHMCS(_Strict):
     cron_margin_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 90
     # A daily cron counts for a charge only if it started this long after the charge became uncertain.
     reconcile_margin_seconds: Annotated[int, Field(ge=0, le=24 * 3600)] = 0
+    # An uncertain credit (AddCredit) absent from the client's credit log counts as never stored only
+    # when the log was read this long after the credit became uncertain (WHMCS may still be running an
+    # AddCredit we stopped waiting for: PHP's max_execution_time, 30 s by default).
+    credit_margin_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
     # Optional read-only WHMCS database (MySQL/MariaDB), e.g. {env: WHMCS_DB_URL} holding
     # mysql+pymysql://reader:pw@host/whmcs: uncertain charges are settled from tblbillableitems.
     database_url: SecretRef | None = None

@@ -20,6 +20,14 @@ A charge's call can no longer be in flight from our side once it is uncertain (t
 or the process that sent it is dead), which is why `uncertain_since` bounds when the item could
 have been stored; `margin` covers a WHMCS still processing a request we stopped waiting for.
 
+A correction that lowers a line was posted as a credit (AddCredit): it never shows on an invoice
+or in the billable-items table, so its source is the client's credit log (GetCredits), which
+AddCredit writes synchronously: the log read at moment T holds every credit WHMCS finished storing
+before T. `as_of` is then the moment the read was sent, and the margin (`whmcs.credit_margin_seconds`)
+covers an AddCredit we stopped waiting for that WHMCS is still running (PHP does not stop a request
+when the client hangs up). The same rule applies: found once -> posted (credit id kept), several
+times -> undecided, absent and read later than uncertain + margin -> pending.
+
 WHMCS writes its times in its own server's timezone without an offset: they are read with
 `whmcs_time`, never compared with UTC as they come.
 """
@@ -36,17 +44,18 @@ POSTED, PENDING, UNDECIDED = "posted", "pending", "undecided"
 @dataclass(frozen=True)
 class Line:
     """A place the key can be found: an invoice line (invoice_id, item_id, relid = billable item id for
-    type "Item") or a billable item row (billable_id only)."""
+    type "Item"), a billable item row (billable_id only) or a credit log entry (credit_id only)."""
 
     description: str
     invoice_id: int | None = None
     item_id: int | None = None
     billable_id: int | None = None
+    credit_id: int | None = None
 
 
 @dataclass(frozen=True)
 class Evidence:
-    source: str  # "invoices" | "database"
+    source: str  # "invoices" | "database" | "credits"
     as_of: datetime | None  # UTC: the source shows every item stored before this moment
     as_of_source: str = ""  # how as_of was known, e.g. "GetAutomationLog" or "whmcs.cron_time 01:00 + 90 min"
     lines: tuple[Line, ...] = ()
@@ -87,7 +96,7 @@ def decide(key: str, uncertain_since: datetime, evidence: Evidence, margin: time
     if evidence.as_of <= uncertain_since + margin:
         return Decision(UNDECIDED, f"not in {where}, but the last record ({_utc(evidence.as_of)}, "
                         f"{evidence.as_of_source}) is not after the charge became uncertain "
-                        f"({_utc(uncertain_since)}{_margin(margin)}): wait for WHMCS's next daily cron")
+                        f"({_utc(uncertain_since)}{_margin(margin)}): {_wait(evidence)}")
     return Decision(PENDING, f"not in {where} although {evidence.as_of_source} at {_utc(evidence.as_of)} "
                     f"is after the charge became uncertain ({_utc(uncertain_since)}): never stored, post again")
 
@@ -95,10 +104,22 @@ def decide(key: str, uncertain_since: datetime, evidence: Evidence, margin: time
 def _where(evidence: Evidence) -> str:
     if evidence.source == "database":
         return "the WHMCS billable items table"
+    if evidence.source == "credits":
+        return "the client's credit log"
     return f"{len(evidence.scanned)} invoice(s) since the post"
 
 
+def _wait(evidence: Evidence) -> str:
+    if evidence.source == "credits":
+        return "WHMCS may still be storing it, read the credit log again later"
+    if evidence.source == "database":
+        return "WHMCS may still be storing it, read the table again later"
+    return "wait for WHMCS's next daily cron"
+
+
 def _line_text(line: Line) -> str:
+    if line.credit_id is not None:
+        return f"credit log entry {line.credit_id}"
     if line.invoice_id is not None:
         return f"invoice {line.invoice_id} line {line.item_id}" + (
             f" (billable item {line.billable_id})" if line.billable_id else "")

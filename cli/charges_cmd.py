@@ -22,10 +22,12 @@ Each nightly run settles uncertain charges itself once WHMCS's daily cron has ru
 What is listed here could not be decided yet; the reason says why. To settle by hand, search
 WHMCS (Billing > Billable Items, or the client's invoices) for the key, then:
   found      autobill charges reconcile KEY [KEY ...] --posted --billable-id N [--billable-id M ...]
+             (one --billable-id per billable item, in order; a credit needs none)
   not found  autobill charges reconcile KEY [KEY ...] --not-posted      (posted by the next run)
   ask WHMCS  autobill charges reconcile --check                          (what the nightly run does)
-Corrections (keys rc-...) too; one with a negative amount was an AddCredit: look for its key
-in the client's credit log (Billing > Credit) instead.
+Corrections (keys rc-...) too; one with a negative amount was an AddCredit: each run looks for
+its key in the client's credit log (GetCredits) itself; by hand, look in the client's credit log
+(Billing > Credit) and settle it with --posted alone.
 """
 
 
@@ -134,7 +136,8 @@ def register(app: typer.Typer) -> None:
             help="Charge ids or idempotency keys; omit to list the uncertain ones with their evidence.")] = None,
         posted: Annotated[bool | None, typer.Option("--posted/--not-posted", help="Your finding in WHMCS.")] = None,
         billable_id: Annotated[list[int] | None, typer.Option(
-            help="With --posted: the WHMCS billable item id, once per charge, in the same order.")] = None,
+            help="With --posted: the WHMCS billable item id, once per billable-item charge, in the same order "
+                 "(none for a credit: it has no id).")] = None,
         note: Annotated[str, typer.Option(help="Free text kept with the decision.")] = "",
         check: Annotated[bool, typer.Option("--check", help="Ask WHMCS now, as the nightly run does.")] = False,
         config: ConfigOption = None,
@@ -149,7 +152,7 @@ def register(app: typer.Typer) -> None:
         if not refs:
             _list_uncertain(settings)
             return
-        from autobill.ledger.charges import ReconcileError, find_charge, reconcile
+        from autobill.ledger.charges import ReconcileError, find_charge, posts_as_credit, reconcile
 
         found = {}
         for ref in dict.fromkeys(refs):  # an unknown id or key is bad usage, like any unknown id
@@ -160,17 +163,20 @@ def register(app: typer.Typer) -> None:
         if posted is None:
             raise usage("say what you found in WHMCS: --posted (with --billable-id) or --not-posted")
         ids = billable_id or []
-        if posted and len(ids) != len(refs):
-            raise usage(f"--posted needs one --billable-id per charge, in order ({len(refs)} charge(s), "
-                        f"{len(ids)} id(s))")
         if not posted and ids:
             raise usage("--billable-id goes with --posted")
         for ref, charge in found.items():  # every reference is checked before any is settled
             if charge.state != "uncertain":
                 raise fail(f"charge {ref} is {charge.state}, not uncertain: nothing to reconcile")
-        for i, ref in enumerate(refs):
+        # A credit (AddCredit) has no billable item id: the ids go, in order, to the other charges.
+        items = [ref for ref in refs if not posts_as_credit(found[ref])]
+        if posted and len(ids) != len(items):
+            raise usage(f"--posted needs one --billable-id per billable-item charge, in order, none for a credit "
+                        f"({len(items)} billable-item charge(s), {len(refs) - len(items)} credit(s), {len(ids)} id(s))")
+        given = dict(zip(items, ids, strict=True)) if posted else {}
+        for ref in refs:
             try:
-                charge = reconcile(settings, ref, posted=posted, billable_id=ids[i] if posted else None, note=note)
+                charge = reconcile(settings, ref, posted=posted, billable_id=given.get(ref), note=note)
             except ReconcileError as exc:
                 raise fail(str(exc)) from None
             typer.echo(f"{charge.idempotency_key}: {charge.state}")

@@ -1,7 +1,8 @@
 """The `rerate` flow: re-rate past billing dates and post only the difference (issue 16).
 
-Orchestration only: plan (tasks/rerate.py) -> preview artifact -> record -> post the pending
-corrections (tasks/post.py, the nightly's state machine) -> run summary. It holds the nightly's
+Orchestration only: settle uncertain charges from WHMCS (tasks/reconcile.py: a credit whose
+answer was lost is found in the client's credit log) -> plan (tasks/rerate.py) -> preview
+artifact -> record -> post the pending corrections (tasks/post.py, the nightly's state machine) -> run summary. It holds the nightly's
 ledger lock for the whole run: a re-rate never interleaves with a nightly (or another re-rate),
 so the prices it compares with are the prices billed, and a correction is made once.
 """
@@ -20,6 +21,7 @@ from autobill.config import load_settings
 from autobill.ledger.corrections import RerateRequest
 from autobill.ledger.lock import ledger_lock
 from tasks.post import outstanding_uncertain_task, post_pending_task, surface_interrupted_task
+from tasks.reconcile import reconcile_task
 from tasks.rerate import plan_rerate_task, publish_preview_task, record_rerate_task
 from tasks.runs import finish_run_task, start_run_task
 
@@ -82,6 +84,7 @@ def _rerate(settings, request: RerateRequest, tariff: list[str] | None, dry_run:
     run_id = start_run_task(settings, "rerate", None, dry_run)
     if not dry_run:
         surface_interrupted_task(settings)
+        reconcile_task(settings, run_id)  # as the nightly does, before anything is posted
     plan = plan_rerate_task(settings, request, tariff)
     if not dry_run:
         plan = record_rerate_task(settings, plan, run_id)

@@ -9,7 +9,13 @@ For each uncertain charge (its AddBillableItem may or may not have created the i
   read that client's invoices dated since the post (GetInvoices, newest first; GetInvoice for
   the lines) and look for the key in the line descriptions.
 
-Found -> `posted` (invoice, line and billable item recorded); certainly absent -> `pending`, posted
+A credit (a correction that lowers a line, posted with AddCredit: re-rate decreases, dispute
+credits) never reaches an invoice or the billable-items table: its key is looked for in the
+client's credit log (GetCredits), which AddCredit writes synchronously, so the log is complete as of
+the moment it is read; absent counts as never stored only when that moment is at least
+`whmcs.credit_margin_seconds` after the credit became uncertain.
+
+Found -> `posted` (invoice, line and billable item recorded; for a credit, the credit log entry); certainly absent -> `pending`, posted
 again by this run's post step; anything else stays `uncertain` with the reason (e.g. the cron has
 not run yet) for the next run or an operator (`autobill charges reconcile`). The rule is
 autobill/reconcile.py; every decision is kept with its evidence (autobill/ledger/reconciliation.py).
@@ -48,6 +54,7 @@ class InvoiceReader(Protocol):
     def get_automation_log(self) -> dict: ...
     def invoices_since(self, client_id: int, since: Any) -> list[dict]: ...
     def get_invoice(self, invoice_id: int) -> dict: ...
+    def get_credits(self, client_id: int) -> list[dict]: ...
 
 
 @dataclass
@@ -119,6 +126,18 @@ def _from_invoices(client: InvoiceReader, settings: Settings, charges: list[Unce
     return Evidence("invoices", cron_at, cron_source, tuple(lines), tuple(scanned))
 
 
+def _from_credits(client: InvoiceReader, client_id: int, now: datetime) -> Evidence:
+    """The client's whole credit log. `as_of` is when the read was sent: the log holds every credit
+    WHMCS finished storing before then (AddCredit writes it synchronously)."""
+    as_of = utc_now() if now is None else now
+    try:
+        entries = client.get_credits(client_id)
+        lines = tuple(Line(str(e.get("description") or ""), credit_id=int(str(e["id"]))) for e in entries)
+    except (WhmcsError, KeyError, ValueError, TypeError) as exc:
+        return Evidence("credits", None, "GetCredits", complete=False, error=f"{type(exc).__name__}: {exc}"[:500])
+    return Evidence("credits", as_of, "the client's credit log (GetCredits)", lines=lines)
+
+
 def reconcile_uncertain(
     settings: Settings, client: InvoiceReader, db: WhmcsDatabase | None = None, run_id: int | None = None,
     now: datetime | None = None, actor: str = "autobill",
@@ -128,8 +147,21 @@ def reconcile_uncertain(
     charges = uncertain_charges(settings)
     if not charges:
         return report
+    read_at = now  # None: each credit log read is dated when it is sent
     now = now or utc_now()
     margin = timedelta(seconds=settings.whmcs.reconcile_margin_seconds if settings.whmcs else 0)
+    credit_margin = timedelta(seconds=settings.whmcs.credit_margin_seconds if settings.whmcs else 60)
+    credits: dict[int, list[Uncertain]] = {}
+    for charge in charges:
+        if charge.as_credit:
+            credits.setdefault(charge.client_id, []).append(charge)
+    for client_id, mine in credits.items():
+        evidence = _from_credits(client, client_id, read_at)
+        for charge in mine:
+            decision = decide(charge.key, charge.uncertain_since, evidence, credit_margin)
+            record_decision(settings, charge, decision, evidence, run_id=run_id, actor=actor)
+            report.add(charge.key, decision)
+    charges = [c for c in charges if not c.as_credit]
     rest: list[Uncertain] = []
     for charge in charges:
         if db is None:

@@ -32,7 +32,7 @@ from autobill.config import Settings
 from autobill.ledger.bulk import insert_rows
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Charge
-from autobill.ledger.reconciliation import Uncertain, record_decision
+from autobill.ledger.reconciliation import is_credit, record_decision, uncertain_of
 from autobill.reconcile import PENDING, POSTED, Decision, Line
 from autobill.timeutil import utc_now
 
@@ -170,7 +170,7 @@ def pending_charge_ids(settings: Settings, kind: str | None = None) -> list[int]
 
 def posts_as_credit(charge: Charge) -> bool:
     """A correction that lowers a line is posted as a WHMCS credit (AddCredit), not a billable item."""
-    return charge.kind == "correction" and charge.amount < 0
+    return is_credit(charge.kind, charge.amount)
 
 
 def claim(settings: Settings, charge_ids: list[int]) -> list[Charge]:
@@ -265,17 +265,26 @@ def find_charge(settings: Settings, ref: str) -> Charge:
 def reconcile(settings: Settings, ref: str, posted: bool, billable_id: int | None = None, note: str = "",
               actor: str = "operator") -> Charge:
     """An operator's verdict on an uncertain charge: it is in WHMCS (posted) or it is not (pending
-    again). Kept in `charge_reconciliations` like the nightly run's own decisions."""
+    again). Kept in `charge_reconciliations` like the nightly run's own decisions.
+    A credit (a correction that lowers a line, posted with AddCredit) has no billable item id: it
+    is found in the client's credit log, so `billable_id` must be None for it and is required for
+    every other charge found posted."""
     charge = find_charge(settings, ref)
     if charge.state != "uncertain":
         raise ReconcileError(f"charge {charge.idempotency_key} is {charge.state}, not uncertain: nothing to reconcile")
-    if posted:
+    credit = is_credit(charge.kind, charge.amount)
+    if posted and credit and billable_id is not None:
+        raise ReconcileError(f"charge {charge.idempotency_key} is a credit (AddCredit): it has no billable item id")
+    if posted and not credit and billable_id is None:
+        raise ReconcileError(f"charge {charge.idempotency_key} is a billable item: give its WHMCS billable item id")
+    if posted and credit:
+        decision = Decision(POSTED, f"operator found it in the client's credit log. {note}".strip(), Line(""))
+    elif posted:
         decision = Decision(POSTED, f"operator found it in WHMCS (billable item {billable_id}). {note}".strip(),
                             Line("", billable_id=billable_id))
     else:
         decision = Decision(PENDING, f"operator found it is not in WHMCS. {note}".strip())
-    target = Uncertain(charge.id, charge.idempotency_key, charge.client_id, charge.currency, charge.amount,
-                       charge.posting_started_at, charge.uncertain_at or charge.created_at)
+    target = uncertain_of(charge)
     if not record_decision(settings, target, decision, None, actor=actor):
         raise ReconcileError(f"charge {charge.idempotency_key} was settled meanwhile: nothing to reconcile")
     return find_charge(settings, str(charge.id))

@@ -5,6 +5,9 @@ its id and idempotency key, found in WHMCS by `[key]` in a description, and sett
 conditional UPDATE (`uncertain` -> `posted` | `pending`) committed with the decision row that
 explains it (`charge_reconciliations`: source, outcome, reason, the invoices read, the line found).
 The WHMCS reads are the reconcile step's (tasks/reconcile.py); the rule is autobill/reconcile.py.
+A correction that lowers a line (a re-rate decrease or a dispute credit) was an AddCredit: it is
+`as_credit`, looked for in the client's credit log, and the credit log entry found is named in the
+decision's reason (a credit has no billable item id).
 """
 
 from __future__ import annotations
@@ -31,19 +34,24 @@ class Uncertain:
     amount: object
     posting_started_at: datetime | None
     uncertain_since: datetime  # when it became uncertain (older rows: when its post started)
+    as_credit: bool = False  # posted with AddCredit: found in the credit log, not on invoices
+
+
+def is_credit(kind: str, amount) -> bool:
+    """A correction that lowers a line is posted as a WHMCS credit (AddCredit), never a billable item."""
+    return kind == "correction" and amount < 0
 
 
 def uncertain_charges(settings: Settings) -> list[Uncertain]:
-    """Every uncertain charge, oldest first, that invoices can settle: a correction posted as a credit
-    (AddCredit, issue 16) never shows on an invoice, so it is left to an operator (the credit log)."""
-    credit = (Charge.kind == "correction") & (Charge.amount < 0)
+    """Every uncertain charge, oldest first; credits (`as_credit`) included."""
     with session_scope(settings.ledger) as session:
-        rows = session.scalars(select(Charge).where(Charge.state == "uncertain", ~credit).order_by(Charge.id)).all()
-        return [
-            Uncertain(c.id, c.idempotency_key, c.client_id, c.currency, c.amount, c.posting_started_at,
-                      c.uncertain_at or c.posting_started_at or c.created_at)
-            for c in rows
-        ]
+        rows = session.scalars(select(Charge).where(Charge.state == "uncertain").order_by(Charge.id)).all()
+        return [uncertain_of(c) for c in rows]
+
+
+def uncertain_of(c: Charge) -> Uncertain:
+    return Uncertain(c.id, c.idempotency_key, c.client_id, c.currency, c.amount, c.posting_started_at,
+                     c.uncertain_at or c.posting_started_at or c.created_at, as_credit=is_credit(c.kind, c.amount))
 
 
 def record_decision(

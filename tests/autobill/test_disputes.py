@@ -20,6 +20,7 @@ from autobill.timeutil import local_today
 from connectors.whmcs import WhmcsClient
 from sandboxes.generate import tariff_frame
 from tasks.post import post_pending
+from tasks.reconcile import reconcile_uncertain
 from tests.support.statements import StatementWorld
 
 D1, D2, D3 = date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)
@@ -99,6 +100,26 @@ def test_credit_posts_a_correction_for_exactly_the_disputed_calls(tmp_path, sand
     [view] = list_disputes(w.settings, charge.client_id)
     assert (view.status, view.opened_by, view.resolved_by, view.note) == ("credited", "alice", "bob", "goodwill")
     assert {i["status"] for i in view.items} == {"credited"}
+
+
+def test_dispute_credit_with_a_lost_answer_is_found_in_the_credit_log(tmp_path, sandbox, ledger_url):
+    """A dispute credit is an AddCredit like a re-rate decrease: settled from GetCredits, credited once."""
+    w = StatementWorld(tmp_path, sandbox, ledger_url=ledger_url)
+    w.bill(D1, w.calls(D1, D1, per_day=30))
+    costly = max(_rows(w.settings, BilledCDR, BilledCDR.outcome == "billed"), key=lambda b: b.cost)
+    dispute_id = open_dispute(w.settings, costly.client_id, [costly.cdr_key], "never made", "alice")
+    [credit_id] = resolve_dispute(w.settings, dispute_id, credit=True, who="bob")
+    [credit] = _rows(w.settings, Charge, Charge.id == credit_id)
+    assert credit.amount < 0 and credit.state == "pending"
+    sandbox.fail_next(1, "drop_after_store", action="AddCredit")
+    assert _post(w).uncertain == [credit.idempotency_key]
+    with WhmcsClient.from_settings(w.settings.whmcs) as client:
+        report = reconcile_uncertain(w.settings, client)
+    assert report.posted == [credit.idempotency_key]
+    assert _post(w).posted == 0
+    [after] = _rows(w.settings, Charge, Charge.id == credit_id)
+    found = [c for c in sandbox.credits(credit.client_id) if f"[{credit.idempotency_key}]" in c["description"]]
+    assert after.state == "posted" and [c["amount"] for c in found] == [-credit.amount]
 
 
 def _with_missing_tariff(w: StatementWorld) -> None:

@@ -71,7 +71,8 @@ def test_settles_several_keys_in_one_call_and_keeps_the_decisions(ledger):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["ab-c0", "ab-c1", "--posted", "--billable-id", "1"], 2, "one --billable-id per charge"),
+    (["ab-c0", "ab-c1", "--posted", "--billable-id", "1"], 2, "one --billable-id per billable-item charge"),
+    (["ab-c0", "--posted"], 2, "one --billable-id per billable-item charge"),
     (["ab-c0", "--not-posted", "--billable-id", "1"], 2, "--billable-id goes with --posted"),
     (["ab-c0", "ab-c3", "--not-posted"], 1, "ab-c3 is posted, not uncertain"),
     (["ab-c0", "nope", "--not-posted"], 2, "no charge with id or idempotency key 'nope'"),
@@ -86,6 +87,60 @@ def test_bad_arguments_are_one_line_and_settle_nothing(ledger, args, code, messa
     assert out.exit_code == code and message in out.output and "Traceback" not in out.output
     assert len(out.output.strip().splitlines()) == 1
     assert _states(url) == before  # all checked before any was settled
+
+
+def _credit(url: str, key: str = "rc-cr") -> None:
+    """An uncertain correction that lowers a line: it was an AddCredit, it has no billable item id."""
+    at = datetime(2026, 11, 20, 5, 57, tzinfo=UTC)
+    with session_scope(url) as s:
+        s.add(Charge(idempotency_key=key, client_id=1, service_id=1, billing_date=date(2026, 11, 19),
+                     charge_class="outbound", currency="USD", amount=Decimal("-1.25"), exact_amount=Decimal("-1.25"),
+                     tariff_version="v", description=f"Correction [{key}]", state="uncertain", posting_started_at=at,
+                     uncertain_at=at, last_error="answer lost", kind="correction"))
+
+
+def test_a_credit_is_settled_posted_without_a_billable_id_beside_items_that_need_one(ledger):
+    cfg, url = ledger
+    _credit(url)
+    out = runner.invoke(app, ["charges", "reconcile", "ab-c0", "rc-cr", "ab-c1", "--posted", "--billable-id", "501",
+                              "--billable-id", "502", "--note", "seen in Billing > Credit", "-c", cfg])
+    assert out.exit_code == 0, out.output
+    states = _states(url)
+    assert states["ab-c0"] == ("posted", 501) and states["ab-c1"] == ("posted", 502)
+    assert states["rc-cr"] == ("posted", None)
+    from autobill.ledger.models import ChargeReconciliation
+
+    with session_scope(url) as s:
+        (kept,) = s.scalars(select(ChargeReconciliation).join(Charge, Charge.id == ChargeReconciliation.charge_id)
+                            .where(Charge.idempotency_key == "rc-cr")).all()
+    assert kept.outcome == "posted" and kept.source == "operator" and kept.billable_id is None
+    assert "credit log" in kept.reason and "seen in Billing > Credit" in kept.reason
+
+
+@pytest.mark.parametrize("args, message", [
+    (["rc-cr", "--posted", "--billable-id", "9"], "0 billable-item charge(s), 1 credit(s), 1 id(s)"),
+    (["rc-cr", "ab-c0", "--posted"], "1 billable-item charge(s), 1 credit(s), 0 id(s)"),
+])
+def test_a_credit_takes_no_billable_id_and_an_item_still_needs_one(ledger, args, message):
+    cfg, url = ledger
+    _credit(url)
+    before = _states(url)
+    out = runner.invoke(app, ["charges", "reconcile", *args, "-c", cfg])
+    assert out.exit_code == 2 and message in out.output and len(out.output.strip().splitlines()) == 1
+    assert _states(url) == before
+
+
+def test_a_credit_found_by_hand_through_the_ledger_api_refuses_a_billable_id(ledger):
+    from autobill.ledger.charges import ReconcileError, reconcile
+
+    cfg, url = ledger
+    _credit(url)
+    settings = load_settings(cfg)
+    with pytest.raises(ReconcileError, match="credit"):
+        reconcile(settings, "rc-cr", posted=True, billable_id=7)
+    with pytest.raises(ReconcileError, match="billable item id"):
+        reconcile(settings, "ab-c0", posted=True)
+    assert reconcile(settings, "rc-cr", posted=True).state == "posted"
 
 
 def test_an_up_to_date_ledger_is_not_migrated_again(ledger, monkeypatch):

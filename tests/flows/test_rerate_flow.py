@@ -13,17 +13,18 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import polars as pl
 import pytest
-from sqlalchemy import select
+import yaml
+from sqlalchemy import select, update
 
 from autobill import lake
 from autobill.billing_day import with_billing_date
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import CorrectionCDR, Rerate
+from autobill.ledger.models import Charge, ChargeReconciliation, CorrectionCDR, Rerate
 from autobill.mapping import assign_services
 from autobill.money import round_minor
 from autobill.rating.billing import load_tariffs, rate_for_billing
@@ -35,9 +36,17 @@ D1 = date(2026, 11, 18)
 
 
 @pytest.fixture
-def world(tmp_path, prefect_harness, monkeypatch):
-    with whmcs_world(tmp_path, monkeypatch, D1, D1, clients=6, servers=2, calls_per_day=25) as w:
+def world(tmp_path, prefect_harness, monkeypatch, ledger_url):
+    """On SQLite and on PostgreSQL (`ledger_url` runs both)."""
+    with whmcs_world(tmp_path, monkeypatch, D1, D1, clients=6, servers=2, calls_per_day=25,
+                     ledger_url=ledger_url) as w:
         yield w
+
+
+def set_whmcs(world: BillingWorld, **keys) -> None:
+    config = yaml.safe_load(world.config_path.read_text())
+    config["whmcs"].update(keys)
+    world.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def set_tariff(world: BillingWorld, changes: dict[str, tuple[str, int]]) -> None:
@@ -163,7 +172,7 @@ def test_rerate_posts_the_difference_once_and_a_second_time_nothing(world):
     assert ledger_lines(world) == reference_lines(world)
 
 
-def test_lost_credit_answer_is_uncertain_and_never_reposted(world):
+def test_lost_credit_answer_is_found_in_the_credit_log_by_the_rerun_and_never_credited_twice(world):
     world.drop(D1)
     nightly(world)
     set_tariff(world, {"1": ("0.0010", 6)})  # only decreases: credits
@@ -172,12 +181,48 @@ def test_lost_credit_answer_is_uncertain_and_never_reposted(world):
     assert first["credits"] > 0 and first["status"] == "partial" and len(first["uncertain"]) == 1
     (key,) = first["uncertain"]
     assert len([c for c in world.sandbox.credits() if key in c["description"]]) == 1  # stored, answer lost
-    again = rerate(world)
-    assert again["corrections"] == 0 and key in again["uncertain"]
+    again = rerate(world)  # no manual step: the rerun reads the client's credit log
+    assert again["corrections"] == 0 and again["uncertain"] == [] and again["status"] == "completed"
+    assert again["posted"] == 0  # found, not credited again
     assert len([c for c in world.sandbox.credits() if key in c["description"]]) == 1
-    from autobill.ledger.charges import reconcile
+    (charge,) = [c for c in world.charges() if c.idempotency_key == key]
+    assert charge.state == "posted" and "credit log entry" in charge.last_error
+    with session_scope(world.settings.ledger) as s:
+        (kept,) = s.scalars(select(ChargeReconciliation).where(ChargeReconciliation.charge_id == charge.id)).all()
+        assert (kept.source, kept.outcome) == ("credits", "posted")
+    assert_whmcs_matches(world)
+    assert ledger_lines(world) == reference_lines(world)
 
-    reconcile(world.settings, key, posted=True)
+
+def test_credit_never_stored_is_pending_then_posted_once(world):
+    """The run died after claiming a credit and before its AddCredit left: WHMCS never saw it."""
+    world.drop(D1)
+    nightly(world)
+    set_tariff(world, {"1": ("0.0010", 6)})
+    set_whmcs(world, credit_margin_seconds=4)
+    world.sandbox.set_faults(action="AddCredit", mode="503")  # refused: every credit stays pending
+    first = rerate(world)
+    assert first["credits"] > 0 and first["posted"] == 0 and first["failed_posts"]
+    assert world.sandbox.credits() == []
+    key = first["failed_posts"][0]
+    with session_scope(world.settings.ledger) as s:  # what a claim commit leaves when the process dies
+        s.execute(update(Charge).where(Charge.idempotency_key == key).values(state="posting"))
+    world.sandbox.clear_faults()
+    soon = rerate(world)  # uncertain now; absent from the credit log but within the margin: undecided
+    assert soon["uncertain"] == [key] and soon["posted"] == len(first["failed_posts"]) - 1  # the others
+    assert not [c for c in world.sandbox.credits() if key in c["description"]]
+    (charge,) = [c for c in world.charges() if c.idempotency_key == key]
+    time.sleep(max(0.0, (charge.uncertain_at - datetime.now(UTC)).total_seconds() + 4.5))
+    later = rerate(world)  # the log read past the margin shows it was never stored: posted, once
+    assert later["uncertain"] == [] and later["posted"] == 1
+    assert len([c for c in world.sandbox.credits() if key in c["description"]]) == 1
+    again = rerate(world)
+    assert again["posted"] == 0 and len([c for c in world.sandbox.credits() if key in c["description"]]) == 1
+    with session_scope(world.settings.ledger) as s:
+        charge = s.scalars(select(Charge).where(Charge.idempotency_key == key)).one()
+        outcomes = s.scalars(select(ChargeReconciliation.outcome).where(ChargeReconciliation.charge_id == charge.id)
+                             .order_by(ChargeReconciliation.id)).all()
+    assert charge.state == "posted" and outcomes == ["undecided", "pending"]
     assert_whmcs_matches(world)
     assert ledger_lines(world) == reference_lines(world)
 
@@ -226,11 +271,18 @@ def test_killed_rerate_double_posts_nothing(world, prefect_harness):
     assert world.sandbox.wait_idle(10)
     killed = [c for c in world.charges() if c.state == "posting"]
     assert 0 < len(killed) <= world.settings.whmcs.post_workers  # one claimed charge per posting worker
+    stored_credits = {c.idempotency_key for c in killed if c.amount < 0
+                      and any(c.idempotency_key in i["description"] for i in world.sandbox.credits())}
     rerun = rerate(world)
     assert rerun["corrections"] == 0  # the killed run's corrections were recorded: not made twice
-    assert {c.idempotency_key for c in killed} <= set(rerun["uncertain"])
+    # A killed credit that reached WHMCS is found in the credit log and posted by the rerun; the rest
+    # (items wait for WHMCS's cron, credits absent but within the margin) stay uncertain.
+    after = {c.idempotency_key: c.state for c in world.charges()}
+    assert all(after[k] == "posted" for k in stored_credits)
+    assert set(rerun["uncertain"]) == {c.idempotency_key for c in killed} - stored_credits
     states = Counter(c.state for c in world.charges() if c.kind == "correction")
-    assert states["posting"] == 0 and states["pending"] == 0 and states["uncertain"] == len(killed)
+    assert states["posting"] == 0 and states["pending"] == 0
+    assert states["uncertain"] == len(killed) - len(stored_credits)
     items, credits = world.sandbox.billable_items(), world.sandbox.credits()
     for c in world.charges():
         hits = [i for i in items + credits if c.idempotency_key in i["description"]]

@@ -178,3 +178,62 @@ def test_operator_verdict_is_recorded_like_the_automatic_ones(sqlite_url):
     with session_scope(sqlite_url) as s:
         (row,) = s.scalars(select(ChargeReconciliation)).all()
         assert (row.source, row.outcome, row.billable_id, row.actor) == ("operator", "posted", 77, "operator")
+
+
+def _uncertain_credit(url: str, key: str, at: datetime, client_id: int = 1) -> None:
+    """A correction that lowers a line, whose AddCredit answer was lost."""
+    with session_scope(url) as s:
+        s.add(Charge(idempotency_key=key, client_id=client_id, service_id=10, billing_date=date(2026, 11, 19),
+                     charge_class="outbound", currency="USD", amount=Decimal("-1.25"), exact_amount=Decimal("-1.25"),
+                     tariff_version="v", description=f"Correction for 2026-11-19 [{key}]", state="uncertain",
+                     posting_started_at=at, uncertain_at=at, kind="correction"))
+
+
+def test_credits_are_settled_from_the_credit_log_never_from_invoices_or_the_database(ledger_url, sandbox, whmcs_db):
+    db_url, _ = whmcs_db
+    settings = _settings(ledger_url, sandbox, credit_margin_seconds=60)
+    now = datetime.now(UTC)
+    _uncertain_credit(ledger_url, "rc-found", now - timedelta(minutes=5))
+    _uncertain_credit(ledger_url, "rc-lost", now - timedelta(minutes=5))  # never stored
+    _uncertain_credit(ledger_url, "rc-recent", now - timedelta(seconds=10))  # WHMCS may still be storing it
+    _uncertain_credit(ledger_url, "rc-twice", now - timedelta(minutes=5), client_id=2)
+    other = _client(sandbox)
+    other.add_credit(1, "Correction for 2026-11-19 [rc-found]", Decimal("1.25"))
+    other.add_credit(1, "Correction for 2026-11-19 [rc-lost2]", Decimal("1.25"))  # a lookalike
+    other.add_credit(2, "x [rc-twice]", Decimal("1.25"))
+    other.add_credit(2, "y [rc-twice]", Decimal("1.25"))
+    found_id = int(next(c["id"] for c in other.get_credits(1) if "[rc-found]" in c["description"]))
+    with WhmcsDatabase(db_url) as db, _client(sandbox) as client:  # the database holds no credit: not asked
+        report = reconcile_uncertain(settings, client, db)
+    assert report.posted == ["rc-found"] and report.pending == ["rc-lost"]
+    assert [k for k, _ in report.undecided] == ["rc-recent", "rc-twice"]
+    assert "read the credit log again later" in dict(report.undecided)["rc-recent"]
+    assert "found 2 times" in dict(report.undecided)["rc-twice"]
+    assert sandbox.request_count("GetCredits") == 1 + 2 and sandbox.request_count("GetInvoices") == 0  # mine + 1 per client
+    assert _states(ledger_url) == {"rc-found": "posted", "rc-lost": "pending", "rc-recent": "uncertain",
+                                   "rc-twice": "uncertain"}
+    with session_scope(ledger_url) as s:
+        rows = {r.outcome: r for r in s.scalars(select(ChargeReconciliation).where(ChargeReconciliation.source
+                                                                                   == "credits"))}
+        assert f"credit log entry {found_id}" in rows["posted"].reason and rows["posted"].billable_id is None
+        assert rows["pending"].as_of is not None and "post again" in rows["pending"].reason
+        posted = s.scalars(select(Charge).where(Charge.idempotency_key == "rc-found")).one()
+        assert posted.whmcs_billable_id is None and f"credit log entry {found_id}" in posted.last_error
+    # The pending credit is posted once by the post step; the found one is never credited again.
+    assert post_pending(settings, _client(sandbox)).posted == 1
+    log = sandbox.credits(1)
+    assert [c["description"] for c in log].count("Correction for 2026-11-19 [rc-lost]") == 1
+    assert len([c for c in log if "[rc-found]" in c["description"]]) == 1
+    later = reconcile_uncertain(settings, _client(sandbox), now=now + timedelta(minutes=2))
+    assert later.posted == [] and later.pending == ["rc-recent"]  # past the margin, still absent
+
+
+def test_credit_log_unreadable_leaves_the_credit_uncertain(sqlite_url, sandbox):
+    upgrade(sqlite_url)
+    settings = _settings(sqlite_url, sandbox)
+    _uncertain_credit(sqlite_url, "rc-x", datetime.now(UTC) - timedelta(hours=1))
+    sandbox.set_faults(action="GetCredits", mode="500")
+    with _client(sandbox) as client:
+        report = reconcile_uncertain(settings, client)
+    assert report.undecided and "could not read the client's credit log" in report.undecided[0][1]
+    assert _states(sqlite_url) == {"rc-x": "uncertain"}
