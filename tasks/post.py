@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from autobill.config import Settings
 from autobill.ledger.charges import (
+    Claimed,
     PostingReport,
     Sent,
     outstanding_uncertain,
@@ -43,7 +44,7 @@ class BillableItemPoster(Protocol):
                    currency: str | None = None) -> Decimal: ...
 
 
-def _send(client: BillableItemPoster, charge: Charge) -> Sent:
+def _send(client: BillableItemPoster, charge: Charge | Claimed) -> Sent:
     """One AddBillableItem (or AddCredit for a correction that lowers a line); no ledger I/O here."""
     try:
         if posts_as_credit(charge):
@@ -70,7 +71,7 @@ class _Turn:
 
     sent: Sent | None
     done: threading.Event = field(default_factory=threading.Event)
-    charge: Charge | None = None
+    charge: Claimed | None = None
     error: BaseException | None = None
 
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from autobill.config import Settings
 from autobill.ledger.bulk import insert_rows
-from autobill.ledger.db import session_scope
+from autobill.ledger.db import engine_for, session_scope
 from autobill.ledger.models import Charge
 from autobill.ledger.reconciliation import is_credit, record_decision, uncertain_of
 from autobill.reconcile import PENDING, POSTED, Decision, Line
@@ -130,7 +130,7 @@ class PostingReport:
 class Sent:
     """What one attempt to post a charge came to."""
 
-    charge: Charge
+    charge: Charge | Claimed
     state: str  # posted | uncertain | failed
     billable_id: int | None = None
     error: str | None = None
@@ -212,37 +212,74 @@ def _settle_one(session: Session, s: Sent) -> None:
             uncertain_at=utc_now() if s.state == "uncertain" else None))
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What posting needs of a charge it claimed (a plain row, not an ORM object: the posting loop
+    claims one per charge, so it stays cheap)."""
+
+    id: int
+    idempotency_key: str
+    client_id: int
+    currency: str
+    amount: Decimal
+    description: str
+    kind: str
+
+
+_charges = Charge.__table__
+_CLAIMED_COLUMNS = [_charges.c[f] for f in Claimed.__slots__]
+# Built once: the posting loop runs them once per charge. Each is one statement (the claim returns
+# its row: no SELECT after it).
+_SETTLE_POSTED = (
+    update(_charges)
+    .where(_charges.c.id == bindparam("b_id"), or_(_charges.c.state == "posting", _charges.c.state == "uncertain"))
+    .values(state="posted", whmcs_billable_id=bindparam("b_billable"), posted_at=bindparam("b_now"), last_error=None)
+)
+_SETTLE_OTHER = (
+    update(_charges)
+    .where(_charges.c.id == bindparam("b_id"), _charges.c.state == "posting")
+    .values(state=bindparam("b_state"), last_error=bindparam("b_error"), uncertain_at=bindparam("b_uncertain"))
+)
+_CLAIM = (
+    update(_charges)
+    .where(_charges.c.id == bindparam("b_id"), _charges.c.state == "pending")
+    .values(state="posting", posting_started_at=bindparam("b_now"), attempts=_charges.c.attempts + 1,
+            last_error=None)
+    .returning(*_CLAIMED_COLUMNS)
+)
+
+
 def settle_and_claim(
     settings: Settings, sent: list[Sent | None], next_id: Callable[[], int | None],
-) -> tuple[list[Charge | None], int]:
+) -> tuple[list[Claimed | None], int]:
     """One commit for a group of posting workers (group commit): record the answer for the charge
     each one just sent (None: it has none yet) and claim ONE next charge for each (pending ->
     posting), so that at any moment only the charges actually in flight, at most one per worker,
     are in `posting`. `next_id()` hands out candidate ids; a candidate someone else claimed
     meanwhile (a racing run) is skipped. Returns (one claimed charge or None per entry of `sent`,
-    how many candidates were skipped)."""
+    how many candidates were skipped). One UPDATE per answer (as `_settle_one`) and one
+    UPDATE ... RETURNING per claim, on one Core connection."""
     skipped, won = 0, []
-    with session_scope(settings.ledger) as session:
-        for s in sent:
-            if s is not None:
-                _settle_one(session, s)
-        now = utc_now()
+    now = utc_now()
+    posted = [{"b_id": s.charge.id, "b_billable": s.billable_id, "b_now": now}
+              for s in sent if s is not None and s.state == "posted"]
+    other = [{"b_id": s.charge.id, "b_state": "uncertain" if s.state == "uncertain" else "pending",
+              "b_error": s.error, "b_uncertain": now if s.state == "uncertain" else None}
+             for s in sent if s is not None and s.state != "posted"]
+    with engine_for(settings.ledger).begin() as conn:
+        if posted:
+            conn.execute(_SETTLE_POSTED, posted)
+        if other:
+            conn.execute(_SETTLE_OTHER, other)
         for _ in sent:
             # A racing run may hold the row; the conditional UPDATE decides who gets it.
             while (charge_id := next_id()) is not None:
-                if session.execute(
-                    update(Charge)
-                    .where(Charge.id == charge_id, Charge.state == "pending")
-                    .values(state="posting", posting_started_at=now, attempts=Charge.attempts + 1, last_error=None)
-                    .execution_options(synchronize_session=False)
-                ).rowcount == 1:
-                    won.append(charge_id)
+                row = conn.execute(_CLAIM, {"b_id": charge_id, "b_now": now}).first()
+                if row is not None:
+                    won.append(Claimed(*row))
                     break
                 skipped += 1
-        by_id = {c.id: c for c in session.scalars(select(Charge).where(Charge.id.in_(won)))} if won else {}
-        for charge in by_id.values():
-            session.expunge(charge)
-    claimed_charges: list[Charge | None] = [by_id[i] for i in won] + [None] * (len(sent) - len(won))
+    claimed_charges: list[Claimed | None] = [*won, *([None] * (len(sent) - len(won)))]
     return claimed_charges, skipped
 
 
