@@ -12,7 +12,9 @@ What it does, in order (each step prints what it did):
 4. runs the nightly flow for the last day of the month (it bills the whole month: nothing was
    billed before), then a short backfill after a late CDR file arrived (the late calls become
    new charge lines, the dates already billed post nothing), then one autosuspend cycle (a few
-   clients are out of credit or low);
+   clients are out of credit or low); last, more late calls whose rerun loses one WHMCS answer
+   (sandbox fault switch): that charge waits `uncertain` until WHMCS's daily cron
+   (`WhmcsSandbox.run_daily_cron`) invoices it and the next rerun settles it by itself;
 5. prints where to look: flow-run pages, artifact keys, the ledger, the log file, and what the
    WHMCS sandbox now holds as billable items.
 
@@ -159,7 +161,7 @@ def run_demo(workdir: Path, keep_ui: bool = False, clients: int = 50, days: int 
         vodia = VodiaSandbox(calls.filter(calls["server"] == vodia_id), username="admin",
                              password=DEMO_SECRETS["AUTOBILL_DEMO_VODIA_PASSWORD"]).start()
         whmcs = WhmcsSandbox(db_path=workdir / "whmcs.db", identifier=DEMO_SECRETS["AUTOBILL_DEMO_WHMCS_ID"],
-                             secret=DEMO_SECRETS["AUTOBILL_DEMO_WHMCS_SECRET"]).start()
+                             secret=DEMO_SECRETS["AUTOBILL_DEMO_WHMCS_SECRET"], timezone=tz).start()
         _seed_whmcs(whmcs, config, world)
         _finish_config(config, whmcs, vodia, vodia_id)
         result.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -297,6 +299,8 @@ def _run_steps(result: DemoResult, settings, world, echo: Callable[[str], None],
         echo(f"  autosuspend ended {state.type.value}: {state.message}")
     if prepaid is not None:
         _show_cut_off(settings, prepaid, echo)
+    if whmcs is not None:
+        _lost_answer_settles(result, settings, world, whmcs, echo)
 
 
 # -- a prepaid client runs out during the day (#18): cut off within one autosuspend cycle ----------
@@ -336,12 +340,37 @@ def _show_cut_off(settings, cid: int, echo: Callable[[str], None]) -> None:
     echo("\n".join(lines) if lines else f"  client {cid} was NOT suspended (see the autosuspend-summary artifact)")
 
 
-def _late_file(workdir: Path, world, day: date) -> int:
+def _lost_answer_settles(result: DemoResult, settings, world, whmcs, echo: Callable[[str], None]) -> None:
+    """More late calls of the last day; the rerun posting them loses one WHMCS answer (the item is
+    stored, the reply never arrives): that charge is `uncertain`, never re-posted blindly. WHMCS's
+    daily cron then invoices it, and the next rerun finds its key on the new invoice: posted."""
+    from autobill.ledger.runs import run_summary
+    from flows.autobill import nightly
+    from flows.runners import with_runner
+
+    late = _late_file(result.workdir, world, result.last, seed=4343)
+    echo(f"\n== {late} more late call(s) of {result.last}; the rerun posting them loses one WHMCS answer ==")
+    whmcs.fail_next(1, "drop_after_store", action="AddBillableItem")
+    for step in ("lost answer", "after cron"):
+        if step == "after cron":
+            ran = whmcs.run_daily_cron()
+            echo(f"  WHMCS daily cron ran: {ran.get('items', 0)} billable item(s) -> {ran.get('invoices', 0)} "
+                 "invoice(s); rerun:")
+        state = with_runner(nightly, settings)(billing_date=result.last, config_path=str(result.config_path),
+                                               return_state=True)
+        result.flow_runs[step] = str(state.state_details.flow_run_id)
+        summary = run_summary(settings, result.flow_runs[step]) or {}
+        echo(f"  {step}: posted {summary.get('charges_posted', 0)}, reconciled from WHMCS "
+             f"{summary.get('reconciled_posted', 0)} found / {summary.get('reconciled_pending', 0)} not there, "
+             f"uncertain left {len(summary.get('uncertain') or [])}; status {summary.get('status', state.type.value)}")
+
+
+def _late_file(workdir: Path, world, day: date, seed: int = 4242) -> int:
     """A PBX delivering calls of `day` late: a new CSV in the drop folder of the file server."""
     from sandboxes.generate import generate_calls, write_drop_folder
 
     sid = next(s for s, k in world.servers.iter_rows() if k == "file")
-    late = generate_calls(world, day, day, calls_per_client_day=2, seed=4242)
+    late = generate_calls(world, day, day, calls_per_client_day=2, seed=seed)
     late = late.filter(late["server"] == sid)
     staging = workdir / "staging"
     for path in write_drop_folder(staging, late, world.timezone):
@@ -388,6 +417,9 @@ def _where_to_look(result: DemoResult, whmcs, echo: Callable[[str], None]) -> No
     echo("  deployments       shown \"Not Ready\" in the UI: no worker polls their pool in the demo (its runs")
     echo("                    ran in this process). To run them from the UI, start one:")
     echo(f"                    PREFECT_API_URL={ui}/api prefect worker start --pool {DEMO_POOL}")
+    echo("  lost answer       one WHMCS answer was lost mid-post: the charge waited `uncertain` (never")
+    echo("                    re-posted blindly) until WHMCS's daily cron invoiced it; the next run found its")
+    echo("                    key on the invoice and settled it: no `autobill charges reconcile` by hand")
     echo(f"  finished in {result.seconds:.0f} s")
     echo("\n== explore the demo's ledger and runs (copy and paste) ==")
     echo(f"  export AUTOBILL_CONFIG={result.config_path}")
