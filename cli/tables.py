@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:  # rich loads only when a table is drawn (a quick command starts faster)
+    from rich.console import Console
 
 DEFAULT_LIMIT = 50
 
@@ -48,6 +48,10 @@ def print_listing(rows: Sequence[dict[str, Any]], columns: Sequence[Column], *, 
         for r in rows:
             typer.echo(json.dumps(r, default=str))
         return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
     console = console or Console(highlight=False, soft_wrap=False)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     for c in columns:
