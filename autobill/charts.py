@@ -67,6 +67,7 @@ def nightly_trend(nights: list[Night], budget_minutes: int) -> str | None:
     ax_calls.legend(loc="upper left", fontsize=8, frameon=False)
     currencies = sorted({c for n in nights for c in n.amounts})
     for i, ccy in enumerate(currencies):
+        # A chart coordinate, not money arithmetic: the exact amounts are in the summary table.
         ax_amount.plot(xs, [float(n.amounts.get(ccy, Decimal(0))) for n in nights], marker="o", ms=3,
                        color=COLOURS[(i + 1) % len(COLOURS)], label=ccy)
     if currencies:

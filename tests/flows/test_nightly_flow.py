@@ -7,11 +7,6 @@ amounts in WHMCS equal the sum of the rated CDRs to the cent.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from datetime import date
 from decimal import Decimal
@@ -25,7 +20,7 @@ from autobill.ledger.db import session_scope
 from autobill.ledger.models import BilledCDR, ChargeReconciliation
 from autobill.money import round_minor
 from sandboxes.whmcs import WhmcsSandbox
-from tests.support.ops import BillingWorld
+from tests.support.ops import BillingWorld, kill_while_posting
 
 pytestmark = [pytest.mark.flow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,29 +142,12 @@ def test_server_down_one_night_is_billed_in_full_next_night(env):
 
 
 def test_killed_run_double_bills_nothing_and_surfaces_the_uncertain_charge(env, prefect_harness):
-    from prefect.settings import PREFECT_API_URL
-
     from autobill.ledger.db import upgrade
 
     env.drop(D1)
     upgrade(env.settings.ledger)
     env.sandbox.set_faults(action="AddBillableItem", mode="slow", delay=3.0)
-    cmd = [sys.executable, "-m", "cli", "run", "--date", D1.isoformat(), "-c", str(env.config_path)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if any(c.state == "posting" for c in env.charges()):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run never started posting")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_while_posting(env, "run", "--date", D1.isoformat())
     env.sandbox.clear_faults()
     killed = [c for c in env.charges() if c.state == "posting"]
     # Only the charges in flight, one per posting worker, not a whole claimed batch.

@@ -7,10 +7,6 @@ every line adds up to what the day would have been billed with the new tariff, t
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime
@@ -29,7 +25,7 @@ from autobill.mapping import assign_services
 from autobill.money import round_minor
 from autobill.rating.billing import load_tariffs, rate_for_billing
 from sandboxes.generate import tariff_frame
-from tests.support.ops import ROOT, BillingWorld, whmcs_world
+from tests.support.ops import BillingWorld, kill_while_posting, whmcs_world
 
 pytestmark = [pytest.mark.flow]
 D1 = date(2026, 11, 18)
@@ -243,30 +239,13 @@ def test_whmcs_failing_posts_each_correction_once(world):
 
 
 def test_killed_rerate_double_posts_nothing(world, prefect_harness):
-    from prefect.settings import PREFECT_API_URL
 
     world.drop(D1)
     nightly(world)
     set_tariff(world, FIX)
     for action in ("AddBillableItem", "AddCredit"):
         world.sandbox.set_faults(action=action, mode="slow", delay=3.0)
-    cmd = [sys.executable, "-m", "cli", "rerate", "--from", str(D1), "--to", str(D1), "--reason", "fix",
-           "-c", str(world.config_path)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if any(c.state == "posting" for c in world.charges()):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the re-rate never started posting")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_while_posting(world, "rerate", "--from", str(D1), "--to", str(D1), "--reason", "fix", what="the re-rate")
     world.sandbox.clear_faults()
     assert world.sandbox.wait_idle(10)
     killed = [c for c in world.charges() if c.state == "posting"]

@@ -181,3 +181,32 @@ def whmcs_world(tmp_path: Path, monkeypatch: Any, first: date, last: date, **kw:
         monkeypatch.setenv(k, v)
     with WhmcsSandbox() as sandbox:
         yield BillingWorld(tmp_path, sandbox, first, last, **kw)
+
+
+def kill_while_posting(world: BillingWorld, *args: str, what: str = "the run") -> None:
+    """Run `autobill ARGS -c <world's config>` in a child process and SIGKILL it as soon as a charge
+    is `posting` (the WHMCS sandbox should be slowed first, so that it dies mid-call)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    cmd = [sys.executable, "-m", "cli", *args, "-c", str(world.config_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any(c.state == "posting" for c in world.charges()):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"{what} never started posting")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
