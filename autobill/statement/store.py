@@ -27,36 +27,20 @@ from autobill import lake
 from autobill.config import Settings
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import BilledCDR
+from autobill.rating.billing import OUTPUT_SCHEMA
 
 KEPT_OUTCOMES = ("billed", "included")
+# The rating columns keep the rate step's types (autobill.rating.billing.OUTPUT_SCHEMA); the store
+# adds where each call was billed and the numbers as the PBX wrote them.
+_STORE_OWN: dict[str, pl.DataType] = {"billing_date": pl.Date(), "charge_id": pl.Int64(), "src": pl.String(),
+                                      "dst": pl.String()}
 CALL_SCHEMA: dict[str, pl.DataType] = {
-    "cdr_key": pl.String(),
-    "client_id": pl.Int64(),
-    "service_id": pl.Int64(),
-    "billing_date": pl.Date(),
-    "charge_id": pl.Int64(),
-    "outcome": pl.String(),
-    "server": pl.String(),
-    "direction": pl.String(),
-    "src": pl.String(),
-    "dst": pl.String(),
-    "rate_number": pl.String(),
-    "start_utc": pl.Datetime("us", "UTC"),
-    "billsec": pl.Int64(),
-    "charge_class": pl.String(),
-    "matched_prefix": pl.String(),
-    "description": pl.String(),
-    "tariff_name": pl.String(),
-    "tariff_version": pl.String(),
-    "billable_seconds": pl.Int64(),
-    "included_seconds": pl.Int64(),
-    "charged_seconds": pl.Int64(),
-    "rate": pl.String(),
-    "connect_fee": pl.String(),
-    "tariff_currency": pl.String(),
-    "cost": pl.String(),  # 6 decimals, exactly as billed (the ledger's billed_cdrs.cost)
-    "currency": pl.String(),
-}
+    c: _STORE_OWN[c] if c in _STORE_OWN else OUTPUT_SCHEMA[c]
+    for c in ("cdr_key", "client_id", "service_id", "billing_date", "charge_id", "outcome", "server", "direction",
+              "src", "dst", "rate_number", "start_utc", "billsec", "charge_class", "matched_prefix", "description",
+              "tariff_name", "tariff_version", "billable_seconds", "included_seconds", "charged_seconds", "rate",
+              "connect_fee", "tariff_currency", "cost", "currency")
+}  # cost: 6 decimals, exactly as billed (the ledger's billed_cdrs.cost)
 _RATED = ("cdr_key", "server", "direction", "rate_number", "start_utc", "billsec", "charge_class", "matched_prefix",
           "description", "tariff_name", "tariff_version", "charged_seconds", "rate", "connect_fee", "tariff_currency",
           "currency")
