@@ -17,7 +17,7 @@ from connectors.fusionpbx_switch import FusionPBXSwitch
 from flows.autosuspend import run_cycle
 from sandboxes.esl import EslSandbox
 from sandboxes.whmcs import WhmcsSandbox
-from tests.support.suspend import PBX, WHMCS_IDENT, WHMCS_SECRET, settings_for
+from tests.support.suspend import PBX, WHMCS_IDENT, WHMCS_SECRET, set_whmcs_secrets, settings_for
 
 ESL_PW = "esl-cycle-pw"
 HOST = "fs-cycle"
@@ -25,8 +25,7 @@ HOST = "fs-cycle"
 
 @pytest.fixture(autouse=True)
 def _secrets(monkeypatch) -> None:
-    monkeypatch.setenv("AUTOBILL_TEST_WHMCS_ID", WHMCS_IDENT)
-    monkeypatch.setenv("AUTOBILL_TEST_WHMCS_SECRET", WHMCS_SECRET)
+    set_whmcs_secrets(monkeypatch)
     monkeypatch.setenv("AUTOBILL_TEST_ESL_PW", ESL_PW)
 
 

@@ -23,7 +23,7 @@ from cli import app
 from flows.autosuspend import run_cycle
 from sandboxes.whmcs import WhmcsSandbox
 from tests.support.extract import fusion_server
-from tests.support.suspend import WHMCS_IDENT, WHMCS_SECRET
+from tests.support.suspend import WHMCS_IDENT, WHMCS_SECRET, set_whmcs_secrets
 
 pytestmark = pytest.mark.postgres
 TZ = ZoneInfo("America/Toronto")
@@ -32,8 +32,7 @@ DOMAIN = "acme.example.com"
 
 @pytest.fixture(autouse=True)
 def _secrets(monkeypatch) -> None:
-    monkeypatch.setenv("AUTOBILL_TEST_WHMCS_ID", WHMCS_IDENT)
-    monkeypatch.setenv("AUTOBILL_TEST_WHMCS_SECRET", WHMCS_SECRET)
+    set_whmcs_secrets(monkeypatch)
 
 
 @pytest.fixture

@@ -118,6 +118,12 @@ class _Closing:
 WHMCS_IDENT, WHMCS_SECRET = "as-ident", "as-secret-7c1"
 
 
+def set_whmcs_secrets(monkeypatch) -> None:
+    """The environment variables `settings_for` points the WHMCS credentials at."""
+    monkeypatch.setenv("AUTOBILL_TEST_WHMCS_ID", WHMCS_IDENT)
+    monkeypatch.setenv("AUTOBILL_TEST_WHMCS_SECRET", WHMCS_SECRET)
+
+
 def settings_for(ledger_url: str, whmcs_url: str, services: list[dict], *, extra: dict | None = None, **autosuspend):
     """A validated Settings with one FusionPBX server `pbx1`, the given services and WHMCS.
     Intraday usage is off (pbx1 has no CDR table) unless `extra` (more top-level keys) says so."""

@@ -16,13 +16,12 @@ from flows.autosuspend import run_cycle
 from sandboxes.whmcs import WhmcsSandbox
 from tasks.post import post_pending
 from tasks.reconcile import reconcile_uncertain
-from tests.support.suspend import WHMCS_IDENT, WHMCS_SECRET, settings_for
+from tests.support.suspend import WHMCS_IDENT, WHMCS_SECRET, set_whmcs_secrets, settings_for
 
 
 @pytest.fixture(autouse=True)
 def _secrets(monkeypatch) -> None:
-    monkeypatch.setenv("AUTOBILL_TEST_WHMCS_ID", WHMCS_IDENT)
-    monkeypatch.setenv("AUTOBILL_TEST_WHMCS_SECRET", WHMCS_SECRET)
+    set_whmcs_secrets(monkeypatch)
 
 
 def _charge(key: str, cid: int, sid: int, amount: str, state: str = "pending", at: datetime | None = None) -> Charge:
