@@ -313,6 +313,40 @@ class Validation(_Strict):
     volume_drop_blocks: bool = False
 
 
+class StatementsUpload(_Strict):
+    """Where the nightly also puts the statements it wrote (tasks/statements.py); the local copy stays."""
+
+    url: str  # s3://bucket/prefix (S3 or any S3-compatible store) or file:///absolute/path
+    endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, Ceph, R2, …); default: AWS for `region`
+    region: str | None = None
+    # Both or neither; neither: boto3's own chain (AWS_* variables, ~/.aws, an instance or pod role).
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+    verify_tls: bool = True
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 60.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    workers: Annotated[int, Field(ge=1, le=64)] = 8  # concurrent uploads
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            if not value[5:].split("/", 1)[0]:
+                raise ValueError(f"an s3:// URL names a bucket: s3://bucket/prefix, not {value!r}")
+        elif value.startswith("file://"):
+            if not value[7:].startswith("/"):
+                raise ValueError(f"a file:// URL is absolute: file:///srv/statements, not {value!r}")
+        else:
+            raise ValueError(f"statements are uploaded to s3://bucket/prefix or file:///path, not {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> StatementsUpload:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together (or neither: boto3's own chain)")
+        return self
+
+
 class Statements(_Strict):
     """Client call statements (autobill/statement/): written by the nightly run and `autobill statement`."""
 
@@ -320,7 +354,10 @@ class Statements(_Strict):
     nightly: bool = True  # the nightly run writes each billed client's statement for the date and month to date
     formats: list[Literal["pdf", "csv", "html"]] = ["pdf", "csv"]
     dir: Path | None = None  # where the nightly writes them; default: <data_dir>/statements/out
-    workers: Annotated[int, Field(ge=1, le=32)] = 1  # processes rendering statements (spawned; >1 pays off only for big PDFs)
+    workers: Annotated[int, Field(ge=1, le=32)] = 1  # processes rendering PDFs (spawned; 2 on a 2-core machine for 10k clients)
+    # Font files (TTF/OTF) for characters the bundled DejaVu Sans Mono lacks, e.g. CJK client names.
+    fonts: list[Path] = []
+    upload: StatementsUpload | None = None  # also copy them to object storage (s3://…) or a share (file://…)
 
 
 class ServiceFields(_Strict):

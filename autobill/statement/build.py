@@ -112,7 +112,9 @@ def is_correction(kind: str | None, charge_class: str) -> bool:
     return kind == CORRECTION or charge_class == CORRECTION
 
 
-def _charges(settings: Settings, first: date, last: date, client_ids: list[int] | None) -> pl.DataFrame:
+def _charges(settings: Settings, first: date, last: date, client_ids: list[int] | None) -> list[dict]:
+    """The charge lines dated in [first, last] (of `client_ids`), as dicts ordered by client, date, id,
+    each with its statement reference (`line_ref`) and, for a dispute credit, a note."""
     table = Charge.__table__
     kind = table.c.get("kind")  # issue 16's corrections add it; absent before
     cols = [table.c.id, table.c.client_id, table.c.service_id, table.c.billing_date, table.c.charge_class,
@@ -136,11 +138,9 @@ def _charges(settings: Settings, first: date, last: date, client_ids: list[int] 
     notes: dict[int, list] = {}
     for credit_id, dispute_id, charge_id, _key in credits:
         notes.setdefault(credit_id, []).append((dispute_id, originals.get(charge_id)))
-    schema = {"charge_id": pl.Int64, "client_id": pl.Int64, "service_id": pl.Int64, "billing_date": pl.Date,
-              "charge_class": pl.String, "currency": pl.String, "amount": pl.Object, "state": pl.String,
-              "whmcs_billable_id": pl.Int64, "idempotency_key": pl.String, "description": pl.String,
-              "kind": pl.String, "note": pl.String}
-    data = []
+    names = ("charge_id", "client_id", "service_id", "billing_date", "charge_class", "currency", "amount", "state",
+             "whmcs_billable_id", "idempotency_key", "description")
+    out = []
     for r in rows:
         note = ""
         if r[0] in notes:
@@ -148,8 +148,15 @@ def _charges(settings: Settings, first: date, last: date, client_ids: list[int] 
             refs = sorted({statement_ref(k) for _, k in notes[r[0]] if k})
             note = (f"credit for {len(notes[r[0]])} disputed call(s) of {', '.join(refs)} "
                     f"(dispute {', '.join('#' + str(d) for d in disputes)})")
-        data.append((*r[:11], r[11] if len(r) > 11 else None, note))
-    return pl.DataFrame(data, schema=schema, orient="row")
+        row = dict(zip(names, r[:11], strict=True))
+        row.update(kind=r[11] if len(r) > 11 else None, note=note, line_ref=statement_ref(r[9]))
+        out.append(row)
+    return out
+
+
+def _ref_frame(charges: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame({"charge_id": [c["charge_id"] for c in charges], "line_ref": [c["line_ref"] for c in charges]},
+                        schema={"charge_id": pl.Int64, "line_ref": pl.String})
 
 
 def _local_time(settings: Settings) -> pl.Expr:
@@ -174,11 +181,14 @@ def client_timezone(settings: Settings, client_id: int) -> str:
     return zones[0] if len(zones) == 1 else (", ".join(zones) if zones else settings.timezone)
 
 
-def _display_calls(settings: Settings, calls: pl.DataFrame, refs: pl.DataFrame) -> pl.DataFrame:
+def display_calls(settings: Settings, calls: pl.DataFrame, charges: list[dict]) -> pl.DataFrame:
+    """The calls of any number of clients as statements show them: `client_id` then CALL_COLUMNS, one row
+    per call, ordered by client, billing date, start and key (vectorised over all the clients at once)."""
     return (
-        calls.join(refs, on="charge_id", how="left")
-        .sort("billing_date", "start_utc", "cdr_key")
+        calls.join(_ref_frame(charges), on="charge_id", how="left")
+        .sort("client_id", "billing_date", "start_utc", "cdr_key")
         .select(
+            "client_id",
             pl.when(pl.col("outcome") == "included").then(pl.lit("included")).otherwise(pl.col("line_ref"))
             .alias("line_ref"),
             "cdr_key", _local_time(settings).alias("local_time"), "service_id", "direction",
@@ -190,24 +200,27 @@ def _display_calls(settings: Settings, calls: pl.DataFrame, refs: pl.DataFrame) 
     )
 
 
-def _lines(charges: pl.DataFrame, calls: pl.DataFrame) -> list[StatementLine]:
-    per = {
-        r[0]: r[1:]
+def line_sums(calls: pl.DataFrame) -> dict[int, tuple[int, int, int, Decimal]]:
+    """Per charge id: (calls, charged seconds, included seconds, exact sum of the 6-dp costs)."""
+    return {
+        r[0]: (int(r[1]), int(r[2] or 0), int(r[3] or 0), Decimal(r[4] or 0))
         for r in calls.filter(pl.col("charge_id").is_not_null()).group_by("charge_id").agg(
             pl.len(), pl.col("charged_seconds").sum(), pl.col("included_seconds").sum(),
             pl.col("cost").cast(pl.Decimal(38, 6)).sum(),
         ).iter_rows()
     }
+
+
+def _lines(charges: list[dict], sums: dict[int, tuple[int, int, int, Decimal]]) -> list[StatementLine]:
     lines = []
-    for c in charges.iter_rows(named=True):
+    for c in charges:
         correction = is_correction(c["kind"], c["charge_class"])
-        n, secs, incl, exact = per.get(c["charge_id"], (0, 0, 0, Decimal(0)))
-        exact = Decimal(exact or 0)
+        n, secs, incl, exact = sums.get(c["charge_id"], (0, 0, 0, Decimal(0)))
         lines.append(StatementLine(
-            ref=statement_ref(c["idempotency_key"]), charge_id=c["charge_id"], idempotency_key=c["idempotency_key"],
+            ref=c["line_ref"], charge_id=c["charge_id"], idempotency_key=c["idempotency_key"],
             service_id=c["service_id"], billing_date=c["billing_date"], charge_class=c["charge_class"],
-            currency=c["currency"], kind=CORRECTION if correction else "usage", calls=int(n),
-            charged_seconds=int(secs or 0), included_seconds=int(incl or 0), subtotal_exact=exact,
+            currency=c["currency"], kind=CORRECTION if correction else "usage", calls=n,
+            charged_seconds=secs, included_seconds=incl, subtotal_exact=exact,
             subtotal=c["amount"] if correction else round_minor(exact, c["currency"]), amount=c["amount"],
             state=c["state"], whmcs_billable_id=c["whmcs_billable_id"], description=c["description"],
             note=c["note"],
@@ -215,14 +228,26 @@ def _lines(charges: pl.DataFrame, calls: pl.DataFrame) -> list[StatementLine]:
     return lines
 
 
-def _assemble(settings: Settings, client_id: int, first: date, last: date, charges: pl.DataFrame,
-              calls: pl.DataFrame, name: str) -> Statement:
-    refs = charges.select("charge_id", pl.col("idempotency_key").map_elements(statement_ref, return_dtype=pl.String)
-                          .alias("line_ref"))
-    return Statement(client_id=client_id, first=first, last=last, lines=_lines(charges, calls),
-                     calls=_display_calls(settings, calls, refs), client_name=name,
-                     reseller_name=settings.statements.reseller_name,
-                     timezone=client_timezone(settings, client_id))
+def _statements(settings: Settings, first: date, last: date, ids: list[int], charges: list[dict],
+                calls: pl.DataFrame, names: dict[int, str], columns: dict[str, pl.Expr] | None = None,
+                ) -> Iterator[Statement]:
+    """The statements of `ids` from their charges and their stored calls (one vectorised pass;
+    `columns` are extra columns of `Statement.calls` computed for all the clients at once)."""
+    sums = line_sums(calls)
+    shown = display_calls(settings, calls, charges)
+    if columns:
+        shown = shown.with_columns(**columns)
+    by_client = {k[0]: v for k, v in shown.partition_by("client_id", as_dict=True, include_key=False,
+                                                          maintain_order=True).items()}
+    empty = shown.drop("client_id").clear()
+    mine: dict[int, list[dict]] = {}
+    for c in charges:
+        mine.setdefault(c["client_id"], []).append(c)
+    for cid in ids:
+        yield Statement(client_id=cid, first=first, last=last, lines=_lines(mine.get(cid, []), sums),
+                        calls=by_client.get(cid, empty), client_name=names.get(cid, ""),
+                        reseller_name=settings.statements.reseller_name,
+                        timezone=client_timezone(settings, cid))
 
 
 def build_statement(settings: Settings, client_id: int, first: date, last: date, client_name: str = "") -> Statement:
@@ -232,27 +257,31 @@ def build_statement(settings: Settings, client_id: int, first: date, last: date,
     ensure_calls(settings, first, last)
     charges = _charges(settings, first, last, [client_id])
     calls = scan_calls(settings, first, last, [client_id]).collect()
-    return _assemble(settings, client_id, first, last, charges, calls, client_name)
+    return next(_statements(settings, first, last, [client_id], charges, calls, {client_id: client_name}))
+
+
+def statement_clients(settings: Settings, first: date, last: date) -> list[int]:
+    """Every client with a charge or a stored call in the period."""
+    with session_scope(settings.ledger) as session:
+        charged = set(session.scalars(select(Charge.client_id).where(
+            Charge.billing_date >= first, Charge.billing_date <= last).distinct()))
+    called = scan_calls(settings, first, last).select("client_id").unique().collect()["client_id"]
+    return sorted(charged | set(called.drop_nulls().to_list()))
 
 
 def build_statements(settings: Settings, first: date, last: date, client_ids: list[int] | None = None,
-                     names: dict[int, str] | None = None, chunk: int = 1000) -> Iterator[Statement]:
+                     names: dict[int, str] | None = None, chunk: int = 1000,
+                     columns: dict[str, pl.Expr] | None = None) -> Iterator[Statement]:
     """Statements of many clients (default: every client with a charge or a call in the period),
-    read `chunk` clients at a time so memory stays bounded on a month of calls."""
+    `chunk` clients at a time (one read of their calls, vectorised per chunk) so memory stays bounded
+    on a month of calls. `columns`: extra columns of `Statement.calls` (e.g. the PDF's text rows)."""
     if last < first:
         raise ValueError(f"--to {last} is before --from {first}")
     ensure_calls(settings, first, last)
-    charges = _charges(settings, first, last, client_ids)
     if client_ids is None:
-        from_calls = scan_calls(settings, first, last).select("client_id").unique().collect()["client_id"]
-        client_ids = sorted(set(charges["client_id"].to_list()) | set(from_calls.drop_nulls().to_list()))
-    names = names or {}
+        client_ids = statement_clients(settings, first, last)
     for i in range(0, len(client_ids), chunk):
         ids = client_ids[i : i + chunk]
+        charges = _charges(settings, first, last, ids)
         calls = scan_calls(settings, first, last, ids).collect()
-        by_client = calls.partition_by("client_id", as_dict=True)
-        mine = charges.filter(pl.col("client_id").is_in(ids)).partition_by("client_id", as_dict=True)
-        empty_calls, empty_charges = calls.clear(), charges.clear()
-        for cid in ids:
-            yield _assemble(settings, cid, first, last, mine.get((cid,), empty_charges),
-                            by_client.get((cid,), empty_calls), names.get(cid, ""))
+        yield from _statements(settings, first, last, ids, charges, calls, names or {}, columns)

@@ -6,9 +6,10 @@ lines, the rounding rule, then every call. The CSV has one row per call (the col
 `build.CALL_COLUMNS`) followed by one `line` row per charge line, so a spreadsheet can check the
 subtotals; amounts are decimal text, never floats.
 
-The PDF uses the PDF core fonts (Helvetica, Courier): text outside Latin-1 is shown with `?`.
-Calls are printed as fixed-width Courier rows, one text operation each, which keeps a statement
-of thousands of calls fast to write.
+The PDF is laid out by `autobill/statement/pdf.py` from a `PdfDoc` (text only): core fonts for
+Latin-1 text, a bundled Unicode font (plus `statements.fonts`) for the rest, and the calls as
+fixed-width rows, one PDF text object per page. `pdf_row_expr` builds those rows with polars, for
+one client or, in the nightly writer, for a thousand clients at once.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
-from fpdf import FPDF
 
 from autobill.money import minor_units
+from autobill.statement import pdf
 from autobill.statement.build import CALL_COLUMNS, CORRECTION, ROUNDING_RULE, Statement, StatementLine
 
 LINE_COLUMNS = ("ref", "billing_date", "service_id", "class", "kind", "calls", "minutes", "included_minutes",
@@ -87,17 +88,14 @@ def to_html(st: Statement) -> str:
     return "".join(parts)
 
 
-def _latin1(text: str) -> str:
-    return text.encode("latin-1", "replace").decode("latin-1")
-
-
-# The calls section: fixed-width columns (name, width) in Courier.
+# The calls section: fixed-width columns (name, width), Courier (or the Unicode font, same widths).
 _PDF_CALLS = (("line_ref", 12), ("local_time", 26), ("number", 16), ("destination", 18), ("destination_name", 24),
               ("matched_prefix", 9), ("tariff_version", 14), ("billsec", 8), ("billable_seconds", 8),
               ("included_seconds", 8), ("rate", 11), ("connect_fee", 10), ("cost", 12), ("currency", 4))
 _HEAD = {"line_ref": "line", "local_time": "local time", "destination_name": "dest. name", "matched_prefix": "prefix",
          "tariff_version": "tariff", "billable_seconds": "bill s", "included_seconds": "incl s",
          "connect_fee": "conn fee", "billsec": "billsec", "currency": "ccy"}
+PDF_ROW = "_pdf_row"  # the column a bulk writer may precompute for many clients at once (pdf_row_expr)
 
 
 def _fixed(values: list[str]) -> str:
@@ -108,51 +106,31 @@ def _fixed(values: list[str]) -> str:
     return "".join(cells)
 
 
-class _Doc(FPDF):
-    def __init__(self, st: Statement) -> None:
-        super().__init__(orientation="L", unit="mm", format="A4")
-        self.st = st
-        self.set_auto_page_break(False)
-        self.set_title(_latin1(title(st)))
-        self.set_author(_latin1(st.reseller_name or "autobill"))
-        self.set_creator("autobill")
-        self.set_compression(True)
-        self._foot = _latin1(f"{title(st)} - page ")
-
-    def footer(self) -> None:
-        self.set_font("Helvetica", size=7)
-        self.text(self.l_margin, self.h - 7, self._foot + str(self.page_no()))
+def pdf_row_expr() -> pl.Expr:
+    """Every call as one fixed-width text row of the PDF's calls table (vectorised)."""
+    cells = []
+    for name, width in _PDF_CALLS:
+        v = pl.col(name).cast(pl.String).fill_null("").str.replace_all(r"[\x00-\x1f\x7f-\x9f]", " ")
+        cells.append(pl.when(v.str.len_chars() >= width).then(v.str.slice(0, width - 2) + "~")
+                     .otherwise(v).str.pad_end(width))
+    return pl.concat_str(cells).alias(PDF_ROW)
 
 
-def to_pdf(st: Statement) -> bytes:
-    pdf = _Doc(st)
-    pdf.add_page()
-    if st.reseller_name:
-        pdf.set_font("Helvetica", "B", 16)
-        pdf.cell(0, 8, _latin1(st.reseller_name), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", "B", 12)
-    pdf.cell(0, 7, _latin1(title(st)), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", size=9)
-    pdf.cell(0, 5, _latin1(f"Times are local ({st.timezone}). Generated {st.generated_at:%Y-%m-%d %H:%M} UTC."),
-             new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 6, "Totals", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Courier", size=9)
-    pdf.cell(0, 5, "currency  calls     minutes  included min        usage  corrections        TOTAL",
-             new_x="LMARGIN", new_y="NEXT")
+def _call_rows(calls: pl.DataFrame) -> list[str]:
+    if PDF_ROW in calls.columns:
+        return calls[PDF_ROW].to_list()
+    return calls.select(pdf_row_expr())[PDF_ROW].to_list()
+
+
+def pdf_doc(st: Statement, path: Path | str = "", fonts: tuple[str, ...] = ()) -> pdf.PdfDoc:
+    """The statement's PDF as text (autobill/statement/pdf.py lays it out)."""
+    totals = ["currency  calls     minutes  included min        usage  corrections        TOTAL"]
     for ccy, t in sorted(st.totals().items()):
-        pdf.cell(0, 5, f"{ccy:<8}{t['calls']:>7}{_minutes(t['charged_seconds']):>12}{_minutes(t['included_seconds']):>14}"
-                       f"{_money(t['usage'], ccy):>13}{_money(t['corrections'], ccy):>13}"
-                       f"{_money(t['total'], ccy):>13}", new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 6, "Charge lines (each is one item on your invoice; quote its reference)", new_x="LMARGIN",
-             new_y="NEXT")
-    pdf.set_font("Courier", size=8)
-    header = (f"{'reference':<12}{'date':<11}{'service':>8}  {'class':<14}{'calls':>6}{'minutes':>10}"
-              f"{'incl min':>10}{'calls sum (6 dp)':>19}{'subtotal':>11}{'invoiced':>11} ccy state")
-    rows = [header]
+        totals.append(f"{ccy:<8}{t['calls']:>7}{_minutes(t['charged_seconds']):>12}{_minutes(t['included_seconds']):>14}"
+                      f"{_money(t['usage'], ccy):>13}{_money(t['corrections'], ccy):>13}{_money(t['total'], ccy):>13}")
+    head = (f"{'reference':<12}{'date':<11}{'service':>8}  {'class':<14}{'calls':>6}{'minutes':>10}"
+            f"{'incl min':>10}{'calls sum (6 dp)':>19}{'subtotal':>11}{'invoiced':>11} ccy state")
+    rows = []
     for line in st.lines:
         cls = line.charge_class if line.kind != CORRECTION else "CORRECTION"
         rows.append(f"{line.ref:<12}{line.billing_date:%Y-%m-%d} {line.service_id:>8}  {cls[:13]:<14}{line.calls:>6}"
@@ -162,63 +140,24 @@ def to_pdf(st: Statement) -> bytes:
                     + ("" if line.tied_out else "  DOES NOT TIE OUT"))
         if line.note:
             rows.append(f"{'':<12}{line.note}")
-    for text in rows:
-        if pdf.get_y() > pdf.h - 18:
-            pdf.add_page()
-        pdf.cell(0, 4, _latin1(text), new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(1)
-    pdf.set_font("Helvetica", "I", 8)
-    for sentence in ("Rounding: " + ROUNDING_RULE).split("; "):
-        pdf.cell(0, 4, _latin1(sentence), new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 6, f"Calls ({st.calls.height})", new_x="LMARGIN", new_y="NEXT")
-    _calls(pdf, st)
-    return bytes(pdf.output())
+    return pdf.PdfDoc(
+        path=str(path), title=title(st), footer=f"Statement of client {st.client_id}, {st.first:%Y-%m-%d} to "
+        f"{st.last:%Y-%m-%d} - page ", reseller=st.reseller_name,
+        subtitle=f"Times are local ({st.timezone}). Generated {st.generated_at:%Y-%m-%d %H:%M} UTC.",
+        totals=totals, lines_title="Charge lines (each is one item on your invoice; quote its reference)",
+        lines_head=head, lines=rows, rounding=("Rounding: " + ROUNDING_RULE).split("; "),
+        calls_title=f"Calls ({st.calls.height})", calls_head=_fixed([_HEAD.get(c, c) for c, _ in _PDF_CALLS]),
+        calls=_call_rows(st.calls), fonts=tuple(fonts))
 
 
-def _fixed_rows(calls: pl.DataFrame) -> list[str]:
-    """Every call as one fixed-width, Latin-1, PDF-escaped line, built column-wise by polars."""
-    cells = []
-    for name, width in _PDF_CALLS:
-        v = pl.col(name).cast(pl.String).fill_null("")
-        cells.append(pl.when(v.str.len_chars() >= width).then(v.str.slice(0, width - 2) + "~")
-                     .otherwise(v).str.pad_end(width))
-    text = pl.concat_str(cells).str.replace_all("\\", "\\\\", literal=True) \
-        .str.replace_all("(", "\\(", literal=True).str.replace_all(")", "\\)", literal=True)
-    return [_latin1(r) for r in calls.select(text.alias("r"))["r"].to_list()]
+def to_pdf(st: Statement, fonts: tuple[str, ...] = ()) -> bytes:
+    return pdf.render_pdf(pdf_doc(st, fonts=fonts))[0]
 
 
-def _calls(pdf: _Doc, st: Statement) -> None:
-    """The calls, a page at a time: one PDF text object per page (`BT ... T* ... ET`) instead of one
-    per row, which is what makes a month of calls fast. The head row of each page goes through
-    fpdf2's `text()`, which also selects the font on the page; the block after it is written with
-    fpdf2's content-stream writer (`_out`) in the font it selected (fpdf2 is pinned; the tests read
-    the text back with pdftotext)."""
-    size, step = 6.5, 2.8
-    head = _latin1(_fixed([_HEAD.get(c, c) for c, _ in _PDF_CALLS]))
-    rows = _fixed_rows(st.calls)
-    y = pdf.get_y() + step
-    i = 0
-    while True:
-        pdf.set_font("Courier", size=size)
-        pdf.text(pdf.l_margin, y, head)
-        fit = max(0, int((pdf.h - 14 - y) // step))
-        page = rows[i : i + fit]
-        if page:
-            k = pdf.k
-            body = " T* ".join(f"({r}) Tj" for r in page)
-            pdf._out(f"BT {pdf.l_margin * k:.2f} {(pdf.h - y - step) * k:.2f} Td {step * k:.2f} TL {body} ET")
-        i += len(page)
-        if i >= len(rows):
-            return
-        pdf.add_page()
-        y = pdf.t_margin + step
-
-
-def write(st: Statement, fmt: str, path: Path) -> Path:
+def write(st: Statement, fmt: str, path: Path, fonts: tuple[str, ...] = ()) -> Path:
     """Write one format to `path` (atomically: a reader sees the whole file or the old one)."""
-    data = {"pdf": to_pdf, "csv": lambda s: to_csv(s).encode(), "html": lambda s: to_html(s).encode()}[fmt](st)
+    data = {"pdf": lambda s: to_pdf(s, fonts), "csv": lambda s: to_csv(s).encode(),
+            "html": lambda s: to_html(s).encode()}[fmt](st)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
