@@ -35,10 +35,10 @@ def register(app: typer.Typer) -> None:
         """Write a client's call statement: totals, charge lines (each the amount of one WHMCS item,
         with the reference the client can quote), corrections, then every call in local time."""
         from autobill.ledger.db import upgrade
-        from autobill.statement import render
+        from autobill.statement import pdf, render
         from autobill.statement.build import build_statement
         from autobill.statement.store import StatementDataError
-        from tasks.statements import client_names, statement_paths
+        from tasks.statements import StatementsError, client_names, fonts, statement_paths
 
         if fmt not in FORMATS:
             raise fail(f"--format: must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -63,7 +63,18 @@ def register(app: typer.Typer) -> None:
                 raise fail("--out -: a PDF cannot be printed; give a file name")
             typer.echo(render.to_csv(st) if fmt == "csv" else render.to_html(st), nl=False)
         else:
-            path = render.write(st, fmt, out or statement_paths(settings, client, d1, d2, fmt))
+            path = out or statement_paths(settings, client, d1, d2, fmt)
+            if fmt == "pdf":
+                try:
+                    extra = fonts(settings)
+                except StatementsError as exc:
+                    raise fail(str(exc)) from None
+                missing = pdf.write_pdf(render.pdf_doc(st, path, extra))
+                if missing:
+                    typer.echo(f"warning: no font shows {''.join(missing)!r} (printed as <U+…>): add one that "
+                               "does to statements.fonts", err=True)
+            else:
+                render.write(st, fmt, path)
             totals = ", ".join(f"{ccy} {t['total']}" for ccy, t in sorted(st.totals().items())) or "nothing billed"
             typer.echo(f"{path}: {len(st.lines)} charge line(s), {st.calls.height} call(s), total {totals}")
         if not st.tied_out:

@@ -126,7 +126,7 @@ class _Writer(FPDF):
 
     def _unicode_row(self, row: str, top: float, size: float, step: float) -> None:
         self.set_font(self._unicode_font(), "", size)
-        self.set_xy(self.l_margin, top)
+        self.set_xy(self.l_margin - self.c_margin, top)  # cell() indents its text by c_margin
         self.cell(0, step, self._shown(row))
 
     def rows(self, rows: list[str], size: float, step: float) -> None:

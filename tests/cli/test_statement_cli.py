@@ -71,3 +71,13 @@ def test_dispute_open_credit_list(world):
     assert key in res.output
     res = _run(world, "dispute", "open", "--client", str(client), "--cdr", "x:1", "--reason", "r")
     assert res.exit_code == 1 and "unknown to the ledger" in res.output and len(res.output.splitlines()) == 1
+
+
+def test_statement_unicode_name_and_a_character_no_font_has(world, tmp_path):
+    out = tmp_path / "u.pdf"
+    res = _run(world, "statement", "--client", "1", "--from", "2026-11-18", "--out", str(out),
+               "--name", "Zoë Łukasz 株式会社")
+    assert res.exit_code == 0, res.output
+    assert "warning: no font shows '会式株社'" in res.output and "statements.fonts" in res.output
+    text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Zoë Łukasz <U+682A><U+5F0F><U+4F1A><U+793E>" in text
