@@ -252,7 +252,16 @@ def _markdown(settings: Settings, day: date, report: StatementsReport) -> str:
     return "\n".join(rows)
 
 
-@task(name="statements", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+UPLOAD_FAILED = "UploadFailed"  # the name of the Failed state this task ends in when only the upload failed
+
+
+def _retry_unless_upload_failed(task, task_run, state: State) -> bool:
+    """A failed upload is not retried by writing every statement again: the next run sends the files."""
+    return state.name != UPLOAD_FAILED
+
+
+@task(name="statements", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
+      retry_condition_fn=_retry_unless_upload_failed)
 def statements_task(settings: Settings, day: date, run_id: int | None) -> StatementsReport | State:
     """The nightly's statements. The billing stands whatever happens here: a failure is this task's
     (red in the UI, with the reason), never the run's; an upload that fails leaves the files local,
@@ -274,5 +283,5 @@ def statements_task(settings: Settings, day: date, run_id: int | None) -> Statem
     create_markdown_artifact(key="autobill-statements", markdown=_markdown(settings, day, report),
                              description=f"Statements for {day}")
     if report.upload_failed:
-        return Failed(message=report.problems[0], data=report)
+        return Failed(name=UPLOAD_FAILED, message=report.problems[0], data=report)
     return report

@@ -48,3 +48,44 @@ def test_nightly_writes_statements_that_tie_out(tmp_path, prefect_harness, monke
         nightly(billing_date=D2, config_path=str(w.config_path), return_state=True)
         assert len(sandbox.billable_items()) == before
         w.assert_exactly_once()
+
+
+def test_a_failed_upload_fails_the_statements_task_not_the_billing(tmp_path, prefect_harness, monkeypatch):
+    """statements.upload to a bucket that does not exist (S3 over loopback HTTP): the run is billed and
+    completed, the statements are written locally, the `statements` task ends Failed saying how many
+    files were not uploaded and why, and they wait in `.upload-pending` for the next run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tasks.statements import PENDING
+    from tests.support.s3 import KEY_ID, SECRET, local_s3
+
+    for k, v in {**WHMCS_ENV, "FLOW_S3_KEY_ID": KEY_ID, "FLOW_S3_SECRET": SECRET}.items():
+        monkeypatch.setenv(k, v)
+    with WhmcsSandbox() as sandbox, local_s3() as s3:
+        upload = {"url": "s3://missing-bucket/st", "endpoint_url": s3.endpoint, "region": "us-east-1", "retries": 0,
+                  "access_key_id": {"env": "FLOW_S3_KEY_ID"}, "secret_access_key": {"env": "FLOW_S3_SECRET"}}
+        w = BillingWorld(tmp_path, sandbox, D1, D1, clients=3, statements={"formats": ["csv"], "workers": 1,
+                                                                            "upload": upload})
+        w.drop(D1)
+        state = nightly(billing_date=D1, config_path=str(w.config_path), return_state=True)
+        flow_run_id = state.state_details.flow_run_id
+        assert run_summary(w.settings, str(flow_run_id))["status"] == "completed"
+        assert sandbox.billable_items()  # the billing stands
+        written = [p for p in out_dir(w.settings).rglob("*.csv")]
+        assert written
+        pending = (out_dir(w.settings) / PENDING).read_text().split()
+        assert len(pending) == len(written)
+
+        async def statements_runs():
+            async with get_client() as client:
+                runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                return [r for r in runs if r.name.startswith("statements")]
+
+        import asyncio
+
+        (run,) = asyncio.run(statements_runs())
+        assert run.state.is_failed()
+        assert f"{len(written)} statement file(s) not uploaded to s3://missing-bucket/st" in run.state.message
+        assert "NoSuchBucket" in run.state.message
+        assert run.run_count == 1  # an upload failure is not retried by re-rendering everything
