@@ -191,12 +191,16 @@ def run(args, tmp: Path, settings) -> None:
     except OSError:
         pass
     t = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     with ChildPeak() as children:
         report = write_statements(settings, last, clients=ids, names={}, workers=args.workers, only_month=True)
     wall = time.perf_counter() - t
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    main_cpu, pool_cpu = ((b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime) for a, b in zip(cpu0, cpu1, strict=True))
     print(f"statements {FIRST}..{last} ({args.formats}): {wall:.1f} s wall for {report.clients:,} clients, "
           f"{report.calls:,} calls ({report.calls / wall:,.0f} calls/s), {report.files:,} files, "
           f"{len(report.not_tied_out)} line(s) not tied out, {args.workers} PDF worker(s)")
+    print(f"CPU: main process {main_cpu:.1f} s (read, shape, CSV), PDF workers {pool_cpu:.1f} s")
     print(f"ratio to baseline: {wall / base:.1f}x; peak RSS main {peak_rss_mb():.0f} MB, "
           f"largest worker {children.peak_kb / 1024:.0f} MB (sampled); target 300 s at 10 M calls")
 

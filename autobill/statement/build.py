@@ -78,6 +78,8 @@ class Statement:
     reseller_name: str = ""
     timezone: str = "UTC"
     generated_at: datetime = field(default_factory=utc_now)
+    # included seconds per currency, when the builder summed them for many clients at once
+    included: dict[str, int] | None = None
 
     @property
     def tied_out(self) -> bool:
@@ -102,7 +104,10 @@ class Statement:
                 t["charged_seconds"] += line.charged_seconds
                 t["usage"] += line.amount
             t["total"] += line.amount
-        for ccy, secs in self.calls.group_by("currency").agg(pl.col("included_seconds").sum()).iter_rows():
+        included = self.included
+        if included is None:
+            included = dict(self.calls.group_by("currency").agg(pl.col("included_seconds").sum()).iter_rows())
+        for ccy, secs in included.items():
             if ccy is not None:
                 of(ccy)["included_seconds"] = int(secs or 0)
         return out
@@ -234,18 +239,22 @@ def _statements(settings: Settings, first: date, last: date, ids: list[int], cha
     """The statements of `ids` from their charges and their stored calls (one vectorised pass;
     `columns` are extra columns of `Statement.calls` computed for all the clients at once)."""
     sums = line_sums(calls)
+    included: dict[int, dict[str, int]] = {}
+    for cid, ccy, secs in calls.group_by("client_id", "currency").agg(pl.col("included_seconds").sum()).iter_rows():
+        included.setdefault(cid, {})[ccy] = int(secs or 0)
     shown = display_calls(settings, calls, charges)
     if columns:
         shown = shown.with_columns(**columns)
     by_client = {k[0]: v for k, v in shown.partition_by("client_id", as_dict=True, include_key=False,
                                                           maintain_order=True).items()}
     empty = shown.drop("client_id").clear()
+    del shown  # the partitions are copies: keep one
     mine: dict[int, list[dict]] = {}
     for c in charges:
         mine.setdefault(c["client_id"], []).append(c)
     for cid in ids:
         yield Statement(client_id=cid, first=first, last=last, lines=_lines(mine.get(cid, []), sums),
-                        calls=by_client.get(cid, empty), client_name=names.get(cid, ""),
+                        calls=by_client.pop(cid, empty), client_name=names.get(cid, ""), included=included.get(cid, {}),
                         reseller_name=settings.statements.reseller_name,
                         timezone=client_timezone(settings, cid))
 
@@ -285,3 +294,4 @@ def build_statements(settings: Settings, first: date, last: date, client_ids: li
         charges = _charges(settings, first, last, ids)
         calls = scan_calls(settings, first, last, ids).collect()
         yield from _statements(settings, first, last, ids, charges, calls, names or {}, columns)
+        del charges, calls  # before the next chunk is read: one chunk in memory at a time

@@ -51,14 +51,34 @@ def title(st: Statement) -> str:
     return f"Call statement for {who} (client {st.client_id}), {st.first:%Y-%m-%d} to {st.last:%Y-%m-%d}"
 
 
+CSV_ROW = "_csv_row"  # the column a bulk writer may precompute for many clients at once (csv_row_expr)
+
+
+def csv_row_expr() -> pl.Expr:
+    """Every call as its CSV record (`call,` then CALL_COLUMNS), vectorised: the same text as polars'
+    write_csv (a field is quoted when it holds a comma, a quote or a line break, quotes doubled; an
+    empty string is `""`, null is nothing)."""
+    fields = [pl.lit("call")]
+    for c in CALL_COLUMNS:
+        v = pl.col(c).cast(pl.String)
+        fields.append(pl.when(v.is_null()).then(pl.lit("")).when(v == "").then(pl.lit('""'))
+                      .when(v.str.contains('[,"\r\n]'))
+                      .then(pl.lit('"') + v.str.replace_all('"', '""', literal=True) + pl.lit('"')).otherwise(v))
+    return pl.concat_str(fields, separator=",").alias(CSV_ROW)
+
+
 def to_csv(st: Statement) -> str:
     """Calls first (one row each, `record` = call), then the charge lines (`record` = line)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(("record", *CALL_COLUMNS))
     if st.calls.height:
-        calls = st.calls.select(pl.lit("call").alias("record"), *[pl.col(c).cast(pl.String) for c in CALL_COLUMNS])
-        out.write(calls.write_csv(include_header=False))
+        if CSV_ROW in st.calls.columns:
+            out.write("\n".join(st.calls[CSV_ROW].to_list()))
+            out.write("\n")
+        else:
+            calls = st.calls.select(pl.lit("call").alias("record"), *[pl.col(c).cast(pl.String) for c in CALL_COLUMNS])
+            out.write(calls.write_csv(include_header=False))
     w.writerow(("record", *LINE_COLUMNS))
     for line in st.lines:
         w.writerow(("line", *line_row(line)))
@@ -95,6 +115,7 @@ _PDF_CALLS = (("line_ref", 12), ("local_time", 26), ("number", 16), ("destinatio
 _HEAD = {"line_ref": "line", "local_time": "local time", "destination_name": "dest. name", "matched_prefix": "prefix",
          "tariff_version": "tariff", "billable_seconds": "bill s", "included_seconds": "incl s",
          "connect_fee": "conn fee", "billsec": "billsec", "currency": "ccy"}
+_FREE_TEXT = {"number", "destination", "destination_name", "matched_prefix", "tariff_version", "currency"}
 PDF_ROW = "_pdf_row"  # the column a bulk writer may precompute for many clients at once (pdf_row_expr)
 
 
@@ -110,7 +131,9 @@ def pdf_row_expr() -> pl.Expr:
     """Every call as one fixed-width text row of the PDF's calls table (vectorised)."""
     cells = []
     for name, width in _PDF_CALLS:
-        v = pl.col(name).cast(pl.String).fill_null("").str.replace_all(r"[\x00-\x1f\x7f-\x9f]", " ")
+        v = pl.col(name).cast(pl.String).fill_null("")
+        if name in _FREE_TEXT:  # the rest are numbers, times and our own references
+            v = v.str.replace_all(r"[\x00-\x1f\x7f-\x9f]", " ")
         cells.append(pl.when(v.str.len_chars() >= width).then(v.str.slice(0, width - 2) + "~")
                      .otherwise(v).str.pad_end(width))
     return pl.concat_str(cells).alias(PDF_ROW)

@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from tasks.statements import PENDING, StatementsError, out_dir, write_statements
+from tasks.statements import PENDING, StatementsError, billed_clients, client_names, out_dir, write_statements
 from tests.support.s3 import KEY_ID, SECRET, local_s3
 from tests.support.statements import StatementWorld
 from tests.support.whmcs import new_sandbox
@@ -111,3 +111,26 @@ def test_a_missing_font_file_is_named(tmp_path, sandbox):
 def pdftext(path) -> str:
     return subprocess.run(["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True,
                           text=True).stdout
+
+
+def test_bulk_files_equal_one_statement_at_a_time(tmp_path, sandbox):
+    """The nightly writer shapes many clients at once (CSV records, PDF rows, included sums); its
+    files say exactly what `autobill statement` builds for one client."""
+    from autobill.statement import render
+    from autobill.statement.build import build_statement
+
+    w = world(tmp_path, sandbox, formats=["csv", "pdf"])
+    run = w.bill(D1, w.calls(D1, D1, per_day=25))
+    report = write_statements(w.settings, D1, run)
+    assert report.clients > 1 and report.unnamed == [], report.unnamed
+    ids = billed_clients(w.settings, D1)
+    names = client_names(w.settings, ids)
+    assert len(ids) == report.clients
+    for cid in ids:
+        one = build_statement(w.settings, cid, D1, D1)
+        path = out_dir(w.settings) / f"client-{cid}" / f"{D1}.csv"
+        assert path.read_text() == render.to_csv(one)
+        one.client_name = names[cid]
+        render.write(one, "pdf", tmp_path / "one.pdf")
+        strip = lambda t: "\n".join(ln for ln in t.splitlines() if "Generated" not in ln)  # noqa: E731
+        assert strip(pdftext(path.with_suffix(".pdf"))) == strip(pdftext(tmp_path / "one.pdf"))
