@@ -91,6 +91,11 @@ def secret_refs(settings: Settings) -> list[tuple[str, SecretRef]]:
             ref = getattr(settings.whmcs, field)
             if ref is not None:
                 refs.append((f"whmcs.{field}", ref))
+    upload = settings.statements.upload
+    for field in ("access_key_id", "secret_access_key"):
+        ref = None if upload is None else getattr(upload, field)
+        if ref is not None:
+            refs.append((f"statements.upload.{field}", ref))
     return refs
 
 

@@ -81,3 +81,23 @@ def test_statement_unicode_name_and_a_character_no_font_has(world, tmp_path):
     assert "warning: no font shows '会式株社'" in res.output and "statements.fonts" in res.output
     text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True, check=True).stdout
     assert "Zoë Łukasz <U+682A><U+5F0F><U+4F1A><U+793E>" in text
+
+
+def test_config_check_resolves_the_upload_credentials(tmp_path, monkeypatch):
+    import yaml
+
+    from tests.support.statements import StatementWorld
+
+    with new_sandbox() as sb:
+        w = StatementWorld(tmp_path, sb, statements={"upload": {
+            "url": "s3://bucket/p", "access_key_id": {"env": "UPLOAD_KEY_ID_UNSET"},
+            "secret_access_key": {"env": "UPLOAD_SECRET_SET"}}})
+    assert yaml.safe_load(w.config_path.read_text())["statements"]["upload"]["url"] == "s3://bucket/p"
+    monkeypatch.setenv("UPLOAD_SECRET_SET", "x")
+    for k, v in StatementWorld.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("UPLOAD_KEY_ID_UNSET", raising=False)
+    res = CliRunner().invoke(app, ["config", "check", "--config", str(w.config_path)])
+    assert res.exit_code == 1 and "1 secret(s) do not resolve" in res.output, res.output
+    assert "statements.upload.access_key_id" in res.output and "UPLOAD_KEY_ID_UNSET" in res.output
+    assert "statements.upload.secret_access_key" not in res.output.split("NOT OK")[-1]
