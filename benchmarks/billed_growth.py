@@ -5,8 +5,10 @@ N nights of M rated CDRs each go through the real record path, `tasks.aggregate.
 on one ledger that keeps everything earlier nights wrote. Each night's frame looks like the rate
 step's output: FusionPBX-like keys (`<server>:<uuid4>`, 20 servers), ~M/100 clients with one
 service each, 85 % billed / 5 % included / 10 % zero-cost; from night 2 on, 2 % of the rows are
-calls re-sent from an earlier night (already billed: must be skipped) and 1 % are new late calls
-of the previous two billing dates. After the last night, one earlier night is recorded again
+calls re-sent from one of the last `--resend-window` nights (default 3: extraction windows overlap
+by a night or two; already billed, must be skipped) and 1 % are new late calls of the previous two
+billing dates. `--resend-window 0` re-sends from ANY earlier night: the billed-state check then
+reads every night's partition, which is what a re-send from a month ago costs. After the last night, one earlier night is recorded again
 whole (a rerun: nothing new may be billed). Frames are generated before the clock starts.
 
 Printed: each night's seconds (every `--every` nights), night 1 vs night N as a ratio (the target:
@@ -54,7 +56,7 @@ def _keys(rng: random.Random, n: int) -> list[str]:
     return [f"fpbx{rng.randrange(SERVERS):02d}:{uuid.UUID(int=rng.getrandbits(128), version=4)}" for _ in range(n)]
 
 
-def night_frame(rng: random.Random, night: int, rows: int, history: list[pl.DataFrame]
+def night_frame(rng: random.Random, night: int, rows: int, history: list[pl.DataFrame], window: int = 3
                 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Night `night` (0-based): fresh calls of its billing date, plus re-sent and late calls.
     Returns (the night's frame, its new rows)."""
@@ -92,7 +94,7 @@ def night_frame(rng: random.Random, night: int, rows: int, history: list[pl.Data
     ).drop("_roll", "_secs")
     new = frame
     if resent:
-        old = pl.concat(history).sample(resent, seed=rng.randrange(1 << 30))
+        old = pl.concat(history[-window:] if window else history).sample(resent, seed=rng.randrange(1 << 30))
         frame = pl.concat([frame, old.select(frame.columns)])
     return frame.sample(fraction=1.0, shuffle=True, seed=rng.randrange(1 << 30)), new
 
@@ -126,6 +128,7 @@ def main() -> int:
                                                             "postgresql+psycopg2://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--every", type=int, default=5, help="print every k-th night's time")
     parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--resend-window", type=int, default=3, help="re-send from the last k nights (0: any)")
     args = parser.parse_args()
     if args.nights < 2 or args.rows < 100:
         parser.error("need at least 2 nights of 100 rows")
@@ -167,12 +170,13 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
     ok = True
     total_rows = 0
     print(f"billed growth: {args.nights} nights x {args.rows} rated CDRs, ledger {args.db}; "
-          f"{RESENT:.0%} re-sent + {LATE:.0%} late from night 2")
+          f"{RESENT:.0%} re-sent (from the last {args.resend_window or 'any'} nights) + {LATE:.0%} late from night 2",
+          flush=True)
     # warm-up (imports, DuckDB's first connection) on a far-away date, so night 1 is not inflated
     warm, _ = night_frame(random.Random(0), -400, 100, [])
     record_billing(settings, warm, run_id=None)
     for night in range(args.nights):
-        frame, new_rows = night_frame(rng, night, args.rows, history)
+        frame, new_rows = night_frame(rng, night, args.rows, history, args.resend_window)
         t0 = time.perf_counter()
         record = record_billing(settings, frame, run_id=None)
         took = time.perf_counter() - t0

@@ -155,3 +155,32 @@ def test_a_cost_finer_than_six_decimals_is_refused(tmp_path):
     bad = frame([(1, 0, "billed", 1000)]).with_columns(pl.lit("0.0000001").alias("cost"))
     with pytest.raises(ValueError, match="more than 6 decimals"):
         record_billing(s, bad)
+
+
+def test_two_concurrent_runs_on_sqlite_bill_each_cdr_once(tmp_path):
+    """The billed-state lock serialises writers on SQLite too (the PostgreSQL twin is in
+    tests/tasks/test_aggregate.py): overlapping frames, each key billed once."""
+    import threading
+
+    s = _settings(tmp_path)
+    frames = [frame([(k, 0, "billed", 1000) for k in range(0, 30)]),
+              frame([(k, 0, "billed", 1000) for k in range(20, 40)])]
+    barrier = threading.Barrier(2)
+    errors, records = [], []
+
+    def run(f):
+        try:
+            barrier.wait()
+            records.append(record_billing(s, f))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in frames]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(r.outcomes["billed"] for r in records) == 40 and sum(r.already_final for r in records) == 10
+    keys = [b.cdr_key for b in billed_rows(s)]
+    assert len(keys) == 40 and len(set(keys)) == 40
