@@ -52,6 +52,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _keys(rng: random.Random, n: int) -> list[str]:
     return [f"fpbx{rng.randrange(SERVERS):02d}:{uuid.UUID(int=rng.getrandbits(128), version=4)}" for _ in range(n)]
 
@@ -193,7 +198,8 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
         if night == 0 or (night + 1) % args.every == 0 or night == args.nights - 1:
             print(f"  night {night + 1:>3}: {took:7.2f} s  {(new + record.already_final) / took:>9,.0f} rows/s  "
                   f"{len(record.lines):>7} lines  ledger {ledger_bytes(settings, args.db, tmp) / 2**20:8.1f} MB"
-                  f"  billed lake {lake_bytes(tmp) / 2**20:7.1f} MB  peak RSS {peak_rss_mb():6.0f} MB", flush=True)
+                  f"  billed lake {lake_bytes(tmp) / 2**20:7.1f} MB  RSS {rss_now_mb():5.0f} MB (peak {peak_rss_mb():5.0f})",
+                  flush=True)
     again = replay
     t0 = time.perf_counter()
     rerun = record_billing(settings, again, run_id=None)
