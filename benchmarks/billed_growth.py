@@ -57,6 +57,11 @@ def rss_now_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def held_mb(history: list[pl.DataFrame], replay: pl.DataFrame | None) -> float:
+    """What the benchmark itself keeps (re-send samples, the night to rerun), not the record path's."""
+    return (sum(h.estimated_size() for h in history) + (replay.estimated_size() if replay is not None else 0)) / 2**20
+
+
 def _keys(rng: random.Random, n: int) -> list[str]:
     return [f"fpbx{rng.randrange(SERVERS):02d}:{uuid.UUID(int=rng.getrandbits(128), version=4)}" for _ in range(n)]
 
@@ -198,7 +203,8 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
         if night == 0 or (night + 1) % args.every == 0 or night == args.nights - 1:
             print(f"  night {night + 1:>3}: {took:7.2f} s  {(new + record.already_final) / took:>9,.0f} rows/s  "
                   f"{len(record.lines):>7} lines  ledger {ledger_bytes(settings, args.db, tmp) / 2**20:8.1f} MB"
-                  f"  billed lake {lake_bytes(tmp) / 2**20:7.1f} MB  RSS {rss_now_mb():5.0f} MB (peak {peak_rss_mb():5.0f})",
+                  f"  billed lake {lake_bytes(tmp) / 2**20:7.1f} MB  RSS {rss_now_mb():5.0f} MB (peak {peak_rss_mb():5.0f}; "
+                  f"held by this script {held_mb(history, replay):4.0f})",
                   flush=True)
     again = replay
     t0 = time.perf_counter()
