@@ -177,6 +177,7 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
     history: list[pl.DataFrame] = []  # a 5 % sample of each night's new rows: what gets re-sent
     replay = None  # the whole frame of the night recorded again at the end
     seconds: list[float] = []
+    cpu: list[float] = []  # CPU seconds of all threads: steadier than wall on a shared machine
     ok = True
     total_rows = 0
     print(f"billed growth: {args.nights} nights x {args.rows} rated CDRs, ledger {args.db}; "
@@ -187,10 +188,11 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
     record_billing(settings, warm, run_id=None)
     for night in range(args.nights):
         frame, new_rows = night_frame(rng, night, args.rows, history, args.resend_window)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         record = record_billing(settings, frame, run_id=None)
-        took = time.perf_counter() - t0
+        took, cpu_took = time.perf_counter() - t0, time.process_time() - c0
         seconds.append(took)
+        cpu.append(cpu_took)
         total_rows += frame.height
         new = sum(record.outcomes.values())
         if new != new_rows.height or record.already_final != frame.height - new_rows.height:
@@ -201,7 +203,7 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
             replay = frame
         del frame, new_rows
         if night == 0 or (night + 1) % args.every == 0 or night == args.nights - 1:
-            print(f"  night {night + 1:>3}: {took:7.2f} s  {(new + record.already_final) / took:>9,.0f} rows/s  "
+            print(f"  night {night + 1:>3}: {took:7.2f} s (cpu {cpu_took:6.2f})  {(new + record.already_final) / took:>9,.0f} rows/s  "
                   f"{len(record.lines):>7} lines  ledger {ledger_bytes(settings, args.db, tmp) / 2**20:8.1f} MB"
                   f"  billed lake {lake_bytes(tmp) / 2**20:7.1f} MB  RSS {rss_now_mb():5.0f} MB (peak {peak_rss_mb():5.0f}; "
                   f"held by this script {held_mb(history, replay):4.0f})",
@@ -217,6 +219,9 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
     print(f"night 1: {seconds[0]:.2f} s, night {args.nights}: {seconds[-1]:.2f} s, "
           f"ratio {seconds[-1] / seconds[0]:.2f} (target <= 1.20)")
     print(f"mean of nights 1-3: {first3:.2f} s, of the last 3: {last3:.2f} s, ratio {last3 / first3:.2f}")
+    c1, c3 = sum(cpu[:3]) / 3, sum(cpu[-3:]) / 3
+    print(f"cpu: night 1 {cpu[0]:.2f} s, night {args.nights} {cpu[-1]:.2f} s, ratio {cpu[-1] / cpu[0]:.2f}; "
+          f"mean of nights 1-3 {c1:.2f} s, of the last 3 {c3:.2f} s, ratio {c3 / c1:.2f}")
     print(f"rerun of night {args.nights // 2 + 1} ({again.height} rows, all already billed): {rerun_s:.2f} s")
     print(f"throughput: {total_rows / sum(seconds):,.0f} rows/s over {total_rows} rows; "
           f"peak RSS {peak_rss_mb():.0f} MB; ledger {ledger_bytes(settings, args.db, tmp) / 2**20:.1f} MB; "
