@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, or_, select
 
 from autobill.config import Settings
-from autobill.ledger.billed import billed_frame, billed_keys
+from autobill.ledger.billed import billed_frame, billed_keys, lock_billed_state
 from autobill.ledger.corrections import included_by_period
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import (
@@ -64,6 +64,9 @@ def store_usage(settings: Settings, server_id: str, rows: list[dict[str, Any]], 
     keys = [r["cdr_key"] for r in rows]
     new = 0
     with session_scope(settings.ledger) as s:
+        # Under the billed-state lock: a nightly billing these calls right now either committed
+        # before (they are found billed) or starts after (it marks the rows stored here billed).
+        lock_billed_state(s)
         known: set[str] = billed_keys(s, keys, {r.get("billing_date") for r in rows})
         for chunk in _chunks(keys):
             known.update(s.scalars(select(IntradayUsage.cdr_key).where(IntradayUsage.cdr_key.in_(chunk))))

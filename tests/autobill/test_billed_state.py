@@ -184,3 +184,22 @@ def test_two_concurrent_runs_on_sqlite_bill_each_cdr_once(tmp_path):
     assert sum(r.outcomes["billed"] for r in records) == 40 and sum(r.already_final for r in records) == 10
     keys = [b.cdr_key for b in billed_rows(s)]
     assert len(keys) == 40 and len(set(keys)) == 40
+
+
+def _usage(key: str) -> dict:
+    return {"cdr_key": key, "server": "pbx1", "client_id": 2, "service_id": 20,
+            "start_utc": datetime(2026, 11, 20, 17, tzinfo=UTC), "billing_date": DAY, "period_start": None,
+            "charge_class": "outbound", "rate_number": "442071234567", "billsec": 60, "included_seconds": 0,
+            "cost": Decimal("0.001000"), "currency": "USD"}
+
+
+def test_intraday_usage_is_unbilled_until_the_nightly_bills_it_and_a_billed_call_is_not_stored(tmp_path):
+    from autobill.ledger.intraday import store_usage, unbilled_by_service
+
+    s = _settings(tmp_path)
+    assert store_usage(s, "pbx1", [_usage("pbx1:1")], None, None) == 1
+    assert unbilled_by_service(s) == {20: (2, Decimal("0.001000"))}
+    record_billing(s, frame([(1, 0, "billed", 1000), (4, 0, "billed", 1000)]))
+    assert unbilled_by_service(s) == {}  # billed_at set in the billing transaction
+    assert store_usage(s, "pbx1", [_usage("pbx1:4")], None, None) == 0  # already billed: never unbilled usage
+    assert unbilled_by_service(s) == {}
