@@ -3,7 +3,7 @@
 No second rater: this only decides what `rate_for_billing` is given, in which order.
 
 Included minutes are per service and period, consumed in the order the nightly billed the calls:
-run by run (one nightly transaction = one *group*, the `created_at` of its `billed_cdrs` rows),
+run by run (one nightly transaction = one *group*, the `created_at` of its billed rows),
 and by call start within a run. To reproduce that, the whole periods the re-rated dates fall in
 are loaded, and the groups are rated in order, each given the allowance consumed before it:
 - a call in the re-rated range consumes what its re-rated price says;

@@ -11,7 +11,7 @@ prefect or GX import here: the CLI uses this module and must start fast.
 
 Crash safety of the re-queue: `requeue_released` marks rows requeued and hands them to the
 run. If that run dies before they reach a final state, they would be stranded; so it also
-returns every requeued row whose key is still nowhere final (not in `billed_cdrs`, not in
+returns every requeued row whose key is still nowhere final (not in the billed state, not in
 `unrated_cdrs`, no newer held/released record). Call it once per run, before validation.
 """
 
@@ -26,8 +26,9 @@ import polars as pl
 from sqlalchemy import func, select, update
 
 from autobill.config import Settings
+from autobill.ledger.billed import billed_frame, billed_keys
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, QuarantinedRow, UnratedCDR
+from autobill.ledger.models import QuarantinedRow, UnratedCDR
 from autobill.timeutil import utc_now
 from data_quality.rules import MAX_KEY_LENGTH, decode_rows
 
@@ -142,7 +143,6 @@ def _stranded(session, requeued: list[QuarantinedRow]) -> list[QuarantinedRow]:
     newest: dict[str, int] = {}
     for i in range(0, len(keys), CHUNK):
         chunk = keys[i : i + CHUNK]
-        done.update(session.scalars(select(BilledCDR.cdr_key).where(BilledCDR.cdr_key.in_(chunk))))
         done.update(session.scalars(select(UnratedCDR.cdr_key).where(UnratedCDR.cdr_key.in_(chunk))))
         for key, newest_id in session.execute(
             select(QuarantinedRow.cdr_key, func.max(QuarantinedRow.id))
@@ -150,6 +150,12 @@ def _stranded(session, requeued: list[QuarantinedRow]) -> list[QuarantinedRow]:
             .group_by(QuarantinedRow.cdr_key)
         ):
             newest[key] = newest_id
+    if keys:  # final in the billed state: looked up by the rows' billing dates (+-1 day); no date: every manifest
+        days = {q.billing_date for q in requeued if q.cdr_key}
+        if None in days:
+            done.update(billed_frame(session=session, keys=keys, columns=("cdr_key",))["cdr_key"].to_list())
+        else:
+            done.update(billed_keys(session, keys, days))
     return [q for q in requeued if q.cdr_key and q.cdr_key not in done and newest.get(q.cdr_key, 0) < q.id]
 
 

@@ -7,6 +7,8 @@
 -- Output:  (cdr_key, state) with state billed | unrated | quarantine:<status>; a key may appear
 --          in several tables (the caller keeps the highest-priority state).
 -- The ledger tables are joined on their key indexes and never read whole (they grow forever).
+-- billed_cdrs holds only LEGACY rows (before migration 0010); the billed manifests in the lake
+-- are probed by the caller (autobill/ledger/billed.py).
 WITH k AS MATERIALIZED (SELECT value AS cdr_key FROM json_array_elements_text(CAST(:keys AS json)))
 SELECT k.cdr_key, 'billed' FROM k JOIN billed_cdrs b ON b.cdr_key = k.cdr_key
 UNION ALL

@@ -11,7 +11,6 @@ across runs in call-start order.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,14 @@ from typing import Any
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import func, select
 
 from autobill import lake
 from autobill.billing_day import with_billing_date
 from autobill.cdr import CDR_SCHEMA, conform
 from autobill.config import Settings
-from autobill.ledger.corrections import included_delta
+from autobill.ledger.corrections import included_by_period
 from autobill.ledger.db import session_scope
 from autobill.ledger.disputes import held_as_unrated, held_keys, split_held
-from autobill.ledger.models import BilledCDR
 from autobill.ledger.unrated import unrated_rows
 from autobill.mapping import ISSUE_COLUMN, assign_services
 from autobill.rating.archive import archive as archive_tariffs
@@ -77,17 +74,8 @@ def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, dat
     for service_id, plan, day in mapped.iter_rows():
         start, end = period_bounds(day, anchors.get(plan, 1))
         wanted[(int(service_id), start)] = end
-    used: dict[tuple[int, date], int] = defaultdict(int)
     with session_scope(settings.ledger) as session:
-        for (service_id, start), end in wanted.items():
-            used[(service_id, start)] = int(
-                session.scalar(
-                    select(func.coalesce(func.sum(BilledCDR.included_seconds), 0)).where(
-                        BilledCDR.service_id == service_id, BilledCDR.billing_date >= start,
-                        BilledCDR.billing_date < end,
-                    )
-                )
-            ) + included_delta(session, service_id, start, end)  # re-rates may have moved some
+        used = included_by_period(session, wanted)  # billed + what re-rates moved, one read
     return dict(used)
 
 

@@ -1,11 +1,13 @@
 """Record a night's rated CDRs in the ledger, exactly once.
 
 The one transaction in `record_rated` is the heart of invariant 1: the `charges` rows and the
-`billed_cdrs` rows that mark their CDRs billed commit together (or not at all), with the
-unrated CDRs to rate again and, when given, the extraction batches whose watermarks may now move.
-A CDR already final in the ledger is never billed again: it is filtered inside the transaction,
-and the primary key on `billed_cdrs.cdr_key` stops a concurrent run that raced past the filter
-(its transaction rolls back and is recomputed).
+`billed_manifests` rows that register the lake files marking their CDRs final commit together (or
+not at all), with the unrated CDRs to rate again and, when given, the extraction batches whose
+watermarks may now move. The files are written durably before the commit; unregistered they do
+not count (autobill/ledger/billed.py, docs/billed-state.md).
+A CDR already final is never billed again: the transaction first takes the billed-state lock
+(`lock_billed_state`: writers of billed state run one at a time), then filters what is final, so
+no concurrent run can mark the same CDR between the check and the commit.
 
 How rated rows become charge lines (the DuckDB query in sql/charge_lines.sql) is the aggregate
 step's: it passes `lines_of` in, so the core never reads SQL files.
@@ -18,15 +20,20 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import polars as pl
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from autobill.config import Settings
 from autobill.ledger.batches import commit_batch_in
-from autobill.ledger.bulk import dialect_of, insert_rows, keys_present, utc_text
+from autobill.ledger.billed import (
+    BILLED_SCHEMA,
+    around,
+    billed_keys,
+    lock_billed_state,
+    record_final,
+    sweep_orphans,
+)
 from autobill.ledger.charges import ChargeLine, insert_charges
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR
 from autobill.ledger.unrated import resolve_unrated, upsert_unrated
 from autobill.timeutil import utc_now
 
@@ -64,10 +71,6 @@ class BillingRecord:
         return totals
 
 
-def _final_keys(session: Session, keys: pl.Series) -> set[str]:
-    return keys_present(session, BilledCDR.__table__, "cdr_key", iter(keys))
-
-
 def _check(rated: pl.DataFrame) -> None:
     missing = [c for c in REQUIRED if c not in rated.columns]
     if missing:
@@ -75,6 +78,10 @@ def _check(rated: pl.DataFrame) -> None:
     bad = rated.filter(~pl.col("outcome").is_in(OUTCOMES))
     if bad.height:
         raise ValueError(f"unknown outcome(s) {bad['outcome'].unique().to_list()} (known: {OUTCOMES})")
+    fine = rated.filter(pl.col("cost").cast(pl.String).str.contains(r"\.\d{7,}"))
+    if fine.height:
+        raise ValueError(f"{fine.height} rated rows have a cost with more than 6 decimals "
+                         f"(e.g. {fine['cost'][0]!r} for {fine['cdr_key'][0]!r}): rate rounds per call first")
     dup = rated.filter(pl.col("cdr_key").is_duplicated())
     if dup.height:
         raise ValueError(f"{dup.height} rated rows share a cdr_key (e.g. {dup['cdr_key'][0]!r}); dedupe first")
@@ -96,8 +103,9 @@ def record_rated(
     for attempt in range(1, attempts + 1):
         try:
             return _record_once(settings, rated, run_id, batch_ids, dry_run, lines_of)
-        except IntegrityError:
-            # A concurrent run marked some of these CDRs first; our transaction rolled back whole.
+        except (IntegrityError, OperationalError):
+            # A conflict with a concurrent writer (a duplicate charge key, SQLite busy past its
+            # timeout): our transaction rolled back whole; recomputed under the lock.
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")
@@ -108,7 +116,9 @@ def _record_once(
     lines_of: LinesOf,
 ) -> BillingRecord:
     with session_scope(settings.ledger) as session:
-        already = _final_keys(session, rated["cdr_key"])
+        lock_billed_state(session)  # first: every read below sees all earlier writers' commits
+        days = rated["billing_date"].unique().to_list()
+        already = billed_keys(session, rated["cdr_key"], days)
         todo = rated.filter(~pl.col("cdr_key").is_in(list(already))) if already else rated
         counts = {o: 0 for o in OUTCOMES}
         counts.update(dict(todo.group_by("outcome").len().iter_rows()))
@@ -117,7 +127,6 @@ def _record_once(
         if dry_run:
             session.rollback()
             return record
-        dialect = dialect_of(session)
         now = utc_now()
         record.charge_ids = insert_charges(session, lines, run_id, now)
         charge_of = pl.DataFrame(
@@ -130,14 +139,15 @@ def _record_once(
             final.join(charge_of, on="cdr_key", how="left")
             .select(
                 "cdr_key", "server", pl.col("client_id").cast(pl.Int64), pl.col("service_id").cast(pl.Int64),
-                pl.col("billing_date").cast(pl.String), "outcome", "charge_id",
-                pl.col("cost").cast(pl.String).fill_null("0"),
+                pl.col("billing_date").cast(pl.Date), "outcome", "charge_id",
+                pl.col("cost").cast(pl.String).cast(pl.Decimal(24, 6)).cast(pl.String).fill_null("0.000000"),
                 pl.col("billable_seconds").fill_null(0).cast(pl.Int64),
                 pl.col("included_seconds").fill_null(0).cast(pl.Int64),
-                pl.lit(run_id, pl.Int64).alias("run_id"), pl.lit(utc_text(now, dialect)).alias("created_at"),
+                pl.lit(run_id, pl.Int64).alias("run_id"), pl.lit(now).cast(BILLED_SCHEMA["created_at"]).alias("created_at"),
             )
         )
-        insert_rows(session, BilledCDR.__table__, rows.columns, rows.iter_rows(), encoded=True)
+        sweep_orphans(session, settings.data_path, around(rows["billing_date"].unique().to_list()))
+        record_final(session, settings.data_path, rows, run_id, record.charge_ids, now)
         carried = final.filter(pl.col("source") == "unrated") if "source" in final.columns else final
         resolve_unrated(session, carried["cdr_key"].to_list(), now)
         upsert_unrated(session, todo.filter(pl.col("outcome") == "unrated"), now)

@@ -2,12 +2,14 @@
 
 The ORM's per-row parameter processing costs ~50 µs a row; here rows are tuples already in the
 database's own form, written with the driver's fastest batch call (`executemany` on SQLite,
-`execute_values` on PostgreSQL). The column types stay those of `models.py`: this module only
+`COPY ... FROM STDIN` on PostgreSQL: psycopg2's `copy_expert`, one stream per page, several times
+faster than `execute_values` INSERTs at a million rows). The column types stay those of `models.py`: this module only
 encodes values the way `autobill.ledger.types` would (decimal text on SQLite, naive UTC times).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -18,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 PAGE = 5000
+COPY_PAGE = 200_000  # rows per COPY stream on PostgreSQL (a few tens of MB of text)
 
 
 def encode(value: Any, dialect: str) -> Any:
@@ -34,6 +37,32 @@ def encode(value: Any, dialect: str) -> Any:
     if isinstance(value, date) and dialect == "sqlite":
         return value.isoformat()
     return value
+
+
+def _copy_text(value: Any) -> str:
+    """One value in PostgreSQL's COPY text format (NULL is \\N; backslash, tab, newline, CR escaped)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, float):
+        raise TypeError("refusing a binary float in the ledger; use Decimal or decimal text")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: ledger timestamps must carry an offset")
+        return value.isoformat(sep=" ")
+    text = value.isoformat() if isinstance(value, date) else str(value)
+    if any(c in text for c in "\\\t\n\r"):
+        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
+def copy_rows(cur: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """COPY `rows` into `table` (PostgreSQL, psycopg2 cursor): one text stream, no per-row statement."""
+    buf = io.StringIO()
+    buf.writelines("\t".join(_copy_text(v) for v in row) + "\n" for row in rows)
+    buf.seek(0)
+    cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buf)  # noqa: S608 - our own names
 
 
 def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]],
@@ -60,16 +89,14 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: It
 
     def _write(cur) -> None:
         if dialect == "postgresql":
-            from psycopg2.extras import execute_values
-
-            execute_values(cur, f"INSERT INTO {table.name} ({cols}) VALUES %s", batch, page_size=PAGE)  # noqa: S608
+            copy_rows(cur, table.name, columns, batch)
         else:
             marks = ", ".join("?" for _ in columns)
             cur.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({marks})", batch)  # noqa: S608
 
     for row in rows:
         batch.append(tuple(row) if encoded else tuple(encode(v, dialect) for v in row))
-        if len(batch) >= PAGE:
+        if len(batch) >= (COPY_PAGE if dialect == "postgresql" else PAGE):
             flush()
             count += len(batch)
             batch = []
@@ -98,17 +125,23 @@ def keys_present(session: Session, table: Table, column: str, keys: Iterable[str
     cur = raw.cursor()
     try:
         if dialect == "postgresql":
-            from psycopg2.extras import execute_values
-
-            cur.execute("CREATE TEMP TABLE IF NOT EXISTS _autobill_keys (k text PRIMARY KEY) ON COMMIT DROP")
+            # COPY the keys into an unindexed temp table (duplicates are harmless: the result is a set)
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS _autobill_keys (k text) ON COMMIT DROP")
             cur.execute("TRUNCATE _autobill_keys")
-            execute_values(cur, "INSERT INTO _autobill_keys (k) VALUES %s ON CONFLICT DO NOTHING",
-                           ((k,) for k in keys), page_size=PAGE)
+            page: list[tuple[str]] = []
+            for k in keys:
+                page.append((k,))
+                if len(page) >= COPY_PAGE:
+                    copy_rows(cur, "_autobill_keys", ("k",), page)
+                    page = []
+            if page:
+                copy_rows(cur, "_autobill_keys", ("k",), page)
+            cur.execute("ANALYZE _autobill_keys")
         else:
             cur.execute("CREATE TEMP TABLE IF NOT EXISTS _autobill_keys (k TEXT PRIMARY KEY)")
             cur.execute("DELETE FROM _autobill_keys")
             cur.executemany("INSERT OR IGNORE INTO _autobill_keys (k) VALUES (?)", ((k,) for k in keys))
-        cur.execute(f"SELECT t.{column} FROM {table.name} t JOIN _autobill_keys k ON k.k = t.{column}")  # noqa: S608
+        cur.execute(f"SELECT DISTINCT t.{column} FROM {table.name} t JOIN _autobill_keys k ON k.k = t.{column}")  # noqa: S608
         found = {row[0] for row in cur.fetchall()}
         cur.execute("DELETE FROM _autobill_keys")
         return found

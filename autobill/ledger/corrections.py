@@ -1,6 +1,7 @@
 """Corrections in the ledger: current CDR prices, what is booked per line, and recording a re-rate.
 
-A CDR's current price is its `billed_cdrs` row overlaid by its latest `correction_cdrs` row.
+A CDR's current price is its billed row (autobill/ledger/billed.py) overlaid by its latest
+`correction_cdrs` row.
 `record_corrections` writes, in ONE transaction, the `rerates` row (who, when, why, tariff
 versions), the correction lines as `charges` rows of kind `correction` (pending, or `zero` when the
 difference rounds to nothing) and a `correction_cdrs` row per changed CDR. Posting then goes
@@ -13,17 +14,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import func, select
+import polars as pl
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autobill.config import Settings
 from autobill.corrections import Booked, Change, Correction, LineId, Price, line_of_change
+from autobill.ledger.billed import billed_frame
 from autobill.ledger.bulk import insert_rows
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, Charge, CorrectionCDR, Rerate
+from autobill.ledger.models import Charge, CorrectionCDR, Rerate
 from autobill.timeutil import utc_now
 
 LIVE_STATES = ("pending", "posting", "uncertain", "posted", "zero")  # everything but `void`
@@ -35,7 +38,7 @@ class LedgerPrice:
 
     price: Price
     server: str
-    group: datetime  # created_at of its billed_cdrs row: the nightly transaction that billed it
+    group: datetime  # created_at of its billed row: the nightly transaction that billed it
 
 
 @dataclass
@@ -54,31 +57,23 @@ def current_prices(settings: Settings, first: date, last: date, client_id: int |
     """Every CDR with a final money state billed on a date in [first, last], at its current price."""
     services = None if service_ids is None else sorted(set(service_ids))
     with session_scope(settings.ledger) as session:
-        q = (select(BilledCDR, Charge.charge_class, Charge.currency, Charge.tariff_version)
-             .join(Charge, Charge.id == BilledCDR.charge_id, isouter=True)
-             .where(BilledCDR.billing_date >= first, BilledCDR.billing_date <= last))
-        if client_id is not None:
-            q = q.where(BilledCDR.client_id == client_id)
-        if services is not None:
-            q = q.where(BilledCDR.service_id.in_(services))
+        billed = billed_frame(session=session, first=first, last=last, client_id=client_id, service_ids=services)
+        # a CDR's line has the CDR's billing date: the charges of [first, last] are all we need
+        line_of = {cid: (cls, ccy, version) for cid, cls, ccy, version in session.execute(
+            select(Charge.id, Charge.charge_class, Charge.currency, Charge.tariff_version)
+            .where(Charge.billing_date >= first, Charge.billing_date <= last))}
         out: dict[str, LedgerPrice] = {}
-        for b, cls, ccy, version in session.execute(q):
-            if b.client_id is None or b.service_id is None:
+        for b in billed.iter_rows(named=True):
+            if b["client_id"] is None or b["service_id"] is None:
                 continue
-            out[b.cdr_key] = LedgerPrice(Price(
-                cdr_key=b.cdr_key, client_id=int(b.client_id), service_id=int(b.service_id),
-                billing_date=b.billing_date, outcome=b.outcome, charge_class=cls or "", currency=ccy or "",
-                cost=Decimal(b.cost), included_seconds=int(b.included_seconds or 0),
-                billable_seconds=int(b.billable_seconds or 0), charge_id=b.charge_id, tariff_version=version,
-            ), b.server, b.created_at)
-        cq = (select(CorrectionCDR, Charge.currency)
-              .join(BilledCDR, BilledCDR.cdr_key == CorrectionCDR.cdr_key)
-              .join(Charge, Charge.id == CorrectionCDR.correction_id, isouter=True)
-              .where(BilledCDR.billing_date >= first, BilledCDR.billing_date <= last)
-              .order_by(CorrectionCDR.id))
-        if client_id is not None:
-            cq = cq.where(BilledCDR.client_id == client_id)
-        for c, ccy in session.execute(cq):
+            cls, ccy, version = line_of.get(b["charge_id"], (None, None, None))
+            out[b["cdr_key"]] = LedgerPrice(Price(
+                cdr_key=b["cdr_key"], client_id=int(b["client_id"]), service_id=int(b["service_id"]),
+                billing_date=b["billing_date"], outcome=b["outcome"], charge_class=cls or "", currency=ccy or "",
+                cost=Decimal(b["cost"]), included_seconds=int(b["included_seconds"] or 0),
+                billable_seconds=int(b["billable_seconds"] or 0), charge_id=b["charge_id"], tariff_version=version,
+            ), b["server"], b["created_at"])
+        for c, ccy in session.execute(_corrections_of(first, last)):
             cur = out.get(c.cdr_key)
             if cur is None:
                 continue
@@ -113,13 +108,44 @@ def booked(settings: Settings, first: date, last: date, client_id: int | None = 
     return out
 
 
-def included_delta(session: Session, service_id: int, start: date, end: date) -> int:
-    """Included seconds corrections added (or took back) in a service's period [start, end)."""
-    return int(session.scalar(
-        select(func.coalesce(func.sum(CorrectionCDR.new_included - CorrectionCDR.old_included), 0))
-        .join(BilledCDR, BilledCDR.cdr_key == CorrectionCDR.cdr_key)
-        .where(BilledCDR.service_id == service_id, BilledCDR.billing_date >= start, BilledCDR.billing_date < end)
-    ) or 0)
+def _corrections_of(first: date, last: date):
+    """Correction rows (with their line's currency) that may concern CDRs billed in [first, last],
+    oldest first: a re-rate corrects only CDRs of its own date range, so the re-rates whose range
+    meets [first, last]. Callers keep the rows of the CDRs they hold."""
+    return (select(CorrectionCDR, Charge.currency)
+            .join(Rerate, Rerate.id == CorrectionCDR.rerate_id)
+            .join(Charge, Charge.id == CorrectionCDR.correction_id, isouter=True)
+            .where(Rerate.date_from <= last, Rerate.date_to >= first)
+            .order_by(CorrectionCDR.id))
+
+
+def included_by_period(session: Session, wanted: dict[tuple[int, date], date]) -> dict[tuple[int, date], int]:
+    """Included seconds consumed per (service, period start) over [start, end) (`wanted` maps
+    (service, start) to end): what the nightly billed plus what re-rates added or took back.
+    One read of the billed state for all services (not one query per service)."""
+    out = dict.fromkeys(wanted, 0)
+    if not wanted:
+        return out
+    first = min(start for _, start in wanted)
+    last = max(wanted.values()) - timedelta(days=1)
+    periods = pl.DataFrame([(sid, start, end) for (sid, start), end in wanted.items()],
+                           schema={"service_id": pl.Int64, "start": pl.Date, "end": pl.Date}, orient="row")
+    billed = billed_frame(session=session, first=first, last=last, service_ids={sid for sid, _ in wanted},
+                          columns=("cdr_key", "service_id", "billing_date", "included_seconds"))
+    deltas: dict[str, int] = {}
+    for c, _ccy in session.execute(_corrections_of(first, last)):
+        deltas[c.cdr_key] = deltas.get(c.cdr_key, 0) + int(c.new_included) - int(c.old_included)
+    if deltas:
+        delta = pl.DataFrame({"cdr_key": list(deltas), "_delta": list(deltas.values())},
+                             schema={"cdr_key": pl.String, "_delta": pl.Int64})
+        billed = billed.join(delta, on="cdr_key", how="left").with_columns(
+            (pl.col("included_seconds").fill_null(0) + pl.col("_delta").fill_null(0)).alias("included_seconds"))
+    sums = (billed.join(periods, on="service_id", how="inner")
+            .filter((pl.col("billing_date") >= pl.col("start")) & (pl.col("billing_date") < pl.col("end")))
+            .group_by("service_id", "start").agg(pl.col("included_seconds").fill_null(0).sum()))
+    for sid, start, seconds in sums.iter_rows():
+        out[(int(sid), start)] = int(seconds)
+    return out
 
 
 def record_corrections(settings: Settings, request: RerateRequest, made: list[Correction], changes: list[Change],

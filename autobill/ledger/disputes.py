@@ -26,9 +26,10 @@ import polars as pl
 from sqlalchemy import select
 
 from autobill.config import Settings
+from autobill.ledger.billed import BILLED_SCHEMA, billed_rows, lock_billed_state, record_final
 from autobill.ledger.charges import statement_ref
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, Charge, Dispute, DisputeItem, QuarantinedRow, UnratedCDR
+from autobill.ledger.models import Charge, Dispute, DisputeItem, QuarantinedRow, UnratedCDR
 from autobill.money import round_minor
 from autobill.timeutil import local_today, utc_now
 
@@ -69,7 +70,7 @@ def open_dispute(settings: Settings, client_id: int, keys: list[str], reason: st
     if not reason.strip():
         raise DisputeError("--reason: say why the client disputes the calls")
     with session_scope(settings.ledger) as session:
-        billed = {b.cdr_key: b for b in session.scalars(select(BilledCDR).where(BilledCDR.cdr_key.in_(keys)))}
+        billed = {b.cdr_key: b for b in billed_rows(session=session, keys=keys)}  # no date known: every manifest
         busy = set(session.scalars(select(DisputeItem.cdr_key).join(Dispute, Dispute.id == DisputeItem.dispute_id)
                                    .where(DisputeItem.cdr_key.in_(keys), Dispute.status == "open")))
         waiting = set(session.scalars(select(UnratedCDR.cdr_key).where(
@@ -146,8 +147,8 @@ def resolve_dispute(settings: Settings, dispute_id: int, credit: bool, who: str,
                                                                DisputeItem.status.in_(OPEN_ITEM_STATES))))
         now = utc_now()
         if credit:
-            billed = {b.cdr_key: b for b in session.scalars(
-                select(BilledCDR).where(BilledCDR.cdr_key.in_([i.cdr_key for i in items])))}
+            lock_billed_state(session)  # a waiver writes billed state: one writer at a time, check included
+            billed = {b.cdr_key: b for b in billed_rows(session=session, keys=[i.cdr_key for i in items])}
             by_charge: dict[int, list[DisputeItem]] = {}
             for item in items:
                 b = billed.get(item.cdr_key)
@@ -155,7 +156,7 @@ def resolve_dispute(settings: Settings, dispute_id: int, credit: bool, who: str,
                     item.charge_id, item.cost = b.charge_id, b.cost  # a held call billed meanwhile
                     by_charge.setdefault(b.charge_id, []).append(item)
                 elif b is None:
-                    _waive(session, item, now)
+                    _waive(settings, session, item, now)
                 item.status = "credited"
             for charge_id, mine in sorted(by_charge.items()):
                 created.append(_credit_line(settings, session, dispute, charge_id, mine))
@@ -168,21 +169,27 @@ def resolve_dispute(settings: Settings, dispute_id: int, credit: bool, who: str,
     return created
 
 
-def _waive(session, item: DisputeItem, now) -> None:
-    """A held call credited before it was ever billed: final, cost 0, never billed."""
+def _waive(settings: Settings, session, item: DisputeItem, now) -> None:
+    """A held call credited before it was ever billed: final, cost 0, never billed. Recorded like
+    any final call, in a (one-row) billed manifest registered in this transaction: one place says
+    what is final, and the nightly's "already billed?" check finds it by its billing date."""
     unrated = session.get(UnratedCDR, item.cdr_key)
     quarantined = session.scalars(select(QuarantinedRow).where(QuarantinedRow.cdr_key == item.cdr_key)).first()
     server = unrated.server if unrated else (quarantined.server if quarantined else "unknown")
     day = (unrated.billing_date if unrated else (quarantined.billing_date if quarantined else None)) or now.date()
-    session.add(BilledCDR(cdr_key=item.cdr_key, server=server, billing_date=day, outcome="credited",
-                          cost=Decimal(0), created_at=now))
+    row = pl.DataFrame([{"cdr_key": item.cdr_key, "server": server, "client_id": None, "service_id": None,
+                         "billing_date": day, "outcome": "credited", "charge_id": None, "cost": "0.000000",
+                         "billable_seconds": 0, "included_seconds": 0, "run_id": None, "created_at": now}],
+                       schema=BILLED_SCHEMA)
+    record_final(session, settings.data_path, row, None, (), now)
     if unrated is not None and unrated.resolved_at is None:
         unrated.resolved_at = now
 
 
 def _credit_line(settings: Settings, session, dispute: Dispute, charge_id: int, items: list[DisputeItem]) -> int:
     original = session.get(Charge, charge_id)
-    line_costs = sum(session.scalars(select(BilledCDR.cost).where(BilledCDR.charge_id == charge_id)), Decimal(0))
+    line_costs = sum((b.cost for b in billed_rows(session=session, charge_ids=[charge_id],
+                                                   days=[original.billing_date])), Decimal(0))
     earlier = sum(session.scalars(select(DisputeItem.cost).where(
         DisputeItem.charge_id == charge_id, DisputeItem.status == "credited",
         DisputeItem.id.not_in([i.id for i in items]))), Decimal(0))

@@ -2,8 +2,8 @@
 watermark of their own, and the sums autosuspend decides on.
 
 Never counted twice, never dropped: a rated call is stored once (`intraday_usage`, keyed by
-`cdr_key`) and counts as *unbilled* while its key is not in `billed_cdrs`. The nightly commits
-`billed_cdrs` in the same transaction as the charge that bills the call, so at every instant a
+`cdr_key`) and counts as *unbilled* while its `billed_at` is null. The nightly sets `billed_at`
+in the same transaction as the charge that bills the call (autobill/ledger/billed.py), so at every instant a
 call is either unbilled usage or part of a charge (which counts as *not invoiced* until the
 WHMCS daily cron invoices it, then as an invoice). The rows and the intraday watermark move in
 one transaction; the nightly's `server_watermarks` is never touched here.
@@ -21,9 +21,10 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, or_, select
 
 from autobill.config import Settings
+from autobill.ledger.billed import billed_frame, billed_keys, lock_billed_state
+from autobill.ledger.corrections import included_by_period
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import (
-    BilledCDR,
     Charge,
     ChargeReconciliation,
     FraudHold,
@@ -63,10 +64,12 @@ def store_usage(settings: Settings, server_id: str, rows: list[dict[str, Any]], 
     keys = [r["cdr_key"] for r in rows]
     new = 0
     with session_scope(settings.ledger) as s:
-        known: set[str] = set()
+        # Under the billed-state lock: a nightly billing these calls right now either committed
+        # before (they are found billed) or starts after (it marks the rows stored here billed).
+        lock_billed_state(s)
+        known: set[str] = billed_keys(s, keys, {r.get("billing_date") for r in rows})
         for chunk in _chunks(keys):
             known.update(s.scalars(select(IntradayUsage.cdr_key).where(IntradayUsage.cdr_key.in_(chunk))))
-            known.update(s.scalars(select(BilledCDR.cdr_key).where(BilledCDR.cdr_key.in_(chunk))))
         for r in rows:
             if r["cdr_key"] in known:
                 continue
@@ -88,21 +91,20 @@ def included_used(settings: Settings, wanted: dict[tuple[int, date], date]) -> d
     """Included seconds consumed per (service, period start): billed by the nightly plus
     consumed by intraday calls not billed yet (so today's calls share the allowance in order)."""
     used: dict[tuple[int, date], int] = defaultdict(int)
-    unbilled = ~exists().where(BilledCDR.cdr_key == IntradayUsage.cdr_key)
+    unbilled = IntradayUsage.billed_at.is_(None)
     with session_scope(settings.ledger) as s:
-        for (service_id, start), end in wanted.items():
-            billed = s.scalar(select(func.coalesce(func.sum(BilledCDR.included_seconds), 0)).where(
-                BilledCDR.service_id == service_id, BilledCDR.billing_date >= start, BilledCDR.billing_date < end))
+        billed = included_by_period(s, wanted)
+        for (service_id, start), _end in wanted.items():
             today = s.scalar(select(func.coalesce(func.sum(IntradayUsage.included_seconds), 0)).where(
                 IntradayUsage.service_id == service_id, IntradayUsage.period_start == start, unbilled))  # fmt: skip
-            used[(service_id, start)] = int(billed or 0) + int(today or 0)
+            used[(service_id, start)] = int(billed.get((service_id, start), 0)) + int(today or 0)
     return dict(used)
 
 
 def unbilled_by_service(settings: Settings) -> dict[int, tuple[int, Decimal]]:
-    """{service: (client, unbilled cost)}: intraday-rated calls whose key is not in billed_cdrs
+    """{service: (client, unbilled cost)}: intraday-rated calls not billed yet (`billed_at` null)
     (nor quarantined by the nightly's validation: those are reported there, not billed)."""
-    unbilled = and_(~exists().where(BilledCDR.cdr_key == IntradayUsage.cdr_key),
+    unbilled = and_(IntradayUsage.billed_at.is_(None),
                     ~exists().where(QuarantinedRow.cdr_key == IntradayUsage.cdr_key))
     with session_scope(settings.ledger) as s:
         rows = s.execute(
@@ -163,16 +165,19 @@ def baselines(settings: Settings, service_ids: list[int], until: datetime) -> di
     spend: dict[int, Decimal] = defaultdict(lambda: Decimal(0))
     intl: dict[int, int] = defaultdict(int)
     with session_scope(settings.ledger) as s:
-        for chunk in _chunks(service_ids):
-            rows = s.execute(
-                select(BilledCDR.service_id, BilledCDR.cost, BilledCDR.billable_seconds, Charge.charge_class)
-                .join(Charge, Charge.id == BilledCDR.charge_id)
-                .where(BilledCDR.service_id.in_(chunk), BilledCDR.billing_date >= first, BilledCDR.outcome == "billed")
-            ).all()
-            for sid, cost, secs, cls in rows:
-                spend[sid] += cost
-                if cls == "international":
-                    intl[sid] += int(secs or 0)
+        # manifests are sorted by service: the service filter skips row groups by their statistics
+        billed = billed_frame(session=s, first=first, service_ids=service_ids, outcomes=("billed",),
+                              columns=("service_id", "charge_id", "cost", "billable_seconds"))
+        charge_ids = sorted({int(c) for c in billed["charge_id"].drop_nulls().to_list()})
+        class_of: dict[int, str] = {}
+        for chunk in _chunks(charge_ids):
+            class_of.update(s.execute(select(Charge.id, Charge.charge_class).where(Charge.id.in_(chunk))).tuples())
+        for sid, cid, cost, secs in billed.iter_rows():
+            if cid is None or cid not in class_of:
+                continue  # the join with the charge line, as before
+            spend[sid] += Decimal(cost)
+            if class_of[cid] == "international":
+                intl[sid] += int(secs or 0)
     return {sid: Baseline((spend[sid] / windows).quantize(Decimal("0.000001")), int(intl[sid] / windows))
             for sid in service_ids}  # fmt: skip
 
@@ -241,6 +246,6 @@ def list_holds(settings: Settings, include_cleared: bool = False) -> list[FraudH
 def prune(settings: Settings, now: datetime) -> int:
     """Delete intraday rows the nightly billed more than `intraday.keep_days` ago."""
     cutoff = now - timedelta(days=settings.intraday.keep_days)
-    billed = exists().where(BilledCDR.cdr_key == IntradayUsage.cdr_key)
     with session_scope(settings.ledger) as s:
-        return s.execute(delete(IntradayUsage).where(IntradayUsage.start_utc < cutoff, billed)).rowcount or 0
+        return s.execute(delete(IntradayUsage).where(IntradayUsage.start_utc < cutoff,
+                                                     IntradayUsage.billed_at.is_not(None))).rowcount or 0

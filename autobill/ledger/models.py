@@ -1,8 +1,9 @@
 """The ledger: what has been billed, posted, quarantined and suspended.
 
 The ledger is the source of truth for exactly-once billing (DESIGN.md invariant 1): a CDR is
-billed when its `billed_cdrs` row exists, and that row is committed in the same transaction
-as the `charges` row it belongs to. Every schema change goes through an Alembic migration in
+billed when a registered billed manifest (or a legacy `billed_cdrs` row) holds its key, and the
+`billed_manifests` row is committed in the same transaction as the `charges` rows it belongs to
+(docs/billed-state.md). Every schema change goes through an Alembic migration in
 `autobill/ledger/migrations/versions/`.
 """
 
@@ -121,7 +122,9 @@ class Charge(Base):
 
 
 class BilledCDR(Base):
-    """A CDR that reached a final money state. Its existence is what makes billing exactly once."""
+    """LEGACY (before migration 0010): a CDR that reached a final money state. Nothing writes here
+    any more; the billed state is in lake manifests (`BilledManifest`). Rows already here stay
+    and are read by autobill/ledger/billed.py like manifest rows (none are moved or lost)."""
 
     __tablename__ = "billed_cdrs"
     __table_args__ = (Index("ix_billed_cdrs_service_date", "service_id", "billing_date"),
@@ -138,6 +141,36 @@ class BilledCDR(Base):
     included_seconds: Mapped[int] = mapped_column(Integer, default=0)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class BilledManifest(Base):
+    """One immutable parquet file of billed-CDR detail in the lake (autobill/ledger/billed.py),
+    registered in the SAME transaction as the charges it belongs to: a file without its row does
+    not exist for readers. One billing date per file, so "already billed?" reads only the
+    partitions of the dates a night holds (docs/billed-state.md)."""
+
+    __tablename__ = "billed_manifests"
+    __table_args__ = (Index("ix_billed_manifests_date", "billing_date"), Index("ix_billed_manifests_run", "run_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(String(1000), unique=True)
+    billing_date: Mapped[date] = mapped_column(Date)
+    rows: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    first_charge_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_charge_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class BilledState(Base):
+    """One row: every transaction that writes billed state updates it FIRST, which serialises
+    those writers in the database (a row lock on PostgreSQL, the write lock on SQLite), so the
+    "already billed?" check and the registration are one atomic step (the PK of `billed_cdrs`
+    did that before)."""
+
+    __tablename__ = "billed_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class UnratedCDR(Base):
@@ -288,7 +321,7 @@ class IntradayWatermark(Base):
 
 class IntradayUsage(Base):
     """A call rated during the day with the nightly engine (#18). It counts as unbilled usage
-    while its `cdr_key` is not in `billed_cdrs`; once the nightly bills it, the charge counts."""
+    while `billed_at` is null; once the nightly bills it (same transaction), the charge counts."""
 
     __tablename__ = "intraday_usage"
     __table_args__ = (Index("ix_intraday_usage_service_start", "service_id", "start_utc"),)
@@ -306,6 +339,8 @@ class IntradayUsage(Base):
     cost: Mapped[Decimal] = mapped_column(ExactDecimal(24, 6), default=Decimal(0))
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    # set by the transaction that makes the call final (nightly billing, a dispute's waiver)
+    billed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class FraudHold(Base):

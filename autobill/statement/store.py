@@ -21,12 +21,11 @@ from datetime import date
 from pathlib import Path
 
 import polars as pl
-from sqlalchemy import select
 
 from autobill import lake
 from autobill.config import Settings
+from autobill.ledger.billed import billed_frame, billed_runs
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR
 from autobill.rating.billing import OUTPUT_SCHEMA
 
 KEPT_OUTCOMES = ("billed", "included")
@@ -64,16 +63,9 @@ def rated_path(settings: Settings, run_id: int) -> Path:
 
 
 def _billed_of_run(settings: Settings, run_id: int) -> pl.DataFrame:
-    cols = (BilledCDR.cdr_key, BilledCDR.client_id, BilledCDR.service_id, BilledCDR.billing_date, BilledCDR.charge_id,
-            BilledCDR.outcome, BilledCDR.cost, BilledCDR.billable_seconds, BilledCDR.included_seconds)
-    with session_scope(settings.ledger) as session:
-        rows = session.execute(
-            select(*cols).where(BilledCDR.run_id == run_id, BilledCDR.outcome.in_(KEPT_OUTCOMES))
-        ).tuples().all()
-    schema = {"cdr_key": pl.String, "client_id": pl.Int64, "service_id": pl.Int64, "billing_date": pl.Date,
-              "charge_id": pl.Int64, "outcome": pl.String, "cost": pl.String, "billable_seconds": pl.Int64,
-              "included_seconds": pl.Int64}
-    return pl.DataFrame([(*r[:6], f"{r[6]:.6f}", *r[7:]) for r in rows], schema=schema, orient="row")
+    return billed_frame(settings, run_id=run_id, outcomes=KEPT_OUTCOMES, columns=(
+        "cdr_key", "client_id", "service_id", "billing_date", "charge_id", "outcome", "cost", "billable_seconds",
+        "included_seconds"))
 
 
 def _numbers(settings: Settings, rated: pl.DataFrame) -> pl.DataFrame:
@@ -117,10 +109,7 @@ def materialize_run(settings: Settings, run_id: int) -> int:
 def runs_billing(settings: Settings, first: date, last: date) -> list[int]:
     """The runs that billed calls of billing dates in [first, last] (index ix_billed_cdrs_date_run)."""
     with session_scope(settings.ledger) as session:
-        return sorted(session.scalars(
-            select(BilledCDR.run_id).where(BilledCDR.billing_date >= first, BilledCDR.billing_date <= last,
-                                           BilledCDR.run_id.is_not(None)).distinct()
-        ))
+        return billed_runs(session, first, last)
 
 
 def ensure_calls(settings: Settings, first: date, last: date) -> list[int]:

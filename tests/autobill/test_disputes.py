@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from autobill.ledger.billed import billed_rows
 from autobill.ledger.db import session_scope
 from autobill.ledger.disputes import DisputeError, credit_amount, list_disputes, open_dispute, resolve_dispute
-from autobill.ledger.models import BilledCDR, Charge, UnratedCDR
+from autobill.ledger.models import Charge, UnratedCDR
 from autobill.statement.build import build_statement
 from autobill.timeutil import local_today
 from connectors.whmcs import WhmcsClient
@@ -60,7 +61,7 @@ def test_credit_posts_a_correction_for_exactly_the_disputed_calls(tmp_path, sand
     w = StatementWorld(tmp_path, sandbox, ledger_url=ledger_url)
     w.bill(D1, w.calls(D1, D1, per_day=30))
     charge = max(_rows(w.settings, Charge), key=lambda c: c.cdr_count)
-    calls = sorted(_rows(w.settings, BilledCDR, BilledCDR.charge_id == charge.id), key=lambda b: b.cdr_key)
+    calls = sorted(billed_rows(w.settings, charge_ids=[charge.id]), key=lambda b: b.cdr_key)
     disputed = [calls[0].cdr_key, calls[-1].cdr_key]
     with pytest.raises(DisputeError, match="billed to client"):
         open_dispute(w.settings, charge.client_id + 1, disputed, "not ours", "ops")
@@ -106,7 +107,7 @@ def test_dispute_credit_with_a_lost_answer_is_found_in_the_credit_log(tmp_path, 
     """A dispute credit is an AddCredit like a re-rate decrease: settled from GetCredits, credited once."""
     w = StatementWorld(tmp_path, sandbox, ledger_url=ledger_url)
     w.bill(D1, w.calls(D1, D1, per_day=30))
-    costly = max(_rows(w.settings, BilledCDR, BilledCDR.outcome == "billed"), key=lambda b: b.cost)
+    costly = max(billed_rows(w.settings, outcomes=["billed"]), key=lambda b: b.cost)
     dispute_id = open_dispute(w.settings, costly.client_id, [costly.cdr_key], "never made", "alice")
     [credit_id] = resolve_dispute(w.settings, dispute_id, credit=True, who="bob")
     [credit] = _rows(w.settings, Charge, Charge.id == credit_id)
@@ -140,7 +141,7 @@ def test_held_calls_stay_out_of_billing_until_released(tmp_path, sandbox):
     dispute_id = open_dispute(w.settings, 1, [held], "not our call", "alice")
     _with_missing_tariff(w)
     run = w.bill(D2, w.calls(D2, D2, per_day=3, seed=5))
-    billed = {b.cdr_key: b for b in _rows(w.settings, BilledCDR)}
+    billed = {b.cdr_key: b for b in billed_rows(w.settings)}
     assert other in billed and held not in billed  # the tariff fix billed the others, not the held call
     [still] = _rows(w.settings, UnratedCDR, UnratedCDR.cdr_key == held)
     assert still.resolved_at is None  # still waiting, rated again next run: nothing lost
@@ -148,9 +149,9 @@ def test_held_calls_stay_out_of_billing_until_released(tmp_path, sandbox):
     assert rated.filter(pl.col("cdr_key") == held)["unrated_reason"].to_list() == ["disputed"]
     resolve_dispute(w.settings, dispute_id, credit=False, who="bob", note="call was made")
     w.bill(D3, w.calls(D3, D3, per_day=3, seed=6))
-    [now] = _rows(w.settings, BilledCDR, BilledCDR.cdr_key == held)
+    [now] = billed_rows(w.settings, keys=[held])
     assert now.outcome in ("billed", "included")  # final now: billed (or covered by included minutes)
-    keys = [b.cdr_key for b in _rows(w.settings, BilledCDR)]
+    keys = [b.cdr_key for b in billed_rows(w.settings)]
     assert len(keys) == len(set(keys))
 
 
@@ -162,5 +163,5 @@ def test_crediting_a_held_call_means_it_is_never_billed(tmp_path, sandbox):
     assert resolve_dispute(w.settings, dispute_id, credit=True, who="bob") == []
     _with_missing_tariff(w)
     w.bill(D2, w.calls(D2, D2, per_day=3, seed=5))
-    [row] = _rows(w.settings, BilledCDR, BilledCDR.cdr_key == held)
+    [row] = billed_rows(w.settings, keys=[held])
     assert row.outcome == "credited" and row.charge_id is None and row.cost == 0

@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from autobill.ledger.billed import billed_rows
 from autobill.ledger.charges import statement_ref
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, Charge
+from autobill.ledger.models import Charge
 from autobill.statement import render
 from autobill.statement.build import build_statement, build_statements
 from autobill.statement.store import calls_root, ensure_calls, materialize_run
@@ -35,10 +36,9 @@ D1, D2, D3 = date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)
 def _ledger(settings):
     with session_scope(settings.ledger) as s:
         charges = s.scalars(select(Charge)).all()
-        billed = s.scalars(select(BilledCDR)).all()
-        for r in [*charges, *billed]:
+        for r in charges:
             s.expunge(r)
-    return charges, billed
+    return charges, billed_rows(settings)
 
 
 def assert_ties_out(w: StatementWorld, first: date, last: date) -> int:

@@ -8,8 +8,9 @@ from datetime import date
 import pytest
 from typer.testing import CliRunner
 
+from autobill.ledger.billed import billed_rows
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, Charge
+from autobill.ledger.models import Charge
 from cli import app
 from tests.support.statements import StatementWorld
 from tests.support.whmcs import new_sandbox
@@ -56,9 +57,8 @@ def test_statement_bad_argument_is_one_line(world, args, field):
 
 
 def test_dispute_open_credit_list(world):
-    with session_scope(world.settings.ledger) as s:
-        b = s.query(BilledCDR).filter(BilledCDR.outcome == "billed").first()
-        key, client = b.cdr_key, b.client_id
+    b = billed_rows(world.settings, outcomes=["billed"])[0]
+    key, client = b.cdr_key, b.client_id
     res = _run(world, "dispute", "open", "--client", str(client), "--cdr", key, "--reason", "never made",
                "--by", "alice")
     assert res.exit_code == 0 and "dispute #1 open" in res.output, res.output

@@ -20,8 +20,9 @@ import yaml
 from sqlalchemy import select
 
 from autobill.config import load_settings
+from autobill.ledger.billed import BilledRow, billed_rows
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, Charge, QuarantinedRow, UnratedCDR
+from autobill.ledger.models import Charge, QuarantinedRow, UnratedCDR
 from autobill.ledger.runs import run_summary
 from flows.autobill import nightly
 from sandboxes.generate import (
@@ -119,12 +120,9 @@ class BillingWorld:
                 s.expunge(r)
             return rows
 
-    def billed(self) -> list[BilledCDR]:
-        with session_scope(self.settings.ledger) as s:
-            rows = s.scalars(select(BilledCDR)).all()
-            for r in rows:
-                s.expunge(r)
-            return rows
+    def billed(self) -> list[BilledRow]:
+        """Every billed CDR (manifests and legacy rows), through the one read API."""
+        return billed_rows(self.settings)
 
     def billed_cost(self) -> dict[int, Decimal]:
         """Exact per-client sum of the billed CDRs' rounded costs, from the ledger."""
@@ -135,10 +133,10 @@ class BillingWorld:
         return totals
 
     def ledger_states(self) -> dict[str, int]:
-        """cdr_key -> in how many final-or-waiting ledger states it is (billed_cdrs, unrated, quarantine)."""
-        counts: Counter[str] = Counter()
+        """cdr_key -> in how many final-or-waiting ledger states it is (billed state, unrated, quarantine)."""
+        counts: Counter[str] = Counter(b.cdr_key for b in self.billed())
         with session_scope(self.settings.ledger) as s:
-            for model in (BilledCDR, UnratedCDR, QuarantinedRow):
+            for model in (UnratedCDR, QuarantinedRow):
                 counts.update(k for k in s.scalars(select(model.cdr_key)) if k is not None)
         return dict(counts)
 
