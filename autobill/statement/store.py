@@ -1,10 +1,10 @@
 """The statement store: one row per billed or included call with everything a statement shows.
 
-Where the details live: the ledger's `billed_cdrs` says which calls a run billed, on which charge
-line, at what cost (the authority); the run's rated parquet (`<data>/rated/run-<id>.parquet`,
-written by the rate step) has the rating details (matched prefix, destination, tariff version,
-rate, connect fee, billable seconds); the raw lake has the numbers as the PBX wrote them (src,
-dst). `materialize_run` joins the three once per run into
+Where the details live: the billed state (`autobill/ledger/billed.py`: lake manifests registered in
+the ledger) says which calls a run billed, on which charge line, at what cost (the authority); the
+run's rated parquet (`<data>/rated/run-<id>.parquet`, written by the rate step) has the rating
+details (matched prefix, destination, tariff version, rate, connect fee, billable seconds); the
+raw lake has the numbers as the PBX wrote them (src, dst). `materialize_run` joins the three once per run into
 
     <data>/statements/calls/day=<billing date>/run-<id>.parquet   sorted by client, start
 
@@ -39,7 +39,7 @@ CALL_SCHEMA: dict[str, pl.DataType] = {
               "src", "dst", "rate_number", "start_utc", "billsec", "charge_class", "matched_prefix", "description",
               "tariff_name", "tariff_version", "billable_seconds", "included_seconds", "charged_seconds", "rate",
               "connect_fee", "tariff_currency", "cost", "currency")
-}  # cost: 6 decimals, exactly as billed (the ledger's billed_cdrs.cost)
+}  # cost: 6 decimals, exactly as billed (the billed state's cost)
 _RATED = ("cdr_key", "server", "direction", "rate_number", "start_utc", "billsec", "charge_class", "matched_prefix",
           "description", "tariff_name", "tariff_version", "charged_seconds", "rate", "connect_fee", "tariff_currency",
           "currency")
@@ -107,7 +107,7 @@ def materialize_run(settings: Settings, run_id: int) -> int:
 
 
 def runs_billing(settings: Settings, first: date, last: date) -> list[int]:
-    """The runs that billed calls of billing dates in [first, last] (index ix_billed_cdrs_date_run)."""
+    """The runs that billed calls of billing dates in [first, last] (the ledger's billed_manifests registry)."""
     with session_scope(settings.ledger) as session:
         return billed_runs(session, first, last)
 
