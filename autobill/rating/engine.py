@@ -38,10 +38,9 @@ from pathlib import Path
 
 import polars as pl
 
-from autobill.numbering import normalise_expr
-from autobill.rating import exact
+from autobill.rating import exact, fast
 from autobill.rating.io import InputError, file_format, read_table, require_columns, write_table
-from autobill.rating.match import match
+from autobill.rating.match import direct_index, match_direct
 from autobill.rating.tariff import LoadedTariff, load_tariff
 from autobill.rating.timestamps import parse_starts
 
@@ -81,9 +80,19 @@ def parse_markup(text: str | Decimal | int) -> Decimal:
     return value
 
 
-def _billsec(series: pl.Series) -> pl.DataFrame:
-    """`_s_ok` (a valid integer >= 0) and `_s` (its value as Int128, null when >= 10^30)."""
+def _billsec(series: pl.Series, narrow: bool = False) -> pl.DataFrame:
+    """`_s_ok` (a valid integer >= 0) and `_s` (its value as Int128, null when >= 10^30; with
+    `narrow`, as Int64 and null when >= 10^18). A null `_s` with `_s_ok` is a huge value that
+    only the exact Python path handles."""
+    if narrow:
+        wide = _billsec(series)
+        fits = pl.col("_s") < exact.lit128(NARROW_LIMIT)
+        return wide.select("_s_ok", pl.when(fits).then(pl.col("_s")).cast(pl.Int64).alias("_s"))
     dtype = series.dtype
+    if dtype.is_integer() and dtype != pl.Int128 and dtype != pl.UInt128:  # parquet: as is, no Int128
+        frame = pl.DataFrame({"v": series})
+        ok = pl.col("v").is_not_null() & (pl.col("v") >= 0)
+        return frame.select(ok.alias("_s_ok"), pl.when(ok).then(pl.col("v")).cast(I128).alias("_s"))
     if isinstance(dtype, pl.Decimal):  # a whole decimal value counts: 12.000 -> 12
         series = series.cast(pl.String).str.replace(r"\.0*$", "")
         dtype = pl.String()
@@ -126,11 +135,11 @@ def _status_code() -> pl.Expr:
         pl.when(pl.col("_dup"))
         .then(code("duplicate"))
         .when(pl.col("_start").is_null() | ~pl.col("_s_ok") | pl.col("_no_id")
-              | (pl.col("_s").is_null() | (pl.col("_s") > exact.lit128(MAX_BILLSEC))))
+              | (pl.col("_s").is_null() | (pl.col("_s") > MAX_BILLSEC)))
         .then(code("invalid"))
-        .when(pl.col("_e164").is_null())
+        .when(pl.col("_v").is_null())
         .then(code("invalid_number"))
-        .when(pl.col("_s") == exact.lit128(0))
+        .when(pl.col("_s") == 0)
         .then(code("unanswered"))
         .when(pl.col("_tid").is_null())
         .then(code("no_rate"))
@@ -143,52 +152,88 @@ def _by_tid(tariff: LoadedTariff, column: str) -> pl.Expr:
     return pl.lit(tariff.rows.get_column(column)).gather(pl.col("_tid"))
 
 
-def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int, d: int) -> pl.DataFrame:
-    """Per CDR, narrow: `_code`, `_e164`, `_tid`, `_b` and `_micro` (Int128), `_slow` (needs Python)."""
-    dst = cdrs.get_column("dst")
-    ids = cdrs.get_column("cdr_id")
-    no_id = ids.is_null() | (ids.cast(pl.String, strict=False).str.strip_chars() == "").fill_null(True)
-    dup = pl.select(~no_id & ~pl.when(~no_id).then(ids).is_first_distinct()).to_series()
+# The narrow path keeps every per-call integer in Int64: billsec below NARROW_LIMIT (larger ones go
+# to Python) and, for rated calls (billsec <= MAX_BILLSEC), a cost numerator that `narrow_ok` bounds.
+NARROW_LIMIT = 10**18
+_I64_SAFE = 2**62
+
+
+def narrow_ok(tariff: LoadedTariff, a: int, d: int) -> bool:
+    """True when Int64 cannot overflow for any call against this tariff and cost fraction A/D:
+    b <= max(F, MAX_BILLSEC + N) for a rated call, and 2 * (fee*60 + rate*b) * A + D stays below 2^62;
+    and billsec + N (any call shown with its billable seconds) stays below 2^62."""
+    rows = tariff.rows
+    if rows.height == 0:
+        return True
+    top = rows.select(
+        pl.col("rate_micro").max(), pl.col("connect_micro").max(),
+        pl.col("first_increment").max(), pl.col("next_increment").max(),
+    ).row(0)
+    rate, fee, first, nxt = (int(x) for x in top)
+    if max(first, nxt) >= 2**61:
+        return False
+    b_max = max(first, MAX_BILLSEC + nxt)
+    return 2 * (fee * 60 + rate * b_max) * a + d < _I64_SAFE
+
+
+def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool) -> pl.DataFrame:
+    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n` (fast.py, timestamps.py)."""
+    dup, no_id = fast.duplicate_ids(cdrs.get_column("cdr_id"))
     work = pl.DataFrame(
-        {
-            "_row": pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True),
+        [
+            pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True).alias("_row"),
             # An empty id is never a duplicate (it is invalid); only non-empty ids are compared.
-            "_dup": dup,
-            "_no_id": no_id,
-            "_start": parse_starts(cdrs.get_column("start")),
-            "_dst": dst if dst.dtype == pl.String else dst.cast(pl.String, strict=False),
-        }
-    ).hstack(_billsec(cdrs.get_column("billsec")))
-    e164 = normalise_expr(pl.col("_dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
-    work = work.lazy().with_columns(e164.alias("_e164")).drop("_dst").collect()  # lazy: shared parts once
-    found = match(work, tariff)
+            dup,
+            no_id,
+            parse_starts(cdrs.get_column("start")).alias("_start"),
+        ]
+    ).hstack(_billsec(cdrs.get_column("billsec"), narrow))
+    return work.hstack(
+        fast.numbers(cdrs.get_column("dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
+    )
+
+
+def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int, d: int) -> pl.DataFrame:
+    """Per CDR, narrow: `_code`, `_v`/`_n` (the E.164 number), `_tid`, `_b` and `_micro` (Int64 on
+    the narrow path, else Int128), `_slow` (needs Python)."""
+    narrow = narrow_ok(tariff, a, d)
+    work = _work(cdrs, numbering, narrow)
+    found = match_direct(work, tariff, direct_index(tariff))
     # `_row` is dense and `_tid` indexes the tariff rows: a scatter and gathers, not hash joins.
     tid = pl.repeat(None, cdrs.height, dtype=pl.UInt32, eager=True).scatter(found["_row"], found["_tid"])
     numbers = [
         _by_tid(tariff, c).alias(c) for c in ("rate_micro", "connect_micro", "first_increment", "next_increment")
     ]
-    b = exact.billable_expr(pl.col("_s"), pl.col("first_increment"), pl.col("next_increment"))
     big = pl.col("_s_ok") & pl.col("_s").is_null()
+    if narrow:
+        s, first, nxt = pl.col("_s"), pl.col("first_increment"), pl.col("next_increment")
+        b = pl.when(s <= first).then(first).otherwise(first + ((s - first + nxt - 1) // nxt) * nxt)
+        zero = pl.lit(0, dtype=pl.Int64)
+    else:
+        b = exact.billable_expr(pl.col("_s"), pl.col("first_increment"), pl.col("next_increment"))
+        zero = exact.lit128(0)
     plan = (
         work.lazy()
         .with_columns(tid.alias("_tid"))
         .with_columns(numbers)
         .with_columns(
             _status_code().alias("_code"),
-            pl.when(pl.col("_s") == exact.lit128(0))
-            .then(exact.lit128(0))
-            .when(pl.col("_tid").is_not_null())
-            .then(b)
-            .alias("_b"),
+            pl.when(pl.col("_s") == 0).then(zero).when(pl.col("_tid").is_not_null()).then(b).alias("_b"),
         )
     )
     rated = pl.col("_code") == _CODES["rated"]
-    micro, slow = exact.cost_micro_exprs(
-        pl.when(rated).then(pl.col("_b")), pl.col("rate_micro"), pl.col("connect_micro"), a, d
-    )
+    if narrow:
+        rate, fee = pl.col("rate_micro").cast(pl.Int64), pl.col("connect_micro").cast(pl.Int64)
+        micro = pl.when(rated).then((2 * (fee * 60 + rate * pl.col("_b")) * a + d) // (2 * d))
+        slow = pl.lit(False)
+    else:
+        micro, slow = exact.cost_micro_exprs(
+            pl.when(rated).then(pl.col("_b")), pl.col("rate_micro"), pl.col("connect_micro"), a, d
+        )
     return plan.select(
         "_code",
-        "_e164",
+        "_v",
+        "_n",
         "_tid",
         "_b",
         micro.alias("_micro"),
@@ -219,30 +264,70 @@ def _patches(core: pl.DataFrame, cdrs: pl.DataFrame, tariff: LoadedTariff, a: in
     return pl.DataFrame(out, schema=schema)
 
 
-def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, int_seconds: bool) -> pl.LazyFrame:
-    """The RATING.md output columns, lazily (so a file sink can stream them)."""
-    plan = core.lazy().with_row_index("_row")
+DECIMAL = pl.Decimal(18, 6)
+_DECIMAL_LIMIT = 10**18  # micro-units that fit DECIMAL(18,6)
+_MICRO = pl.lit(Decimal("0.000001"), dtype=pl.Decimal(7, 6))
+
+
+def _decimal(micro: pl.Expr) -> pl.Expr:
+    """Integer micro-units as DECIMAL(18,6), exactly (an integer times 10^-6; callers check the range)."""
+    return (micro.cast(pl.Decimal(18, 0)) * _MICRO).cast(DECIMAL)
+
+
+def _status_text() -> pl.Expr:
+    return pl.lit(pl.Series(STATUSES, dtype=pl.String)).gather(pl.col("_code"))
+
+
+def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, typed: bool) -> pl.LazyFrame:
+    """The RATING.md output columns, lazily (so a file sink can stream them).
+
+    `typed` (parquet, every value in range): billable_seconds Int64, rate / connect_fee / cost
+    DECIMAL(18,6); else all text, as in CSV."""
+    plan = core.lazy()
+    common = [
+        _status_text().alias("status"),
+        fast.e164_text(pl.col("_v"), pl.col("_n")).alias("e164"),
+        _by_tid(tariff, "prefix").alias("matched_prefix"),
+        _by_tid(tariff, "description").alias("description"),
+    ]
+    unanswered, rated = pl.col("_code") == _CODES["unanswered"], pl.col("_code") == _CODES["rated"]
+    if typed:
+        money = tariff.rows.select(
+            _decimal(pl.col("rate_micro")).alias("rate"), _decimal(pl.col("connect_micro")).alias("connect_fee")
+        )
+        return plan.select(
+            *common,
+            pl.col("_b").cast(pl.Int64).alias("billable_seconds"),
+            pl.lit(money.get_column("rate")).gather(pl.col("_tid")).alias("rate"),
+            pl.lit(money.get_column("connect_fee")).gather(pl.col("_tid")).alias("connect_fee"),
+            pl.when(unanswered)
+            .then(pl.lit(Decimal(0), dtype=DECIMAL))
+            .when(rated)
+            .then(_decimal(pl.col("_micro")))
+            .alias("cost"),
+        )
     b_txt = pl.col("_b").cast(pl.String)
     cost_txt = exact.micro_text_expr(pl.col("_micro"))
     if patches.height:
-        plan = plan.join(patches.lazy(), on="_row", how="left", maintain_order="left")
+        plan = plan.with_row_index("_row").join(patches.lazy(), on="_row", how="left", maintain_order="left")
         b_txt = pl.coalesce("_b_txt", b_txt)
         cost_txt = pl.coalesce("_cost_txt", cost_txt)
-    status = pl.col("_code").replace_strict(list(_CODES.values()), list(_CODES), return_dtype=pl.String)
     return plan.select(
-        status.alias("status"),
-        pl.col("_e164").alias("e164"),
-        _by_tid(tariff, "prefix").alias("matched_prefix"),
-        _by_tid(tariff, "description").alias("description"),
-        (pl.col("_b").cast(pl.Int64) if int_seconds else b_txt).alias("billable_seconds"),
+        *common,
+        b_txt.alias("billable_seconds"),
         _by_tid(tariff, "rate").alias("rate"),
         _by_tid(tariff, "connect_fee").alias("connect_fee"),
-        pl.when(pl.col("_code") == _CODES["unanswered"])
-        .then(pl.lit("0.000000"))
-        .when(pl.col("_code") == _CODES["rated"])
-        .then(cost_txt)
-        .alias("cost"),
+        pl.when(unanswered).then(pl.lit("0.000000")).when(rated).then(cost_txt).alias("cost"),
     )
+
+
+def _typed_fits(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame) -> bool:
+    """Parquet can take the typed columns: no Python-computed row, and every value in range."""
+    if patches.height:
+        return False
+    money = tariff.rows.select(pl.max_horizontal(pl.col("rate_micro").max(), pl.col("connect_micro").max())).item()
+    top = core.select(pl.col("_b").max(), pl.col("_micro").max()).row(0)
+    return (money or 0) < _DECIMAL_LIMIT and (top[0] or 0) < 2**63 and (top[1] or 0) < _DECIMAL_LIMIT
 
 
 def _output(
@@ -253,9 +338,7 @@ def _output(
     a, d = exact.cost_fraction(markup)
     core = _core(cdrs, tariff, numbering, a, d)
     patches = _patches(core, cdrs, tariff, a, d)
-    # parquet gets an integer billable_seconds unless a value does not fit in Int64
-    int_seconds = parquet and patches.height == 0 and (core.get_column("_b").max() or 0) < 2**63
-    appended = _appended(core, tariff, patches, int_seconds)
+    appended = _appended(core, tariff, patches, parquet and _typed_fits(core, tariff, patches))
     kept = cdrs.drop([c for c in OUTPUT_COLUMNS if c in cdrs.columns])
     codes = dict(core.get_column("_code").value_counts().iter_rows())
     counts = {name: int(codes.get(code, 0)) for name, code in _CODES.items()}
