@@ -177,7 +177,7 @@ def narrow_ok(tariff: LoadedTariff, a: int, d: int) -> bool:
 
 
 def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool) -> pl.DataFrame:
-    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n` (fast.py, timestamps.py)."""
+    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n`, `_e164` (fast.py, timestamps.py)."""
     dup, no_id = fast.duplicate_ids(cdrs.get_column("cdr_id"))
     work = pl.DataFrame(
         [
@@ -188,22 +188,24 @@ def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool) -> pl.DataFram
             parse_starts(cdrs.get_column("start")).alias("_start"),
         ]
     ).hstack(_billsec(cdrs.get_column("billsec"), narrow))
-    return work.hstack(
-        fast.numbers(cdrs.get_column("dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
+    nums = fast.numbers(cdrs.get_column("dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
+    return work.hstack(nums.select("_v", "_n")).with_columns(
+        fast.e164_column(cdrs.get_column("dst"), nums).alias("_e164")
     )
 
 
 def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int, d: int) -> pl.DataFrame:
-    """Per CDR, narrow: `_code`, `_v`/`_n` (the E.164 number), `_tid`, `_b` and `_micro` (Int64 on
+    """Per CDR, narrow: `_code`, `_e164`, `_tid`, `_b` and `_micro` (Int64 on
     the narrow path, else Int128), `_slow` (needs Python)."""
     narrow = narrow_ok(tariff, a, d)
     work = _work(cdrs, numbering, narrow)
     found = match_direct(work, tariff, direct_index(tariff))
     # `_row` is dense and `_tid` indexes the tariff rows: a scatter and gathers, not hash joins.
     tid = pl.repeat(None, cdrs.height, dtype=pl.UInt32, eager=True).scatter(found["_row"], found["_tid"])
-    numbers = [
-        _by_tid(tariff, c).alias(c) for c in ("rate_micro", "connect_micro", "first_increment", "next_increment")
-    ]
+    columns = ("rate_micro", "connect_micro", "first_increment", "next_increment")
+    # narrow: the tariff's money as Int64 once (narrow_ok bounds it), not per call
+    values = tariff.rows.select([pl.col(c).cast(pl.Int64) if narrow else pl.col(c) for c in columns])
+    numbers = [pl.lit(values.get_column(c)).gather(pl.col("_tid")).alias(c) for c in columns]
     big = pl.col("_s_ok") & pl.col("_s").is_null()
     if narrow:
         s, first, nxt = pl.col("_s"), pl.col("first_increment"), pl.col("next_increment")
@@ -223,7 +225,7 @@ def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int
     )
     rated = pl.col("_code") == _CODES["rated"]
     if narrow:
-        rate, fee = pl.col("rate_micro").cast(pl.Int64), pl.col("connect_micro").cast(pl.Int64)
+        rate, fee = pl.col("rate_micro"), pl.col("connect_micro")
         micro = pl.when(rated).then((2 * (fee * 60 + rate * pl.col("_b")) * a + d) // (2 * d))
         slow = pl.lit(False)
     else:
@@ -232,8 +234,7 @@ def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int
         )
     return plan.select(
         "_code",
-        "_v",
-        "_n",
+        "_e164",
         "_tid",
         "_b",
         micro.alias("_micro"),
@@ -286,7 +287,7 @@ def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, t
     plan = core.lazy()
     common = [
         _status_text().alias("status"),
-        fast.e164_text(pl.col("_v"), pl.col("_n")).alias("e164"),
+        pl.col("_e164").alias("e164"),
         _by_tid(tariff, "prefix").alias("matched_prefix"),
         _by_tid(tariff, "description").alias("description"),
     ]

@@ -27,7 +27,15 @@ MAX_FAST_DIGITS = 19
 def duplicate_ids(ids: pl.Series) -> tuple[pl.Series, pl.Series]:
     """(`dup`, `no_id`): a non-empty id seen earlier in the column; an id that is missing or blank."""
     text = ids if ids.dtype == pl.String else ids.cast(pl.String, strict=False)
-    no_id = text.is_null() | (text.str.strip_chars() == "").fill_null(True)
+    # Blank means empty or only white space; only a text that starts with a control or space
+    # byte or a non-ASCII one (Unicode spaces) can be blank, so only those are stripped.
+    first = text.cast(pl.Binary).bin.get(0, null_on_oob=True)
+    maybe = first.is_null() | (first <= 0x20) | (first >= 0x7F)
+    no_id = maybe.fill_null(True)
+    if no_id.any():
+        idx = no_id.arg_true()
+        blank = text.gather(idx).str.strip_chars().fill_null("") == ""
+        no_id = no_id.scatter(idx, blank)
     hashed = pl.DataFrame({"h": ids.hash(), "no": no_id}).lazy()
     repeated = (
         hashed.filter(~pl.col("no"))
@@ -52,7 +60,8 @@ def _first_digits(v: pl.Expr, n: pl.Expr, k: int) -> pl.Expr:
 
 
 def numbers(dst: pl.Series, country_code: str, intl_prefix: str | None, trunk_prefix: str | None) -> pl.DataFrame:
-    """`_v` (UInt64) and `_n` (Int32): the E.164 number as value and digit count, null when invalid.
+    """`_v` (UInt64) and `_n` (Int32): the E.164 number as value and digit count, null when invalid;
+    `_cut` (see e164_column).
 
     The digits of the E.164 text are `_v` written with `_n` digits (leading zeros kept)."""
     intl = default_intl_prefix(country_code) if intl_prefix is None else intl_prefix
@@ -61,41 +70,68 @@ def numbers(dst: pl.Series, country_code: str, intl_prefix: str | None, trunk_pr
     t = pl.col("t")
     # polars reads `+?[0-9]+` as an unsigned integer and nothing else (no spaces, `-`, `_`, Unicode
     # digits); tests/autobill/test_rating_fast.py holds this to the regular expression.
-    raw = t.cast(U64, strict=False)
     plus = t.str.starts_with("+")
-    n_all = t.str.len_bytes().cast(pl.Int32) - plus.cast(pl.Int32)
-    fast = raw.is_not_null() & (n_all <= MAX_FAST_DIGITS)
-    frame = pl.DataFrame({"t": text}).lazy().select(
-        pl.when(fast).then(raw).alias("v"), pl.when(fast).then(n_all).alias("n"), plus.alias("plus"), fast.alias("fast")
+    stage1 = (
+        pl.DataFrame({"t": text})
+        .lazy()
+        .select(t.cast(U64, strict=False).alias("raw"), (t.str.len_bytes().cast(pl.Int32) - plus.cast(pl.Int32)).alias("n"), plus.alias("plus"))
+        .select(
+            (pl.col("raw").is_not_null() & (pl.col("n") <= MAX_FAST_DIGITS)).alias("fast"),
+            pl.col("raw").alias("v"),
+            "n",
+            "plus",
+        )
     )
     v, n = pl.col("v"), pl.col("n")
     k_intl, k_trunk, k_cc = len(intl), len(trunk), len(country_code)
-    rule_v = pl.when(pl.col("plus")).then(v)
-    rule_n = pl.when(pl.col("plus")).then(n)
+    # One column per rule of RATING.md (in its order), each computed once; then the case that applies.
+    rules: list[tuple[str, pl.Expr, pl.Expr, pl.Expr, pl.Expr | None]] = []  # name, test, value, digits, cut
     if intl:
-        starts = (n >= k_intl) & (_first_digits(v, n, k_intl) == int(intl))
-        rest = v % pl.lit(POW10).gather((n - k_intl).clip(0))
-        rule_v, rule_n = rule_v.when(starts).then(rest), rule_n.when(starts).then(n - k_intl)
+        rules.append((
+            "intl",
+            (n >= k_intl) & (_first_digits(v, n, k_intl) == int(intl)),
+            v % pl.lit(POW10).gather((n - k_intl).clip(0)),
+            n - k_intl,
+            pl.lit(k_intl, dtype=pl.Int32),
+        ))
     if country_code == "1":
-        nanp = (n == 10) & (_first_digits(v, n, 1) >= 2)
-        rule_v = rule_v.when(nanp).then(v + 10**10)
-        rule_n = rule_n.when(nanp).then(pl.lit(11, dtype=pl.Int32))
+        rules.append(("nanp", (n == 10) & (v >= 2 * 10**9), v + 10**10, pl.lit(11, dtype=pl.Int32), None))
     if trunk:
-        starts = (n >= k_trunk) & (_first_digits(v, n, k_trunk) == int(trunk))
         new_n = n - k_trunk + k_cc
         # beyond 15 digits the result is invalid anyway; don't multiply into an overflow
         cc_part = pl.lit(int(country_code), dtype=U64) * pl.lit(POW10).gather((n - k_trunk).clip(0, MAX_E164_DIGITS))
-        rest = v % pl.lit(POW10).gather((n - k_trunk).clip(0))
-        rule_v = rule_v.when(starts).then(pl.when(new_n <= MAX_E164_DIGITS).then(cc_part + rest))
-        rule_n = rule_n.when(starts).then(new_n)
-    out_n = rule_n.otherwise(n)
-    ok = out_n.is_between(1, MAX_E164_DIGITS)
-    result = frame.select(
-        pl.when(ok).then(rule_v.otherwise(v)).alias("_v"), pl.when(ok).then(out_n).alias("_n"), "fast"
+        rules.append((
+            "trunk",
+            (n >= k_trunk) & (_first_digits(v, n, k_trunk) == int(trunk)),
+            pl.when(new_n <= MAX_E164_DIGITS).then(cc_part + v % pl.lit(POW10).gather((n - k_trunk).clip(0))),
+            new_n,
+            None,
+        ))
+    stage2 = stage1.with_columns([test.alias(f"is_{name}") for name, test, *_ in rules])
+    rule_v = pl.when(pl.col("plus")).then(v)
+    rule_n = pl.when(pl.col("plus")).then(n)
+    # `cut`: the E.164 text is the dialled text without its first `cut` characters (null: it is not)
+    rule_cut = pl.when(pl.col("plus")).then(pl.lit(1, dtype=pl.Int32))
+    for name, _, value, digits, cut in rules:
+        flag = pl.col(f"is_{name}")
+        rule_v, rule_n = rule_v.when(flag).then(value), rule_n.when(flag).then(digits)
+        rule_cut = rule_cut.when(flag).then(cut if cut is not None else pl.lit(None, dtype=pl.Int32))
+    stage3 = stage2.select(
+        "fast",
+        rule_v.otherwise(v).alias("_v"),
+        rule_n.otherwise(n).alias("_n"),
+        rule_cut.otherwise(pl.lit(0, dtype=pl.Int32)).alias("_cut"),
+    )
+    ok = pl.col("_n").is_between(1, MAX_E164_DIGITS) & pl.col("fast")
+    result = stage3.select(
+        pl.when(ok).then(pl.col("_v")).alias("_v"),
+        pl.when(ok).then(pl.col("_n")).alias("_n"),
+        pl.when(ok).then(pl.col("_cut")).alias("_cut"),
+        "fast",
     ).collect()
     slow = ~result.get_column("fast") & text.is_not_null()
     out = result.drop("fast")
-    if slow.any():  # spaces, dashes, letters, very long: the text rules, then the same two columns
+    if slow.any():  # spaces, dashes, letters, very long: the text rules, then the same columns
         idx = slow.arg_true()
         e164 = pl.DataFrame({"d": text.gather(idx)}).select(
             normalise_expr(pl.col("d"), country_code, intl_prefix, trunk_prefix).alias("e")
@@ -106,8 +142,25 @@ def numbers(dst: pl.Series, country_code: str, intl_prefix: str | None, trunk_pr
         out = out.with_columns(
             out.get_column("_v").scatter(idx, parsed.get_column("_v")),
             out.get_column("_n").scatter(idx, parsed.get_column("_n")),
+            out.get_column("_cut").scatter(idx, pl.Series([None] * idx.len(), dtype=pl.Int32)),
         )
     return out
+
+
+def e164_column(dst: pl.Series, nums: pl.DataFrame) -> pl.Series:
+    """The E.164 text of every row (null when invalid): a cut of the dialled text where that is
+    what it is (`_cut`), else the digits of `_v` written with `_n` digits."""
+    text = dst if dst.dtype == pl.String else dst.cast(pl.String, strict=False)
+    cut = nums.get_column("_cut")
+    out = pl.DataFrame({"t": text, "c": cut}).select(
+        pl.when(pl.col("c").is_not_null()).then(pl.col("t").str.slice(pl.col("c").fill_null(0)))
+    ).to_series()
+    built = cut.is_null() & nums.get_column("_v").is_not_null()
+    if built.any():
+        idx = built.arg_true()
+        sub = nums[idx].select(e164_text(pl.col("_v"), pl.col("_n"))).to_series()
+        out = out.scatter(idx, sub)
+    return out.alias("e164")
 
 
 def e164_text(v: pl.Expr, n: pl.Expr) -> pl.Expr:

@@ -132,12 +132,36 @@ _TOP8, _TOP4, _TOP3 = 0x8080808080808080, 0x80808080, 0x808080  # _TOP3: the 4th
 _LOW3, _ADD3 = _word("0:00"), _word("\x76\x7f\x76\x76")  # `h:mm` of an offset `+hh:mm`
 
 
-def _byte(word: pl.Expr, i: int) -> pl.Expr:
+def _field(word: pl.Expr, i: int) -> pl.Expr:
+    """Byte i of a word (polars has no shift operator: a division by a power of two)."""
     return (word // (1 << (8 * i)) % 256).cast(pl.Int64)
 
 
-def _two(word: pl.Expr, i: int) -> pl.Expr:
-    return _byte(word, i) * 10 + _byte(word, i + 1)
+def _pairs(x: pl.Expr) -> pl.Expr:
+    """SWAR: with digit values in the bytes of x, byte i of the result is 10 * byte i + byte i+1."""
+    return x * 10 + x // 256
+
+
+# Days from 1970-01-01 to the first of each month of 1900-2999, and the length of each month:
+# a lookup instead of calendar arithmetic on every row.
+_FIRST_YEAR, _LAST_YEAR = 1900, 2999
+
+
+def _month_tables() -> tuple[pl.Series, pl.Series]:
+    from datetime import date
+
+    starts, lengths = [], []
+    epoch = date(1970, 1, 1).toordinal()
+    for year in range(_FIRST_YEAR, _LAST_YEAR + 1):
+        for month in range(1, 13):
+            first = date(year, month, 1).toordinal()
+            nxt = date(year + (month == 12), month % 12 + 1, 1).toordinal()
+            starts.append(first - epoch)
+            lengths.append(nxt - first)
+    return pl.Series("first", starts, dtype=pl.Int64), pl.Series("days", lengths, dtype=pl.Int64)
+
+
+_MONTH_FIRST, _MONTH_DAYS = _month_tables()
 
 
 def _bytes_fast(series: pl.Series) -> pl.Series:
@@ -145,66 +169,74 @@ def _bytes_fast(series: pl.Series) -> pl.Series:
     bytes, year 1900-2999, valid fields), null for anything else. No string is cut: the bytes are
     read as integers (see _LOW0), which is several times faster than slicing text."""
     b = pl.col("t").cast(pl.Binary)
-    n = pl.col("t").str.len_bytes()
 
     def word(start: int, size: int, dtype: pl.DataType) -> pl.Expr:
         return b.bin.slice(start, size).bin.reinterpret(dtype=dtype, endianness="little")
 
     u64 = pl.UInt64()
+    x0, x1, x2, x3 = pl.col("x0"), pl.col("x1"), pl.col("x2"), pl.col("x3")
     stage1 = (
         pl.DataFrame({"t": series})
         .lazy()
         .select(
-            n.alias("n"),
+            pl.col("t").str.len_bytes().alias("n"),
             (word(0, 8, u64) - pl.lit(_LOW0, dtype=u64)).alias("x0"),
             (word(8, 8, u64) - pl.lit(_LOW1, dtype=u64)).alias("x1"),
             (word(16, 4, pl.UInt32()).cast(u64) - pl.lit(_LOW2, dtype=u64)).alias("x2"),
             (word(21, 4, pl.UInt32()).cast(u64) - pl.lit(_LOW3, dtype=u64)).alias("x3"),
             b.bin.get(8 + 2, null_on_oob=True).alias("sep"),
             b.bin.get(19, null_on_oob=True).alias("tz"),
-            b.bin.get(20, null_on_oob=True).alias("oh0"),
+            b.bin.get(20, null_on_oob=True).cast(pl.Int64).alias("oh0"),
         )
-    )
-    x0, x1, x2, x3 = pl.col("x0"), pl.col("x1"), pl.col("x2"), pl.col("x3")
-    shaped = (
-        (((x0 + _ADD0) | x0) & _TOP8 == 0)
-        & (((x1 + _ADD1) | x1) & _TOP8 == 0)
-        & (((x2 + _ADD2) | x2) & _TOP3 == 0)
-        & pl.col("sep").is_in([ord("T"), ord(" ")])
     )
     zulu = (pl.col("n") == 20) & (pl.col("tz") == ord("Z"))
     signed = (pl.col("n") == 25) & pl.col("tz").is_in([ord("+"), ord("-")])
-    offset_ok = (
-        (((x3 + _ADD3) | x3) & _TOP4 == 0) & pl.col("oh0").is_between(ord("0"), ord("9"))
+    stage2 = stage1.select(
+        (
+            (((x0 + _ADD0) | x0) & _TOP8 == 0)
+            & (((x1 + _ADD1) | x1) & _TOP8 == 0)
+            & (((x2 + _ADD2) | x2) & _TOP3 == 0)
+            & pl.col("sep").is_in([ord("T"), ord(" ")])
+            & (zulu | (signed & (((x3 + _ADD3) | x3) & _TOP4 == 0) & pl.col("oh0").is_between(ord("0"), ord("9"))))
+        ).alias("shaped"),
+        zulu.alias("z"),
+        (pl.col("tz") == ord("-")).alias("neg"),
+        _pairs(x0).alias("p0"),  # bytes 0, 2: the year's two halves; byte 5: the month
+        _pairs(x1 & 0xFFFFFFFFFF00FFFF).alias("p1"),  # byte 0: day, 3: hour, 6: minute (byte 2, `sep`, masked)
+        _pairs(x2 & 0xFFFFFF).alias("p2"),  # byte 1: second (byte 3, the zone, masked)
+        ((pl.col("oh0") - ord("0")) * 10 + _field(x3, 0)).alias("oh"),
+        (_field(x3, 2) * 10 + _field(x3, 3)).alias("om"),
     )
-    y = _two(x0, 0) * 100 + _two(x0, 2)
-    mo, d = _two(x0, 5), _two(x1, 0)
-    h, mi, se = _two(x1, 3), _two(x1, 6), _two(x2, 1)
-    oh = (pl.col("oh0").cast(pl.Int64) - ord("0")) * 10 + _byte(x3, 0)
-    om = _two(x3, 2)
-    leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
-    dim = (
-        pl.when(mo == 2)
-        .then(pl.when(leap).then(29).otherwise(28))
-        .when(mo.is_in([4, 6, 9, 11]))
-        .then(30)
-        .otherwise(31)
+    p0, p1, p2 = pl.col("p0"), pl.col("p1"), pl.col("p2")
+    stage3 = stage2.select(
+        "shaped",
+        "z",
+        "neg",
+        "oh",
+        "om",
+        (_field(p0, 0) * 100 + _field(p0, 2)).alias("y"),
+        _field(p0, 5).alias("mo"),
+        _field(p1, 0).alias("d"),
+        _field(p1, 3).alias("h"),
+        _field(p1, 6).alias("mi"),
+        _field(p2, 1).alias("se"),
     )
+    y, mo, d, h, mi, se, oh, om = (pl.col(c) for c in ("y", "mo", "d", "h", "mi", "se", "oh", "om"))
+    month = ((y - _FIRST_YEAR) * 12 + mo - 1).clip(0, _MONTH_FIRST.len() - 1)
     ok = (
-        shaped
-        & (zulu | (signed & offset_ok & (oh <= 23) & (om <= 59)))
-        & y.is_between(1900, 2999)
+        pl.col("shaped")
+        & y.is_between(_FIRST_YEAR, _LAST_YEAR)
         & mo.is_between(1, 12)
         & (d >= 1)
-        & (d <= dim)
+        & (d <= pl.lit(_MONTH_DAYS).gather(month))
         & (h <= 23)
         & (mi <= 59)
         & (se <= 59)
+        & (pl.col("z") | ((oh <= 23) & (om <= 59)))
     ).fill_null(False)
-    sign = pl.when(pl.col("tz") == ord("-")).then(-1).otherwise(1)
-    off_s = pl.when(zulu).then(0).otherwise(sign * (oh * 3600 + om * 60))
-    seconds = _days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - off_s
-    return stage1.select(pl.when(ok).then(seconds * 1_000_000).alias("us")).collect().get_column("us")
+    off_s = pl.when(pl.col("z")).then(0).otherwise((oh * 3600 + om * 60) * pl.when(pl.col("neg")).then(-1).otherwise(1))
+    seconds = (pl.lit(_MONTH_FIRST).gather(month) + d - 1) * 86400 + h * 3600 + mi * 60 + se - off_s
+    return stage3.select(pl.when(ok).then(seconds * 1_000_000).alias("us")).collect().get_column("us")
 
 
 def parse_starts(series: pl.Series) -> pl.Series:
