@@ -75,10 +75,11 @@ def numbers(dst: pl.Series, country_code: str, intl_prefix: str | None, trunk_pr
         pl.DataFrame({"t": text})
         .lazy()
         .select(t.cast(U64, strict=False).alias("raw"), (t.str.len_bytes().cast(pl.Int32) - plus.cast(pl.Int32)).alias("n"), plus.alias("plus"))
+        .with_columns((pl.col("raw").is_not_null() & (pl.col("n") <= MAX_FAST_DIGITS)).alias("fast"))
         .select(
-            (pl.col("raw").is_not_null() & (pl.col("n") <= MAX_FAST_DIGITS)).alias("fast"),
-            pl.col("raw").alias("v"),
-            "n",
+            "fast",
+            pl.when(pl.col("fast")).then(pl.col("raw")).alias("v"),  # null v and n: not for this path
+            pl.when(pl.col("fast")).then(pl.col("n")).alias("n"),
             "plus",
         )
     )
