@@ -165,37 +165,17 @@ def compare(a_out: Path, b_out: Path) -> str:
 
 
 def steps(tariff: Path, cdrs: Path, out: Path) -> None:
-    """Share of each step of ours: one in-process run of the same engine functions, timed step by step."""
-    from decimal import Decimal
+    """Share of each step of ours: one extra in-process `rate_files` run that records the wall and
+    CPU (all threads) seconds of each step. CPU shares hold on a busy machine; wall ones do not."""
+    from autobill.rating.engine import Steps, rate_files
 
-    from autobill.rating import engine, exact
-    from autobill.rating.io import read_table, write_table
-    from autobill.rating.match import direct_index, match_direct
-    from autobill.rating.tariff import load_tariff
-
-    times: dict[str, float] = {}
-
-    def timed(name, fn, *args):
-        t0 = time.perf_counter()
-        value = fn(*args)
-        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
-        return value
-
-    t_all = time.perf_counter()
-    loaded = timed("load tariff", load_tariff, tariff)
-    frame = timed("read CDRs", read_table, cdrs)
-    a, d = exact.cost_fraction(Decimal(0))
-    narrow = engine.narrow_ok(loaded, a, d)
-    work = timed("ids, starts, billsec, numbers", engine._work, frame, engine.Numbering(), narrow)
-    timed("longest-prefix match", match_direct, work, loaded, direct_index(loaded))
-    out_lazy, _ = timed("rate: match + cost (whole core)", engine._output, frame, loaded, engine.Numbering(), Decimal(0), cdrs, True)
-    timed("output columns + parquet write", write_table, out_lazy, out)
-    total = time.perf_counter() - t_all
-    core = times["rate: match + cost (whole core)"]
-    print(f"steps of ours (one in-process run, {total:.2f} s; the core step repeats the two before it):")
-    for name, secs in times.items():
-        print(f"  {name:34s} {secs:6.2f} s  {100 * secs / total:5.1f} %")
-    print(f"  (match + cost alone, i.e. core minus its preparation: {core - times['ids, starts, billsec, numbers'] - times['longest-prefix match']:.2f} s)")
+    recorded = Steps()
+    wall, cpu = time.perf_counter(), time.process_time()
+    rate_files(tariff, cdrs, out, steps=recorded)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"steps of ours (one in-process run: {wall:.2f} s wall, {cpu:.2f} s CPU):")
+    for name, (w, c) in recorded.seconds.items():
+        print(f"  {name:34s} {w:6.2f} s wall {100 * w / wall:5.1f} %   {c:6.2f} s CPU {100 * c / cpu:5.1f} %")
 
 
 def main() -> None:
@@ -247,6 +227,9 @@ def main() -> None:
                 f"  CPU {cpu:6.2f} s  exit {code}  (load average before: {load:.2f})",
                 flush=True,
             )
+    failed = [label for label, runs in results.items() if any(r[2] != 0 for r in runs)]
+    if failed:
+        raise SystemExit(f"a timed run failed: {', '.join(failed)}")
     best_a = min(results["autobill rate"])
     best_b = min(results["naive DuckDB SQL"])
     ratios = [b[0] / a[0] for a, b in zip(results["autobill rate"], results["naive DuckDB SQL"], strict=True)]
@@ -254,6 +237,9 @@ def main() -> None:
         f"ratio (naive / autobill) per run: {', '.join(f'{r:.2f}x' for r in ratios)}; best times: "
         f"{best_b[0]:.2f} s / {best_a[0]:.2f} s = {best_b[0] / best_a[0]:.2f}x  (target >= 3x)"
     )
+    cpu_a = min(r[3] for r in results["autobill rate"])
+    cpu_b = min(r[3] for r in results["naive DuckDB SQL"])
+    print(f"CPU seconds (least of the runs, all threads): naive {cpu_b:.2f} / autobill {cpu_a:.2f} = {cpu_b / cpu_a:.2f}x")
     print(
         f"peak RSS: autobill {max(r[1] for r in results['autobill rate']) / 2**20:.0f} MiB (target <= 2048), "
         f"naive {max(r[1] for r in results['naive DuckDB SQL']) / 2**20:.0f} MiB"

@@ -22,16 +22,31 @@ Readings where RATING.md is silent (a telecom billing engineer's choices):
   has none.
 - An input column named like an output column (say a file that was rated before) is replaced
   by the freshly computed one, at the end.
-- Empty values are empty text in CSV and nulls in parquet. In parquet the appended columns are
-  text, except `billable_seconds`, which is Int64 (text if a value does not fit in Int64).
+- Empty values are empty text in CSV and nulls in parquet. In parquet, `billable_seconds` is
+  Int64 and `rate`, `connect_fee` and `cost` are DECIMAL(18,6) (RATING.md allows it: the same
+  values, exactly); when a value does not fit (a rate or cost of 10^12 or more, billable seconds
+  of 2^63 or more, or a row that needed the exact Python path) those columns are text, as in CSV.
 
-How: a narrow per-call "core" (status code, number, matched tariff row, billable seconds, cost in
-micro-units) is computed first (timestamps.py, numbering.py, match.py, exact.py); the text
-columns are only produced while the output is streamed to the file, so 5 M calls fit in ~1.3 GB.
+How: a narrow per-call "core" (status code, E.164 text, matched tariff row, billable seconds,
+cost in micro-units) is computed first, then the output columns are streamed to the file.
+Speed (issue #15) comes from doing each step once, as integers, with a general path behind it
+for the rows the fast one does not take (the tests hold each pair equal):
+- numbers (fast.py): `+digits` / `digits` are normalised as integers (value, digit count), the
+  rest by numbering.normalise_expr; the E.164 text is mostly a cut of the dialled text;
+- starts (timestamps.py): the common ISO layouts are read as bytes, the rest by slicing, then
+  by fromisoformat;
+- duplicates (fast.py): 64-bit hashes, exact comparison only where a hash repeats;
+- matching (match.py): a table indexed by the first 6 digits answers most calls in one lookup,
+  the per-length join the rest;
+- money: Int64 micro-units when the tariff and markup bound every product below 2^62
+  (`narrow_ok`), else Int128 with the per-row guard of exact.py, else exact Python integers.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -176,30 +191,57 @@ def narrow_ok(tariff: LoadedTariff, a: int, d: int) -> bool:
     return 2 * (fee * 60 + rate * b_max) * a + d < _I64_SAFE
 
 
-def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool) -> pl.DataFrame:
+class Steps:
+    """Wall and CPU seconds per step, for benchmarks/rating.py (`None` everywhere else: no cost)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, tuple[float, float]] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            w, c = self.seconds.get(name, (0.0, 0.0))
+            self.seconds[name] = (w + time.perf_counter() - wall, c + time.process_time() - cpu)
+
+
+@contextmanager
+def _step(steps: Steps | None, name: str) -> Iterator[None]:
+    if steps is None:
+        yield
+    else:
+        with steps(name):
+            yield
+
+
+def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool, steps: Steps | None = None) -> pl.DataFrame:
     """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n`, `_e164` (fast.py, timestamps.py)."""
-    dup, no_id = fast.duplicate_ids(cdrs.get_column("cdr_id"))
-    work = pl.DataFrame(
-        [
-            pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True).alias("_row"),
-            # An empty id is never a duplicate (it is invalid); only non-empty ids are compared.
-            dup,
-            no_id,
-            parse_starts(cdrs.get_column("start")).alias("_start"),
-        ]
-    ).hstack(_billsec(cdrs.get_column("billsec"), narrow))
-    nums = fast.numbers(cdrs.get_column("dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
-    return work.hstack(nums.select("_v", "_n")).with_columns(
-        fast.e164_column(cdrs.get_column("dst"), nums).alias("_e164")
-    )
+    with _step(steps, "duplicate ids"):
+        dup, no_id = fast.duplicate_ids(cdrs.get_column("cdr_id"))
+    with _step(steps, "start times"):
+        start = parse_starts(cdrs.get_column("start")).alias("_start")
+    with _step(steps, "billsec"):
+        billsec = _billsec(cdrs.get_column("billsec"), narrow)
+    rows = pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True).alias("_row")
+    # An empty id is never a duplicate (it is invalid); only non-empty ids are compared.
+    work = pl.DataFrame([rows, dup, no_id, start]).hstack(billsec)
+    with _step(steps, "numbers (E.164)"):
+        dst = cdrs.get_column("dst")
+        nums = fast.numbers(dst, numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
+        return work.hstack(nums.select("_v", "_n")).with_columns(fast.e164_column(dst, nums).alias("_e164"))
 
 
-def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int, d: int) -> pl.DataFrame:
+def _core(
+    cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int, d: int, steps: Steps | None = None
+) -> pl.DataFrame:
     """Per CDR, narrow: `_code`, `_e164`, `_tid`, `_b` and `_micro` (Int64 on
     the narrow path, else Int128), `_slow` (needs Python)."""
     narrow = narrow_ok(tariff, a, d)
-    work = _work(cdrs, numbering, narrow)
-    found = match_direct(work, tariff, direct_index(tariff))
+    work = _work(cdrs, numbering, narrow, steps)
+    with _step(steps, "longest-prefix match"):
+        found = match_direct(work, tariff, direct_index(tariff))
     # `_row` is dense and `_tid` indexes the tariff rows: a scatter and gathers, not hash joins.
     tid = pl.repeat(None, cdrs.height, dtype=pl.UInt32, eager=True).scatter(found["_row"], found["_tid"])
     columns = ("rate_micro", "connect_micro", "first_increment", "next_increment")
@@ -224,6 +266,11 @@ def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int
         )
     )
     rated = pl.col("_code") == _CODES["rated"]
+    with _step(steps, "status, billable seconds, cost"):
+        return _finish(plan, rated, narrow, big, a, d)
+
+
+def _finish(plan: pl.LazyFrame, rated: pl.Expr, narrow: bool, big: pl.Expr, a: int, d: int) -> pl.DataFrame:
     if narrow:
         rate, fee = pl.col("rate_micro"), pl.col("connect_micro")
         micro = pl.when(rated).then((2 * (fee * 60 + rate * pl.col("_b")) * a + d) // (2 * d))
@@ -332,12 +379,18 @@ def _typed_fits(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame)
 
 
 def _output(
-    cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, markup: Decimal, source: str | Path, parquet: bool
+    cdrs: pl.DataFrame,
+    tariff: LoadedTariff,
+    numbering: Numbering,
+    markup: Decimal,
+    source: str | Path,
+    parquet: bool,
+    steps: Steps | None = None,
 ) -> tuple[pl.LazyFrame, dict[str, int]]:
     """(the output rows, lazily; the count of rows per status)."""
     require_columns(cdrs, source, CDR_REQUIRED)
     a, d = exact.cost_fraction(markup)
-    core = _core(cdrs, tariff, numbering, a, d)
+    core = _core(cdrs, tariff, numbering, a, d, steps)
     patches = _patches(core, cdrs, tariff, a, d)
     appended = _appended(core, tariff, patches, parquet and _typed_fits(core, tariff, patches))
     kept = cdrs.drop([c for c in OUTPUT_COLUMNS if c in cdrs.columns])
@@ -370,13 +423,19 @@ def rate_files(
     *,
     numbering: Numbering = Numbering(),
     markup: Decimal = Decimal(0),
+    steps: Steps | None = None,
 ) -> dict[str, int]:
-    """`autobill rate`: read, rate, write OUT; returns the count of rows per status."""
+    """`autobill rate`: read, rate, write OUT; returns the count of rows per status.
+
+    `steps` (benchmarks only) collects the wall and CPU time of each step."""
     parquet = file_format(out_path) == ".parquet"  # refuse an unknown output type before any work
-    tariff = load_tariff(tariff_path)
-    cdrs = read_table(cdrs_path)
-    out, counts = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet)
-    write_table(out, out_path)
+    with _step(steps, "load tariff"):
+        tariff = load_tariff(tariff_path)
+    with _step(steps, "read CDRs"):
+        cdrs = read_table(cdrs_path)
+    out, counts = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet, steps)
+    with _step(steps, "output columns + write"):
+        write_table(out, out_path)
     return counts
 
 
