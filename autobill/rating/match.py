@@ -189,8 +189,8 @@ def match_direct(calls: pl.DataFrame, tariff: LoadedTariff, index: DirectIndex |
     looked = calls.lazy().select("_row", code.alias("_pid"), "_start")
     # A prefix found is the answer when it is in effect at the call's start; unless every prefix
     # is in effect from before the first call, that is checked per call.
-    first_start = calls.get_column("_start").min()
-    if first_start is None or index.latest_activation > first_start.timestamp() * 1_000_000:
+    first_us = calls.select(pl.col("_start").dt.epoch("us").min()).item()  # exact integer micros
+    if first_us is None or index.latest_activation > first_us:
         pid = pl.col("_pid")
         late = (pid >= 0) & (pl.lit(index.activation).gather(pid.clip(0)) > start_us)
         looked = looked.with_columns(pl.when(late).then(_DEEP).otherwise(pid).alias("_pid"))
