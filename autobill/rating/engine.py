@@ -104,10 +104,6 @@ def _billsec(series: pl.Series, narrow: bool = False) -> pl.DataFrame:
         fits = pl.col("_s") < exact.lit128(NARROW_LIMIT)
         return wide.select("_s_ok", pl.when(fits).then(pl.col("_s")).cast(pl.Int64).alias("_s"))
     dtype = series.dtype
-    if dtype.is_integer() and dtype != pl.Int128 and dtype != pl.UInt128:  # parquet: as is, no Int128
-        frame = pl.DataFrame({"v": series})
-        ok = pl.col("v").is_not_null() & (pl.col("v") >= 0)
-        return frame.select(ok.alias("_s_ok"), pl.when(ok).then(pl.col("v")).cast(I128).alias("_s"))
     if isinstance(dtype, pl.Decimal):  # a whole decimal value counts: 12.000 -> 12
         series = series.cast(pl.String).str.replace(r"\.0*$", "")
         dtype = pl.String()
