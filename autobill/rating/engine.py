@@ -22,26 +22,40 @@ Readings where RATING.md is silent (a telecom billing engineer's choices):
   has none.
 - An input column named like an output column (say a file that was rated before) is replaced
   by the freshly computed one, at the end.
-- Empty values are empty text in CSV and nulls in parquet. In parquet the appended columns are
-  text, except `billable_seconds`, which is Int64 (text if a value does not fit in Int64).
+- Empty values are empty text in CSV and nulls in parquet. In parquet, `billable_seconds` is
+  Int64 and `rate`, `connect_fee` and `cost` are DECIMAL(18,6) (RATING.md allows it: the same
+  values, exactly); when a value does not fit (a rate or cost of 10^12 or more, billable seconds
+  of 2^63 or more, or a row that needed the exact Python path) those columns are text, as in CSV.
 
-How: a narrow per-call "core" (status code, number, matched tariff row, billable seconds, cost in
-micro-units) is computed first (timestamps.py, numbering.py, match.py, exact.py); the text
-columns are only produced while the output is streamed to the file, so 5 M calls fit in ~1.3 GB.
+How: a narrow per-call "core" (status code, E.164 text, matched tariff row, billable seconds,
+cost in micro-units) is computed first, then the output columns are streamed to the file.
+Speed (issue #15) comes from doing each step once, as integers, with a general path behind it
+for the rows the fast one does not take (the tests hold each pair equal):
+- numbers (fast.py): `+digits` / `digits` are normalised as integers (value, digit count), the
+  rest by numbering.normalise_expr; the E.164 text is mostly a cut of the dialled text;
+- starts (timestamps.py): the common ISO layouts are read as bytes, the rest by slicing, then
+  by fromisoformat;
+- duplicates (fast.py): 64-bit hashes, exact comparison only where a hash repeats;
+- matching (match.py): a table indexed by the first 6 digits answers most calls in one lookup,
+  the per-length join the rest;
+- money: Int64 micro-units when the tariff and markup bound every product below 2^62
+  (`narrow_ok`), else Int128 with the per-row guard of exact.py, else exact Python integers.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import polars as pl
 
-from autobill.numbering import normalise_expr
-from autobill.rating import exact
+from autobill.rating import exact, fast
 from autobill.rating.io import InputError, file_format, read_table, require_columns, write_table
-from autobill.rating.match import match
+from autobill.rating.match import direct_index, match_direct
 from autobill.rating.tariff import LoadedTariff, load_tariff
 from autobill.rating.timestamps import parse_starts
 
@@ -81,8 +95,14 @@ def parse_markup(text: str | Decimal | int) -> Decimal:
     return value
 
 
-def _billsec(series: pl.Series) -> pl.DataFrame:
-    """`_s_ok` (a valid integer >= 0) and `_s` (its value as Int128, null when >= 10^30)."""
+def _billsec(series: pl.Series, narrow: bool = False) -> pl.DataFrame:
+    """`_s_ok` (a valid integer >= 0) and `_s` (its value as Int128, null when >= 10^30; with
+    `narrow`, as Int64 and null when >= 10^18). A null `_s` with `_s_ok` is a huge value that
+    only the exact Python path handles."""
+    if narrow:
+        wide = _billsec(series)
+        fits = pl.col("_s") < exact.lit128(NARROW_LIMIT)
+        return wide.select("_s_ok", pl.when(fits).then(pl.col("_s")).cast(pl.Int64).alias("_s"))
     dtype = series.dtype
     if isinstance(dtype, pl.Decimal):  # a whole decimal value counts: 12.000 -> 12
         series = series.cast(pl.String).str.replace(r"\.0*$", "")
@@ -126,11 +146,11 @@ def _status_code() -> pl.Expr:
         pl.when(pl.col("_dup"))
         .then(code("duplicate"))
         .when(pl.col("_start").is_null() | ~pl.col("_s_ok") | pl.col("_no_id")
-              | (pl.col("_s").is_null() | (pl.col("_s") > exact.lit128(MAX_BILLSEC))))
+              | (pl.col("_s").is_null() | (pl.col("_s") > MAX_BILLSEC)))
         .then(code("invalid"))
-        .when(pl.col("_e164").is_null())
+        .when(pl.col("_v").is_null())
         .then(code("invalid_number"))
-        .when(pl.col("_s") == exact.lit128(0))
+        .when(pl.col("_s") == 0)
         .then(code("unanswered"))
         .when(pl.col("_tid").is_null())
         .then(code("no_rate"))
@@ -143,49 +163,118 @@ def _by_tid(tariff: LoadedTariff, column: str) -> pl.Expr:
     return pl.lit(tariff.rows.get_column(column)).gather(pl.col("_tid"))
 
 
-def _core(cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int, d: int) -> pl.DataFrame:
-    """Per CDR, narrow: `_code`, `_e164`, `_tid`, `_b` and `_micro` (Int128), `_slow` (needs Python)."""
-    dst = cdrs.get_column("dst")
-    ids = cdrs.get_column("cdr_id")
-    no_id = ids.is_null() | (ids.cast(pl.String, strict=False).str.strip_chars() == "").fill_null(True)
-    dup = pl.select(~no_id & ~pl.when(~no_id).then(ids).is_first_distinct()).to_series()
-    work = pl.DataFrame(
-        {
-            "_row": pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True),
-            # An empty id is never a duplicate (it is invalid); only non-empty ids are compared.
-            "_dup": dup,
-            "_no_id": no_id,
-            "_start": parse_starts(cdrs.get_column("start")),
-            "_dst": dst if dst.dtype == pl.String else dst.cast(pl.String, strict=False),
-        }
-    ).hstack(_billsec(cdrs.get_column("billsec")))
-    e164 = normalise_expr(pl.col("_dst"), numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
-    work = work.lazy().with_columns(e164.alias("_e164")).drop("_dst").collect()  # lazy: shared parts once
-    found = match(work, tariff)
+# The narrow path keeps every per-call integer in Int64: billsec below NARROW_LIMIT (larger ones go
+# to Python) and, for rated calls (billsec <= MAX_BILLSEC), a cost numerator that `narrow_ok` bounds.
+NARROW_LIMIT = 10**18
+_I64_SAFE = 2**62
+
+
+def narrow_ok(tariff: LoadedTariff, a: int, d: int) -> bool:
+    """True when Int64 cannot overflow for any call against this tariff and cost fraction A/D:
+    b <= max(F, MAX_BILLSEC + N) for a rated call, and 2 * (fee*60 + rate*b) * A + D stays below 2^62;
+    and billsec + N (any call shown with its billable seconds) stays below 2^62."""
+    rows = tariff.rows
+    if rows.height == 0:
+        return True
+    top = rows.select(
+        pl.col("rate_micro").max(), pl.col("connect_micro").max(),
+        pl.col("first_increment").max(), pl.col("next_increment").max(),
+    ).row(0)
+    rate, fee, first, nxt = (int(x) for x in top)
+    if max(first, nxt) >= 2**61:
+        return False
+    b_max = max(first, MAX_BILLSEC + nxt)
+    return 2 * (fee * 60 + rate * b_max) * a + d < _I64_SAFE
+
+
+class Steps:
+    """Wall and CPU seconds per step, for benchmarks/rating.py (`None` everywhere else: no cost)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, tuple[float, float]] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            w, c = self.seconds.get(name, (0.0, 0.0))
+            self.seconds[name] = (w + time.perf_counter() - wall, c + time.process_time() - cpu)
+
+
+@contextmanager
+def _step(steps: Steps | None, name: str) -> Iterator[None]:
+    if steps is None:
+        yield
+    else:
+        with steps(name):
+            yield
+
+
+def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool, steps: Steps | None = None) -> pl.DataFrame:
+    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n`, `_e164` (fast.py, timestamps.py)."""
+    with _step(steps, "duplicate ids"):
+        dup, no_id = fast.duplicate_ids(cdrs.get_column("cdr_id"))
+    with _step(steps, "start times"):
+        start = parse_starts(cdrs.get_column("start")).alias("_start")
+    with _step(steps, "billsec"):
+        billsec = _billsec(cdrs.get_column("billsec"), narrow)
+    rows = pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True).alias("_row")
+    # An empty id is never a duplicate (it is invalid); only non-empty ids are compared.
+    work = pl.DataFrame([rows, dup, no_id, start]).hstack(billsec)
+    with _step(steps, "numbers (E.164)"):
+        dst = cdrs.get_column("dst")
+        nums = fast.numbers(dst, numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
+        return work.hstack(nums.select("_v", "_n")).with_columns(fast.e164_column(dst, nums).alias("_e164"))
+
+
+def _core(
+    cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, a: int, d: int, steps: Steps | None = None
+) -> pl.DataFrame:
+    """Per CDR, narrow: `_code`, `_e164`, `_tid`, `_b` and `_micro` (Int64 on
+    the narrow path, else Int128), `_slow` (needs Python)."""
+    narrow = narrow_ok(tariff, a, d)
+    work = _work(cdrs, numbering, narrow, steps)
+    with _step(steps, "longest-prefix match"):
+        found = match_direct(work, tariff, direct_index(tariff))
     # `_row` is dense and `_tid` indexes the tariff rows: a scatter and gathers, not hash joins.
     tid = pl.repeat(None, cdrs.height, dtype=pl.UInt32, eager=True).scatter(found["_row"], found["_tid"])
-    numbers = [
-        _by_tid(tariff, c).alias(c) for c in ("rate_micro", "connect_micro", "first_increment", "next_increment")
-    ]
-    b = exact.billable_expr(pl.col("_s"), pl.col("first_increment"), pl.col("next_increment"))
+    columns = ("rate_micro", "connect_micro", "first_increment", "next_increment")
+    # narrow: the tariff's money as Int64 once (narrow_ok bounds it), not per call
+    values = tariff.rows.select([pl.col(c).cast(pl.Int64) if narrow else pl.col(c) for c in columns])
+    numbers = [pl.lit(values.get_column(c)).gather(pl.col("_tid")).alias(c) for c in columns]
     big = pl.col("_s_ok") & pl.col("_s").is_null()
+    if narrow:
+        s, first, nxt = pl.col("_s"), pl.col("first_increment"), pl.col("next_increment")
+        b = pl.when(s <= first).then(first).otherwise(first + ((s - first + nxt - 1) // nxt) * nxt)
+        zero = pl.lit(0, dtype=pl.Int64)
+    else:
+        b = exact.billable_expr(pl.col("_s"), pl.col("first_increment"), pl.col("next_increment"))
+        zero = exact.lit128(0)
     plan = (
         work.lazy()
         .with_columns(tid.alias("_tid"))
         .with_columns(numbers)
         .with_columns(
             _status_code().alias("_code"),
-            pl.when(pl.col("_s") == exact.lit128(0))
-            .then(exact.lit128(0))
-            .when(pl.col("_tid").is_not_null())
-            .then(b)
-            .alias("_b"),
+            pl.when(pl.col("_s") == 0).then(zero).when(pl.col("_tid").is_not_null()).then(b).alias("_b"),
         )
     )
     rated = pl.col("_code") == _CODES["rated"]
-    micro, slow = exact.cost_micro_exprs(
-        pl.when(rated).then(pl.col("_b")), pl.col("rate_micro"), pl.col("connect_micro"), a, d
-    )
+    with _step(steps, "status, billable seconds, cost"):
+        return _finish(plan, rated, narrow, big, a, d)
+
+
+def _finish(plan: pl.LazyFrame, rated: pl.Expr, narrow: bool, big: pl.Expr, a: int, d: int) -> pl.DataFrame:
+    if narrow:
+        rate, fee = pl.col("rate_micro"), pl.col("connect_micro")
+        micro = pl.when(rated).then((2 * (fee * 60 + rate * pl.col("_b")) * a + d) // (2 * d))
+        slow = pl.lit(False)
+    else:
+        micro, slow = exact.cost_micro_exprs(
+            pl.when(rated).then(pl.col("_b")), pl.col("rate_micro"), pl.col("connect_micro"), a, d
+        )
     return plan.select(
         "_code",
         "_e164",
@@ -219,43 +308,87 @@ def _patches(core: pl.DataFrame, cdrs: pl.DataFrame, tariff: LoadedTariff, a: in
     return pl.DataFrame(out, schema=schema)
 
 
-def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, int_seconds: bool) -> pl.LazyFrame:
-    """The RATING.md output columns, lazily (so a file sink can stream them)."""
-    plan = core.lazy().with_row_index("_row")
-    b_txt = pl.col("_b").cast(pl.String)
-    cost_txt = exact.micro_text_expr(pl.col("_micro"))
-    if patches.height:
-        plan = plan.join(patches.lazy(), on="_row", how="left", maintain_order="left")
-        b_txt = pl.coalesce("_b_txt", b_txt)
-        cost_txt = pl.coalesce("_cost_txt", cost_txt)
-    status = pl.col("_code").replace_strict(list(_CODES.values()), list(_CODES), return_dtype=pl.String)
-    return plan.select(
-        status.alias("status"),
+DECIMAL = pl.Decimal(18, 6)
+_DECIMAL_LIMIT = 10**18  # micro-units that fit DECIMAL(18,6)
+_MICRO = pl.lit(Decimal("0.000001"), dtype=pl.Decimal(7, 6))
+
+
+def _decimal(micro: pl.Expr) -> pl.Expr:
+    """Integer micro-units as DECIMAL(18,6), exactly (an integer times 10^-6; callers check the range)."""
+    return (micro.cast(pl.Decimal(18, 0)) * _MICRO).cast(DECIMAL)
+
+
+def _status_text() -> pl.Expr:
+    return pl.lit(pl.Series(STATUSES, dtype=pl.String)).gather(pl.col("_code"))
+
+
+def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, typed: bool) -> pl.LazyFrame:
+    """The RATING.md output columns, lazily (so a file sink can stream them).
+
+    `typed` (parquet, every value in range): billable_seconds Int64, rate / connect_fee / cost
+    DECIMAL(18,6); else all text, as in CSV."""
+    plan = core.lazy()
+    common = [
+        _status_text().alias("status"),
         pl.col("_e164").alias("e164"),
         _by_tid(tariff, "prefix").alias("matched_prefix"),
         _by_tid(tariff, "description").alias("description"),
-        (pl.col("_b").cast(pl.Int64) if int_seconds else b_txt).alias("billable_seconds"),
+    ]
+    unanswered, rated = pl.col("_code") == _CODES["unanswered"], pl.col("_code") == _CODES["rated"]
+    if typed:
+        money = tariff.rows.select(
+            _decimal(pl.col("rate_micro")).alias("rate"), _decimal(pl.col("connect_micro")).alias("connect_fee")
+        )
+        return plan.select(
+            *common,
+            pl.col("_b").cast(pl.Int64).alias("billable_seconds"),
+            pl.lit(money.get_column("rate")).gather(pl.col("_tid")).alias("rate"),
+            pl.lit(money.get_column("connect_fee")).gather(pl.col("_tid")).alias("connect_fee"),
+            pl.when(unanswered)
+            .then(pl.lit(Decimal(0), dtype=DECIMAL))
+            .when(rated)
+            .then(_decimal(pl.col("_micro")))
+            .alias("cost"),
+        )
+    b_txt = pl.col("_b").cast(pl.String)
+    cost_txt = exact.micro_text_expr(pl.col("_micro"))
+    if patches.height:
+        plan = plan.with_row_index("_row").join(patches.lazy(), on="_row", how="left", maintain_order="left")
+        b_txt = pl.coalesce("_b_txt", b_txt)
+        cost_txt = pl.coalesce("_cost_txt", cost_txt)
+    return plan.select(
+        *common,
+        b_txt.alias("billable_seconds"),
         _by_tid(tariff, "rate").alias("rate"),
         _by_tid(tariff, "connect_fee").alias("connect_fee"),
-        pl.when(pl.col("_code") == _CODES["unanswered"])
-        .then(pl.lit("0.000000"))
-        .when(pl.col("_code") == _CODES["rated"])
-        .then(cost_txt)
-        .alias("cost"),
+        pl.when(unanswered).then(pl.lit("0.000000")).when(rated).then(cost_txt).alias("cost"),
     )
 
 
+def _typed_fits(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame) -> bool:
+    """Parquet can take the typed columns: no Python-computed row, and every value in range."""
+    if patches.height:
+        return False
+    money = tariff.rows.select(pl.max_horizontal(pl.col("rate_micro").max(), pl.col("connect_micro").max())).item()
+    top = core.select(pl.col("_b").max(), pl.col("_micro").max()).row(0)
+    return (money or 0) < _DECIMAL_LIMIT and (top[0] or 0) < 2**63 and (top[1] or 0) < _DECIMAL_LIMIT
+
+
 def _output(
-    cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, markup: Decimal, source: str | Path, parquet: bool
+    cdrs: pl.DataFrame,
+    tariff: LoadedTariff,
+    numbering: Numbering,
+    markup: Decimal,
+    source: str | Path,
+    parquet: bool,
+    steps: Steps | None = None,
 ) -> tuple[pl.LazyFrame, dict[str, int]]:
     """(the output rows, lazily; the count of rows per status)."""
     require_columns(cdrs, source, CDR_REQUIRED)
     a, d = exact.cost_fraction(markup)
-    core = _core(cdrs, tariff, numbering, a, d)
+    core = _core(cdrs, tariff, numbering, a, d, steps)
     patches = _patches(core, cdrs, tariff, a, d)
-    # parquet gets an integer billable_seconds unless a value does not fit in Int64
-    int_seconds = parquet and patches.height == 0 and (core.get_column("_b").max() or 0) < 2**63
-    appended = _appended(core, tariff, patches, int_seconds)
+    appended = _appended(core, tariff, patches, parquet and _typed_fits(core, tariff, patches))
     kept = cdrs.drop([c for c in OUTPUT_COLUMNS if c in cdrs.columns])
     codes = dict(core.get_column("_code").value_counts().iter_rows())
     counts = {name: int(codes.get(code, 0)) for name, code in _CODES.items()}
@@ -286,13 +419,19 @@ def rate_files(
     *,
     numbering: Numbering = Numbering(),
     markup: Decimal = Decimal(0),
+    steps: Steps | None = None,
 ) -> dict[str, int]:
-    """`autobill rate`: read, rate, write OUT; returns the count of rows per status."""
+    """`autobill rate`: read, rate, write OUT; returns the count of rows per status.
+
+    `steps` (benchmarks only) collects the wall and CPU time of each step."""
     parquet = file_format(out_path) == ".parquet"  # refuse an unknown output type before any work
-    tariff = load_tariff(tariff_path)
-    cdrs = read_table(cdrs_path)
-    out, counts = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet)
-    write_table(out, out_path)
+    with _step(steps, "load tariff"):
+        tariff = load_tariff(tariff_path)
+    with _step(steps, "read CDRs"):
+        cdrs = read_table(cdrs_path)
+    out, counts = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet, steps)
+    with _step(steps, "output columns + write"):
+        write_table(out, out_path)
     return counts
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 FORMATS = (".csv", ".parquet")
+PARQUET_STATISTICS = {"min": False, "max": False, "distinct_count": False, "null_count": True}
 
 
 class InputError(Exception):
@@ -93,7 +94,10 @@ def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> None:
     """Write atomically (temp file + rename) so a failed run never leaves half an output.
 
     A LazyFrame is streamed to the file, so the output never has to sit in memory whole. Parquet
-    is snappy-compressed: every reader has it, and it costs far less CPU than zstd."""
+    is snappy-compressed: every reader has it, and it costs far less CPU than zstd. Its column
+    statistics keep null counts but not min/max: computing min/max of millions of distinct
+    strings (ids, times, numbers) was a fifth of the writing time, and a rated file is read
+    whole, not filtered by row group."""
     path = Path(path)
     fmt = file_format(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -102,11 +106,11 @@ def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> None:
             if fmt == ".csv":
                 df.sink_csv(tmp, maintain_order=True)
             else:
-                df.sink_parquet(tmp, maintain_order=True, compression="snappy")
+                df.sink_parquet(tmp, maintain_order=True, compression="snappy", statistics=PARQUET_STATISTICS)
         elif fmt == ".csv":
             df.write_csv(tmp)
         else:
-            df.write_parquet(tmp, compression="snappy")
+            df.write_parquet(tmp, compression="snappy", statistics=PARQUET_STATISTICS)
         tmp.replace(path)
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)

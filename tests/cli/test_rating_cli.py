@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -44,8 +45,6 @@ def test_csv_to_csv_matches_reference(tmp_path):
     got = pl.read_csv(out, infer_schema=False).fill_null("").to_dicts()
     t_rows = pl.read_csv(tariff, infer_schema=False).to_dicts()
     c_rows = pl.read_csv(cdrs, infer_schema=False).to_dicts()
-    from decimal import Decimal
-
     assert got == ref_rate(t_rows, c_rows, markup=Decimal("12.5"))
     assert [r["status"] for r in got] == ["rated", "rated", "duplicate", "invalid", "unanswered"]
     assert got[0]["extra"] == " keep me " and got[3]["extra"] == "0012"
@@ -59,13 +58,19 @@ def test_parquet_in_and_out(tmp_path):
     result = run("--tariff", tmp_path / "t.parquet", "--cdrs", tmp_path / "c.parquet", "--out", tmp_path / "o.parquet")
     assert result.exit_code == 0, result.stderr
     out = pl.read_parquet(tmp_path / "o.parquet")
-    assert out.schema["billable_seconds"] == pl.Int64 and out.schema["cost"] == pl.String
+    # RATING.md: in parquet, money is DECIMAL(18,6) (null where empty) and billable_seconds an integer
+    decimal = pl.Decimal(18, 6)
+    assert out.schema["billable_seconds"] == pl.Int64
+    assert (out.schema["rate"], out.schema["connect_fee"], out.schema["cost"]) == (decimal, decimal, decimal)
     assert out["billable_seconds"].to_list() == [66, 30, 30, None, 0]
-    assert out["cost"].to_list() == ["0.011000", "0.110000", None, None, "0.000000"]
-    # and the CSV output of the same input agrees
+    assert out["cost"].to_list() == [Decimal("0.011000"), Decimal("0.110000"), None, None, Decimal("0.000000")]
+    assert out["connect_fee"].to_list()[:2] == [Decimal("0"), Decimal("0.1")]
+    # and the CSV output of the same input agrees, value for value
     assert run("--tariff", tariff, "--cdrs", cdrs, "--out", tmp_path / "o.csv").exit_code == 0
     as_csv = pl.read_csv(tmp_path / "o.csv", infer_schema=False)
-    assert as_csv["cost"].to_list() == out["cost"].to_list()
+    for column in ("rate", "connect_fee", "cost"):
+        as_text = [None if v is None else f"{v:.6f}" for v in out[column].to_list()]
+        assert as_csv[column].to_list() == as_text, column
 
 
 def test_numbering_options(tmp_path):
