@@ -8,7 +8,7 @@ unknown direction, no key, a start in the future) and ~2 % re-reads of calls bil
 
 Baseline measured in the same run, on the same rows (the "nightly core" without the network
 parts): the lake write of the batch (extraction I/O), rating (`tasks.rate.rate_run`) and the
-billing transaction (`tasks.aggregate.record_billing`, 1 M `billed_cdrs` rows). Validation's
+billing transaction (`tasks.aggregate.record_billing`, 1 M billed CDRs made final). Validation's
 share of that core is an UPPER bound of its share of the real nightly run, which also waits
 for PBXs and WHMCS.
 
@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -34,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autobill import lake  # noqa: E402
 from autobill.cdr import conform  # noqa: E402
 from autobill.config import settings_from_dict  # noqa: E402
+from autobill.ledger.billed import BILLED_SCHEMA, lock_billed_state, record_final  # noqa: E402
 from autobill.ledger.db import session_scope, upgrade  # noqa: E402
-from autobill.ledger.models import BilledCDR, ExtractionBatch  # noqa: E402
+from autobill.ledger.models import ExtractionBatch  # noqa: E402
 from sandboxes.generate import generate_calls, generate_config, make_world, tariff_frame  # noqa: E402
 
 TARGET_SHARE = 0.20
@@ -88,16 +88,21 @@ def build(tmp: Path, rows: int):
 
 
 def seed_ledger(settings, cdrs: pl.DataFrame) -> int:
-    """Earlier nights: 200 000 billed keys of older calls plus 2 % of tonight's keys (re-reads)."""
+    """Earlier nights: 200 000 billed keys of older calls plus 2 % of tonight's keys (re-reads),
+    made final the way the nightly does (lake manifests registered in the ledger)."""
     upgrade(settings.ledger)
     server = cdrs["server"][0]
     overlap = cdrs.filter(pl.int_range(0, pl.len()) % 50 == 7)["cdr_key"].drop_nulls().to_list()
-    older = [f"{server}:older-{i}" for i in range(200_000)]
-    rows = [{"cdr_key": k, "server": server, "billing_date": DAY - timedelta(days=1), "outcome": "billed",
-             "cost": Decimal("0.010000")} for k in older + overlap]
+    keys = [f"{server}:older-{i}" for i in range(200_000)] + overlap
+    rows = pl.DataFrame({"cdr_key": keys}).with_columns(
+        server=pl.lit(server), client_id=pl.lit(None, pl.Int64), service_id=pl.lit(None, pl.Int64),
+        billing_date=pl.lit(DAY - timedelta(days=1)), outcome=pl.lit("billed"), charge_id=pl.lit(None, pl.Int64),
+        cost=pl.lit("0.010000"), billable_seconds=pl.lit(0, pl.Int64), included_seconds=pl.lit(0, pl.Int64),
+        run_id=pl.lit(None, pl.Int64), created_at=pl.lit(NOW),
+    ).cast(BILLED_SCHEMA).select(list(BILLED_SCHEMA))
     with session_scope(settings.ledger) as s:
-        for i in range(0, len(rows), 20_000):
-            s.execute(BilledCDR.__table__.insert(), rows[i : i + 20_000])
+        lock_billed_state(s)
+        record_final(s, settings.data_path, rows, None, [], NOW)
     return len(overlap)
 
 
