@@ -36,10 +36,9 @@ from autobill import lake
 from autobill.billing_day import with_billing_date
 from autobill.cdr import CDR_SCHEMA, conform
 from autobill.config import Settings
-from autobill.ledger.corrections import included_delta
 from autobill.ledger.db import session_scope
 from autobill.ledger.disputes import held_as_unrated, held_keys, split_held
-from autobill.ledger.models import BilledCDR
+from autobill.ledger.models import BilledCDR, CorrectionCDR
 from autobill.ledger.unrated import unrated_rows
 from autobill.mapping import ISSUE_COLUMN, assign_services
 from autobill.rating.archive import archive as archive_tariffs
@@ -134,7 +133,10 @@ def _source_rows(paths: list[str], keys: pl.Series) -> pl.DataFrame:
 
 
 def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, date], int]:
-    """Included seconds already consumed per (service, period start) for the periods these CDRs fall in."""
+    """Included seconds already consumed per (service, period start) for the periods these CDRs fall in.
+
+    Two grouped queries per 500 services (billed rows, and re-rates' corrections, per service and
+    day) instead of two per service: ten thousand services are ten thousand round trips otherwise."""
     anchors = {p.name: p.period_anchor_day for p in settings.plans}
     wanted: dict[tuple[int, date], date] = {}
     mapped = cdrs.filter(pl.col("service_id").is_not_null()).select("service_id", "plan", "billing_date").unique()
@@ -142,17 +144,30 @@ def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, dat
         start, end = period_bounds(day, anchors.get(plan, 1))
         wanted[(int(service_id), start)] = end
     used: dict[tuple[int, date], int] = defaultdict(int)
+    if not wanted:
+        return dict(used)
+    first, last = min(start for _, start in wanted), max(wanted.values())
+    per_day: dict[int, list[tuple[date, int]]] = defaultdict(list)
+    ids = sorted({sid for sid, _ in wanted})
     with session_scope(settings.ledger) as session:
-        for (service_id, start), end in wanted.items():
-            used[(service_id, start)] = int(
-                session.scalar(
-                    select(func.coalesce(func.sum(BilledCDR.included_seconds), 0)).where(
-                        BilledCDR.service_id == service_id, BilledCDR.billing_date >= start,
-                        BilledCDR.billing_date < end,
-                    )
-                )
-            ) + included_delta(session, service_id, start, end)  # re-rates may have moved some
+        for i in range(0, len(ids), 500):
+            some = ids[i:i + 500]
+            in_range = (BilledCDR.service_id.in_(some), BilledCDR.billing_date >= first, BilledCDR.billing_date < last)
+            billed = select(BilledCDR.service_id, BilledCDR.billing_date,
+                            func.coalesce(func.sum(BilledCDR.included_seconds), 0)).where(*in_range)
+            moved = (select(BilledCDR.service_id, BilledCDR.billing_date,
+                            func.coalesce(func.sum(CorrectionCDR.new_included - CorrectionCDR.old_included), 0))
+                     .join(BilledCDR, BilledCDR.cdr_key == CorrectionCDR.cdr_key).where(*in_range))
+            for query in (billed, moved):  # re-rates may have moved some
+                for sid, day, seconds in session.execute(query.group_by(BilledCDR.service_id, BilledCDR.billing_date)):
+                    per_day[int(sid)].append((_as_date(day), int(seconds or 0)))
+    for (service_id, start), end in wanted.items():
+        used[(service_id, start)] = sum(n for day, n in per_day.get(service_id, ()) if start <= day < end)
     return dict(used)
+
+
+def _as_date(value) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
 def with_service_issue(rated: pl.DataFrame, cdrs: pl.DataFrame) -> pl.DataFrame:
