@@ -61,7 +61,7 @@ def bench_world(clients: int, servers: int, fusionpbx: int, seed: int = 11):
 
 
 def prepare(workdir: Path, cdrs: int, servers: int, port: int, clients: int | None, fusionpbx: int,
-            pg_url: str, tag: str) -> dict:
+            pg_url: str, tag: str, statements: bool = True) -> dict:
     import polars as pl
     import psycopg2
     import yaml
@@ -110,6 +110,8 @@ def prepare(workdir: Path, cdrs: int, servers: int, port: int, clients: int | No
     tariff_frame().write_csv(workdir / "tariffs" / "retail.csv")
     config["whmcs"] = {"url": f"http://127.0.0.1:{port}/includes/api.php", "identifier": {"env": "BENCH_WHMCS_ID"},
                        "secret": {"env": "BENCH_WHMCS_SECRET"}}
+    if not statements:
+        config["statements"] = {"nightly": False}
     (workdir / "autobill.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     csvs = list((workdir / "drop").rglob("*.csv"))
     return {"cdrs": total, "clients": clients, "servers": world.servers.height, "fusionpbx": len(overrides),
@@ -232,6 +234,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=None, help="clients (default: cdrs / 1000, at least one a server)")
     ap.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", PG_URL),
                     help=f"PostgreSQL for the FusionPBX tables (default {PG_URL}; one schema per server)")
+    ap.add_argument("--no-statements", action="store_true",
+                    help="statements.nightly: false (measure billing without the statements step)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (the PostgreSQL schemas are dropped)")
     ap.add_argument("--phase", choices=["all", "prepare", "baseline", "run"], default="all", help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
@@ -244,7 +248,7 @@ def main() -> None:
     schemas = [x for x in args.schemas.split(",") if x]
     if args.phase == "prepare":
         print(json.dumps(prepare(args.dir, args.cdrs, args.servers, args.port, args.clients, args.fusionpbx,
-                                 args.pg_url, args.tag)))
+                                 args.pg_url, args.tag, not args.no_statements)))
         return
     if args.phase == "baseline":
         print(json.dumps(baseline(args.dir, args.pg_url, schemas)))
@@ -267,6 +271,8 @@ def main() -> None:
                   "--pg-url", args.pg_url, "--dir", str(workdir)]
         if args.clients:
             common += ["--clients", str(args.clients)]
+        if args.no_statements:
+            common.append("--no-statements")
         try:
             info = _phase(env, "--phase", "prepare", *common, "--port", str(port), "--tag", tag)
         except SystemExit:  # a half-prepared run may have created some schemas
@@ -275,7 +281,8 @@ def main() -> None:
         print(f"prepared {info['cdrs']:,} CDRs ({info['answered']:,} answered) for {info['clients']:,} clients on "
               f"{info['servers']} servers ({info['fusionpbx']} FusionPBX: {info['pg_rows']:,} v_xml_cdr rows incl. "
               f"B-legs; {info['servers'] - info['fusionpbx']} drop folders: {info['files']} files, "
-              f"{info['bytes'] / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s (not timed below)")
+              f"{info['bytes'] / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s (not timed below)"
+              + ("; statements.nightly OFF" if args.no_statements else ""))
         print(f"load average before the baseline: {_load()}")
         base = _phase(env, "--phase", "baseline", *common, "--schemas", ",".join(info["schemas"]))
         sandbox = subprocess.Popen(
