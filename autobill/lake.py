@@ -16,7 +16,7 @@ names start with a dot and do not end in `.parquet`, so globs never pick them up
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -74,10 +74,16 @@ def _make_dirs(path: Path) -> None:
 
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
     """Write `df` to `path` so that the file appears whole or not at all, and survives a power cut."""
+    return write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` writes the file at a hidden temp path in `path`'s directory; it is then
+    fsync'ed and renamed to `path` (whole or not at all, surviving a power cut)."""
     _make_dirs(path.parent)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
+        write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

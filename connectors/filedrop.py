@@ -122,16 +122,21 @@ def _csv_frame(name: str, text: str) -> pl.DataFrame:
     if not lines:
         raise BadFile(f"{name}: empty file (no header, no rows)")
     width = None
-    if '"' not in text:
-        counts = pl.Series(lines, dtype=pl.String).str.count_matches(",", literal=True)
+    series = pl.Series(lines, dtype=pl.String)
+    # Quoted fields (`""`, `"a,b"`) stay on the fast path when every line closes its quotes (no
+    # field spans lines): the commas outside quotes are then the field separators.
+    if '"' not in text or (series.str.count_matches('"', literal=True) % 2 == 0).all():
+        counts = (series.str.replace_all(r'"[^"]*"', "") if '"' in text else series).str.count_matches(",", literal=True)
         if counts.n_unique() == 1:
             width = int(counts[0]) + 1
+    del series
     if width is not None:
-        header = [h.strip() for h in lines[0].split(",")]
+        header = [h.strip() for h in next(_csv.reader([lines[0]]))]
         if len(set(header)) != len(header):
             raise BadFile(f"{name}: the header repeats a column name ({', '.join(header)})")
         df = pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema=False, truncate_ragged_lines=False)
-        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("_error"))
+        # `""` is an empty field, as the csv module's path reads it (null), not an empty string
+        df = df.with_columns(pl.all().replace("", None), pl.lit(None, dtype=pl.String).alias("_error"))
     else:
         records = [r for r in _csv.reader(io.StringIO(text, newline="")) if any(f.strip() for f in r)]
         header, rows = records[0], records[1:]

@@ -7,6 +7,7 @@ how lines are formed and wraps it as a task.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from decimal import Decimal
 
 import duckdb
@@ -56,16 +57,65 @@ def record_billing(settings: Settings, rated: pl.DataFrame, run_id: int | None =
     return record_rated(settings, rated, run_id, batch_ids, dry_run, attempts, lines_of=charge_lines)
 
 
+def rated_chunks(rated_path: str) -> list[int | None]:
+    """The chunks of a rated file (tasks/rate.py): [None] when it has no `chunk` column (one frame)."""
+    if "chunk" not in pl.read_parquet_schema(rated_path):
+        return [None]
+    return sorted(pl.scan_parquet(rated_path).select(pl.col("chunk").unique()).collect()["chunk"].to_list()) or [None]
+
+
+def read_chunk(rated_path: str, chunk: int | None, wanted: Iterable[str]) -> pl.DataFrame:
+    present = pl.read_parquet_schema(rated_path)
+    wanted = set(wanted)
+    scan = pl.scan_parquet(rated_path)
+    if chunk is not None:
+        scan = scan.filter(pl.col("chunk") == chunk)  # row-group statistics skip the other chunks
+    return scan.select([c for c in present if c in wanted]).collect()
+
+
+def merge_records(records: list[BillingRecord], dry_run: bool) -> BillingRecord:
+    """The chunks' records as one (what the report reads). Each line's `cdr_keys` are dropped
+    once recorded: the ledger has them, and ten million of them would outweigh the whole step."""
+    outcomes: dict[str, int] = {}
+    for r in records:
+        for k, v in r.outcomes.items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    return BillingRecord(
+        outcomes=outcomes, lines=[ln for r in records for ln in r.lines],
+        already_final_keys=sorted(k for r in records for k in r.already_final_keys),
+        charge_ids=[i for r in records for i in r.charge_ids], dry_run=dry_run,
+    )
+
+
+def record_chunks(settings: Settings, rated_path: str, run_id: int | None, batch_ids: Iterable[int],
+                  dry_run: bool = False) -> tuple[BillingRecord, int]:
+    """`record_billing` of each chunk of the rated file in turn, the batches with the last one;
+    returns the merged record and the number of chunks."""
+    wanted = {*REQUIRED, "source", "rate_number", "unrated_reason", *CDR_SCHEMA}
+    chunks = rated_chunks(rated_path)
+    records = []
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        rated = read_chunk(rated_path, chunk, wanted)
+        record = record_billing(settings, rated, run_id, list(batch_ids) if last else [], dry_run)
+        del rated
+        if len(chunks) > 1:
+            record = replace(record, lines=[replace(ln, cdr_keys=()) for ln in record.lines])
+        records.append(record)
+    return (records[0] if len(records) == 1 else merge_records(records, dry_run)), len(chunks)
+
+
 @task(name="aggregate-and-record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def record_billing_task(settings: Settings, rated_path: str, run_id: int | None, batch_ids: list[int],
                         dry_run: bool = False) -> BillingRecord:
-    """Charge lines + billed CDRs + watermarks in one ledger transaction (a retry is safe: same keys)."""
-    present = pl.read_parquet_schema(rated_path)
-    wanted = {*REQUIRED, "source", "rate_number", "unrated_reason", *CDR_SCHEMA}
-    rated = pl.read_parquet(rated_path, columns=[c for c in present if c in wanted])
-    record = record_billing(settings, rated, run_id, batch_ids, dry_run)
+    """Charge lines + billed CDRs in one ledger transaction per chunk of the rated file (a chunk
+    never splits a service, so never a charge line; tasks/rate.py); the batches' watermarks move
+    with the LAST chunk's transaction. A retry is safe: the chunks recorded are already final and
+    are filtered out (docs/nightly-scale.md says why a crash between chunks bills nothing twice)."""
+    record, chunks = record_chunks(settings, rated_path, run_id, batch_ids, dry_run)
     get_run_logger().info(
-        "%s charge line(s) %s; outcomes %s; %s already billed",
-        len(record.lines), "previewed" if dry_run else "recorded", record.outcomes, record.already_final,
+        "%s charge line(s) %s in %s chunk(s); outcomes %s; %s already billed",
+        len(record.lines), "previewed" if dry_run else "recorded", chunks, record.outcomes,
+        record.already_final,
     )
     return record

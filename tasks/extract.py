@@ -119,7 +119,7 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
     # fill_null: a row without a key is never "already stored"; it goes on to be quarantined
     stored = cdrs["cdr_key"].is_in(lake.stored_keys(data, server_id, days).implode()).fill_null(False)
     overlap_skipped = int(stored.sum())
-    new = cdrs.filter(~stored)
+    new = cdrs.filter(~stored) if overlap_skipped else cdrs  # no second copy of a batch with no re-read rows
     duplicate_rows = new.height - new["cdr_key"].n_unique() if new.height else 0
     proposed = as_utc(got.watermark) if got.watermark is not None else None
     if before is not None and (proposed is None or proposed < before):

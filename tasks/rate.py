@@ -7,10 +7,21 @@ What is rated together, each row tagged with its `source`:
 Each row keeps its own billing date (the local date of its start); the allowance of included minutes already
 consumed in each billing period is read from the ledger, so a period's minutes are shared
 across runs in call-start order.
+
+Bounded memory (docs/nightly-scale.md): a night of more than `chunk_rows` rows is rated in K
+chunks, a row's chunk being a hash of its (server, tenant) modulo K. A service owns the calls of
+one (server, tenant) (autobill/mapping.py), so a chunk never splits a service: not its included
+minutes (per service period), not a charge line (per client/service/day). The inputs are split
+into per-chunk files in one pass, each chunk is rated alone, and the rated file is written one
+chunk at a time, sorted by chunk, with a `chunk` column (one row group or more per chunk) that
+the record step reads back one chunk at a time. One chunk (a small night) rates exactly as
+before, in one frame.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -34,6 +45,26 @@ from autobill.services.build import derived_plans
 from autobill.timeutil import period_bounds
 
 _LEAN = [c for c in CDR_SCHEMA if c != "source_row"]
+CHUNK_COLUMN = "chunk"
+# Rows per rating chunk: the rate and record steps hold about this many rows at a time.
+CHUNK_ROWS = 400_000
+CHUNK_ENV = "AUTOBILL_RATE_CHUNK_ROWS"
+
+
+def chunk_rows() -> int:
+    """`AUTOBILL_RATE_CHUNK_ROWS` (a positive integer), else CHUNK_ROWS."""
+    raw = os.environ.get(CHUNK_ENV, "").strip()
+    if not raw:
+        return CHUNK_ROWS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{CHUNK_ENV}={raw!r}: expected a positive whole number of rows")
+    return int(raw)
+
+
+def chunk_of(chunks: int) -> pl.Expr:
+    """The chunk of a row: a hash of (server, tenant) modulo `chunks` (stable within a process,
+    which is all it needs: the chunks of one run are computed by one `rate_run`)."""
+    return (pl.struct("server", "tenant").hash(seed=0) % chunks).cast(pl.Int32).alias(CHUNK_COLUMN)
 
 
 def _lean(path: str) -> pl.DataFrame:
@@ -42,18 +73,51 @@ def _lean(path: str) -> pl.DataFrame:
     return conform(pl.read_parquet(path, columns=_LEAN).with_columns(pl.lit(None, pl.String).alias("source_row")))
 
 
-def gather(settings: Settings, day: date, validated: list[str], requeued_path: str | None) -> pl.DataFrame:
-    """Canonical rows to rate, tagged with `source`, de-duplicated by key (first source wins).
-    `source_row` is null for parquet-backed rows (see `_lean`)."""
-    parts = [_lean(p).with_columns(pl.lit("batch").alias("source")) for p in validated]
+def _inputs(settings: Settings, day: date, validated: list[str], requeued_path: str | None):
+    """(source, loader) of every input, in the order that decides which copy of a key wins."""
+    out = [("batch", lambda p=p: _lean(p)) for p in validated]
     if requeued_path:
-        parts.append(_lean(requeued_path).with_columns(pl.lit("requeued").alias("source")))
-    parts.append(unrated_rows(settings, day).with_columns(pl.lit("unrated").alias("source")))
-    frame = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema={**CDR_SCHEMA, "source": pl.String})
+        out.append(("requeued", lambda: _lean(requeued_path)))
+    out.append(("unrated", lambda: unrated_rows(settings, day)))
+    return out
+
+
+def _finish_gather(frames: list[pl.DataFrame], timezone: str) -> pl.DataFrame:
+    frame = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema={**CDR_SCHEMA, "source": pl.String})
     # No filter on the billing date here: a row dropped now would be lost once its batch commits.
     # Rows of later dates (released quarantine rows, a file holding the next day's first calls)
     # are billed with their own billing date on their charge line.
-    return with_billing_date(frame.unique("cdr_key", keep="first", maintain_order=True), settings.timezone)
+    return with_billing_date(frame.unique("cdr_key", keep="first", maintain_order=True), timezone)
+
+
+def gather(settings: Settings, day: date, validated: list[str], requeued_path: str | None) -> pl.DataFrame:
+    """Canonical rows to rate, tagged with `source`, de-duplicated by key (first source wins).
+    `source_row` is null for parquet-backed rows (see `_lean`)."""
+    parts = [load().with_columns(pl.lit(source).alias("source"))
+             for source, load in _inputs(settings, day, validated, requeued_path)]
+    return _finish_gather(parts, settings.timezone)
+
+
+def _count_inputs(validated: list[str], requeued_path: str | None) -> int:
+    """Rows in the parquet inputs, from their footers (the unrated backlog is not counted: small)."""
+    paths = validated + ([requeued_path] if requeued_path else [])
+    return sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in paths)
+
+
+def split_inputs(settings: Settings, day: date, validated: list[str], requeued_path: str | None, chunks: int,
+                 parts_dir: Path) -> list[list[Path]]:
+    """Write every input's rows to `parts_dir/in-<chunk>-<input>.parquet`, one input at a time;
+    returns the files of each chunk in input order (so "first source wins" holds per chunk)."""
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    files: list[list[Path]] = [[] for _ in range(chunks)]
+    for i, (source, load) in enumerate(_inputs(settings, day, validated, requeued_path)):
+        frame = load().with_columns(pl.lit(source).alias("source"), chunk_of(chunks))
+        for (c,), part in frame.partition_by(CHUNK_COLUMN, as_dict=True).items():
+            path = parts_dir / f"in-{c}-{i}.parquet"
+            part.drop(CHUNK_COLUMN).write_parquet(path, compression="lz4")
+            files[c].append(path)
+        del frame
+    return files
 
 
 def _source_rows(paths: list[str], keys: pl.Series) -> pl.DataFrame:
@@ -67,7 +131,10 @@ def _source_rows(paths: list[str], keys: pl.Series) -> pl.DataFrame:
 
 
 def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, date], int]:
-    """Included seconds already consumed per (service, period start) for the periods these CDRs fall in."""
+    """Included seconds already consumed per (service, period start) for the periods these CDRs fall in.
+
+    Two grouped queries per 500 services (billed rows, and re-rates' corrections, per service and
+    day) instead of two per service: ten thousand services are ten thousand round trips otherwise."""
     anchors = {p.name: p.period_anchor_day for p in settings.plans}
     wanted: dict[tuple[int, date], date] = {}
     mapped = cdrs.filter(pl.col("service_id").is_not_null()).select("service_id", "plan", "billing_date").unique()
@@ -91,15 +158,12 @@ def with_service_issue(rated: pl.DataFrame, cdrs: pl.DataFrame) -> pl.DataFrame:
     ).drop(ISSUE_COLUMN)
 
 
-def rate_run(settings: Settings, day: date, validated: list[str], requeued_path: str | None,
-             run_id: int | None = None) -> Path:
-    """Rate what this run bills; writes `<data>/rated/run-<id>.parquet` and returns its path."""
-    cdrs = assign_services(gather(settings, day, validated, requeued_path), settings)
+def _rate_frame(settings: Settings, cdrs: pl.DataFrame, tariffs) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rate one frame of gathered rows: (rated rows, the canonical rows of the unrated ones)."""
+    cdrs = assign_services(cdrs, settings)
     settings = derived_plans(settings, cdrs["plan"].unique().to_list())  # per-service included minutes
     # Calls held by an open dispute are not rated: they stay unrated ("disputed") until it is resolved.
     to_rate, held = split_held(cdrs, held_keys(settings))
-    tariffs = load_tariffs(settings)
-    archive_tariffs(settings, tariffs)  # every version billed with can be named later (NAME@VERSION)
     rated = rate_for_billing(to_rate, settings, tariffs, included_used(settings, to_rate))
     if held.height:
         rated = pl.concat([rated, held_as_unrated(held, OUTPUT_SCHEMA)], how="vertical")
@@ -114,16 +178,80 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
     keep = [c for c in CDR_SCHEMA if c not in rated.columns]
     unrated = rated.filter(pl.col("outcome") == "unrated").join(cdrs.select("cdr_key", *keep), on="cdr_key",
                                                                how="left")
-    del cdrs
-    if "source_row" in keep:  # parquet-backed unrated rows get their audit copy back
-        found = _source_rows(validated + ([requeued_path] if requeued_path else []),
-                             unrated.filter(pl.col("source_row").is_null())["cdr_key"])
-        unrated = unrated.join(found.rename({"source_row": "_src"}), on="cdr_key", how="left").with_columns(
-            pl.coalesce("source_row", "_src").alias("source_row")).drop("_src")
-    rated = pl.concat([rated.filter(pl.col("outcome") != "unrated"), unrated], how="diagonal_relaxed")
+    return rated.filter(pl.col("outcome") != "unrated"), unrated
+
+
+def _with_source_rows(unrated: pl.DataFrame, inputs: list[str]) -> pl.DataFrame:
+    """Parquet-backed unrated rows get their audit copy (`source_row`) back from the inputs."""
+    if "source_row" not in unrated.columns:
+        return unrated
+    found = _source_rows(inputs, unrated.filter(pl.col("source_row").is_null())["cdr_key"])
+    return unrated.join(found.rename({"source_row": "_src"}), on="cdr_key", how="left").with_columns(
+        pl.coalesce("source_row", "_src").alias("source_row")).drop("_src")
+
+
+def rate_run(settings: Settings, day: date, validated: list[str], requeued_path: str | None,
+             run_id: int | None = None) -> Path:
+    """Rate what this run bills; writes `<data>/rated/run-<id>.parquet` and returns its path.
+
+    More than `chunk_rows()` input rows are rated chunk by chunk (see the module docstring)."""
     path = settings.data_path / "rated" / f"run-{run_id if run_id is not None else 'adhoc'}.parquet"
-    lake.write_parquet_atomic(rated, path)
+    tariffs = load_tariffs(settings)
+    archive_tariffs(settings, tariffs)  # every version billed with can be named later (NAME@VERSION)
+    inputs = validated + ([requeued_path] if requeued_path else [])
+    chunks = max(1, -(-_count_inputs(validated, requeued_path) // chunk_rows()))
+    if chunks == 1:
+        rated, unrated = _rate_frame(settings, gather(settings, day, validated, requeued_path), tariffs)
+        rated = pl.concat([rated, _with_source_rows(unrated, inputs)], how="diagonal_relaxed")
+        lake.write_parquet_atomic(rated.with_columns(pl.lit(0, pl.Int32).alias(CHUNK_COLUMN)), path)
+        return path
+    parts_dir = path.parent / f".{path.stem}.parts"
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    try:
+        files = split_inputs(settings, day, validated, requeued_path, chunks, parts_dir)
+        rated_parts, unrated_parts = [], []
+        for c in range(chunks):
+            frame = _finish_gather([pl.read_parquet(f) for f in files[c]], settings.timezone)
+            rated, unrated = _rate_frame(settings, frame, tariffs)
+            del frame
+            rated_parts.append(parts_dir / f"rated-{c}.parquet")
+            rated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)).write_parquet(rated_parts[-1],
+                                                                                   compression="lz4")
+            unrated_parts.append(unrated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)))
+            del rated
+        # The unrated rows (normally ~1 %) of every chunk, with their audit copy, fetched in one pass.
+        unrated_all = _with_source_rows(pl.concat(unrated_parts, how="diagonal_relaxed"), inputs)
+        del unrated_parts
+        _write_chunks(path, rated_parts, unrated_all)
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
     return path
+
+
+def _write_chunks(path: Path, rated_parts: list[Path], unrated: pl.DataFrame) -> None:
+    """One parquet, chunk after chunk (each its own row group(s)), written whole or not at all."""
+    import pyarrow.parquet as pq
+
+    empty = [pl.DataFrame(schema=pl.read_parquet_schema(p)) for p in rated_parts] + [unrated.clear()]
+    schema = pl.concat(empty, how="diagonal_relaxed").schema  # every column, in one type across chunks
+
+    def write(tmp: Path) -> None:
+        writer = None
+        try:
+            for c, part in enumerate(rated_parts):
+                frame = pl.concat([pl.DataFrame(schema=schema), pl.read_parquet(part),
+                                   unrated.filter(pl.col(CHUNK_COLUMN) == c)], how="diagonal_relaxed")
+                table = frame.select(list(schema)).cast(dict(schema)).to_arrow()
+                del frame
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table, row_group_size=1 << 20)
+                del table
+        finally:
+            if writer is not None:
+                writer.close()
+
+    lake.write_atomic(path, write)
 
 
 @task(name="rate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)

@@ -141,14 +141,16 @@ class RunSummary:
 REPORT_COLUMNS = ("cdr_key", "server", "source", "outcome", "currency", "cost", "rate_number", "unrated_reason")
 
 
-def outcome_counts(rated: pl.DataFrame) -> pl.DataFrame:
+def outcome_counts(rated: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """(source, server, outcome, currency) -> calls and the exact sum of their costs, in one pass.
     The sum is polars' 128-bit decimal: exact, and no Python object per call."""
-    source = pl.col("source") if "source" in rated.columns else pl.lit("batch")
+    rated = rated.lazy()  # a scan of the rated file is never read whole: only the groups are collected
+    source = pl.col("source") if "source" in rated.collect_schema().names() else pl.lit("batch")
     return (
         rated.with_columns(source.alias("source"), pl.col("cost").cast(pl.String).cast(pl.Decimal(38, 6)))
         .group_by("source", "server", "outcome", "currency")
         .agg(pl.len().alias("calls"), pl.col("cost").sum().alias("amount"))
+        .collect()
     )
 
 
@@ -399,12 +401,12 @@ def client_totals(lines: list, names: dict[int, str] | None = None) -> list[dict
     return out
 
 
-def unrated_destinations(rated: pl.DataFrame, top: int | None = None) -> list[dict[str, Any]]:
+def unrated_destinations(rated: pl.DataFrame | pl.LazyFrame, top: int | None = None) -> list[dict[str, Any]]:
     """The destinations that found no rate (by their first 6 digits), most frequent first, each
     with what it is (country / network from the E.164 code); all of them unless `top`."""
-    if rated.height == 0 or "outcome" not in rated.columns:
+    if "outcome" not in rated.lazy().collect_schema().names():
         return []
-    unrated = rated.filter(pl.col("outcome") == "unrated")
+    unrated = rated.lazy().filter(pl.col("outcome") == "unrated").collect()
     if unrated.height == 0:
         return []
     reason = pl.col("unrated_reason") if "unrated_reason" in unrated.columns else pl.lit("no_rate")
@@ -483,7 +485,7 @@ def build_summary(
     billing_date: date,
     dry_run: bool,
     lines: dict[str, ServerLine],
-    rated: pl.DataFrame,
+    rated: pl.DataFrame | pl.LazyFrame,
     requeued: Any | None,
     record: Any,
     posting: Any | None,
@@ -497,9 +499,10 @@ def build_summary(
         return lines.setdefault(server, ServerLine(server))
 
     already = set(record.already_final_keys)
+    rated = rated.lazy()
     if already:
         hit = rated.filter(pl.col("cdr_key").is_in(list(already)))
-        for server, n in hit.group_by("server").len().iter_rows():
+        for server, n in hit.group_by("server").len().collect().iter_rows():
             line(server).already_billed += n
         rated = rated.filter(~pl.col("cdr_key").is_in(list(already)))
     for r in outcome_counts(rated).iter_rows(named=True):
@@ -548,7 +551,9 @@ def report_task(billing_date: date, dry_run: bool, lines: dict[str, ServerLine],
     reasons and draws the charts; each of those is best effort (a WHMCS outage must not fail the
     report): what could not be done is said in the summary."""
     present = pl.read_parquet_schema(rated_path)
-    rated = pl.read_parquet(rated_path, columns=[c for c in REPORT_COLUMNS if c in present])
+    # A scan: the summary's counts and the unrated destinations are grouped from the file, which
+    # is never read whole (ten million rated calls would be gigabytes here).
+    rated = pl.scan_parquet(rated_path).select([c for c in REPORT_COLUMNS if c in present])
     summary = build_summary(billing_date, dry_run, lines, rated, requeued, record, posting, uncertain, reconciled)
     summary.services = services
     unrated = unrated_destinations(rated)
