@@ -78,9 +78,17 @@ def test_a_failed_upload_fails_the_statements_task_not_the_billing(tmp_path, pre
         assert len(pending) == len(written)
 
         async def statements_runs():
+            # Task runs reach the API through the events worker, so a busy harness records them late:
+            # wait (bounded) until the statements task run is there in a final state.
             async with get_client() as client:
-                runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-                return [r for r in runs if r.name.startswith("statements")]
+                for _ in range(240):
+                    runs = await client.read_task_runs(
+                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                    found = [r for r in runs if r.name.startswith("statements")]
+                    if found and all(r.state and r.state.is_final() for r in found):
+                        return found
+                    await asyncio.sleep(0.5)
+                return found
 
         import asyncio
 
