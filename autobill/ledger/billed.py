@@ -24,7 +24,6 @@ Money stays exact: `cost` is the 6-decimal text the rate step wrote (never a flo
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import polars as pl
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from autobill import lake
 from autobill.config import Settings
 from autobill.ledger.bulk import insert_rows, keys_present
 from autobill.ledger.db import session_scope
@@ -119,34 +119,12 @@ def write_manifests(data_path: Path, rows: pl.DataFrame) -> list[Manifest]:
     out = []
     for (day,), part in sorted(rows.partition_by("billing_date", as_dict=True).items()):
         path = billed_root(data_path) / f"billing_date={day.isoformat()}" / f"{uuid.uuid4().hex}.parquet"
-        _write_durable(part.sort("service_id", "cdr_key", nulls_last=True), path)
+        ordered = part.sort("service_id", "cdr_key", nulls_last=True)
+        # tmp + fsync + rename + directory fsync: the file is whole on disk before the commit
+        lake.write_atomic(path, lambda tmp, f=ordered: f.write_parquet(tmp, compression="zstd", statistics=True,
+                                                                       row_group_size=ROW_GROUP))
         out.append(Manifest(str(path.resolve()), day, part.height, _sha256(path)))
     return out
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durable(frame: pl.DataFrame, path: Path) -> None:
-    """tmp + fsync + rename + directory fsync: the file is whole on disk before the commit."""
-    new_dir = not path.parent.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if new_dir:
-        _fsync(path.parent.parent)
-    tmp = path.parent / f".{path.name}.tmp"
-    try:
-        frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=ROW_GROUP)
-        _fsync(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
 
 
 def _sha256(path: Path) -> str:
