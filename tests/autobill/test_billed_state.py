@@ -26,6 +26,7 @@ from autobill.ledger.billed import billed_frame, billed_keys, billed_rows, lock_
 from autobill.ledger.db import session_scope, upgrade
 from autobill.ledger.models import BilledCDR, BilledManifest
 from tasks.aggregate import charge_lines, record_billing
+from tests.support import at_once
 
 DAY = date(2026, 11, 20)
 FINAL = ("billed", "included", "zero_cost")
@@ -164,26 +165,10 @@ def test_a_cost_finer_than_six_decimals_is_refused(tmp_path):
 def test_two_concurrent_runs_on_sqlite_bill_each_cdr_once(tmp_path):
     """The billed-state lock serialises writers on SQLite too (the PostgreSQL twin is in
     tests/tasks/test_aggregate.py): overlapping frames, each key billed once."""
-    import threading
-
     s = _settings(tmp_path)
     frames = [frame([(k, 0, "billed", 1000) for k in range(0, 30)]),
               frame([(k, 0, "billed", 1000) for k in range(20, 40)])]
-    barrier = threading.Barrier(2)
-    errors, records = [], []
-
-    def run(f):
-        try:
-            barrier.wait()
-            records.append(record_billing(s, f))
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(f,)) for f in frames]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    records, errors = at_once(lambda f: record_billing(s, f), frames)
     assert errors == []
     assert sum(r.outcomes["billed"] for r in records) == 40 and sum(r.already_final for r in records) == 10
     keys = [b.cdr_key for b in billed_rows(s)]

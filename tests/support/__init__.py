@@ -29,3 +29,26 @@ def make_settings(tmp_path: Path, ledger_url: str | None = None, servers: list[d
     if migrate:
         upgrade(raw["ledger_url"])
     return settings_from_dict(raw, base_dir=tmp_path)
+
+
+def at_once(func, inputs: list) -> tuple[list, list[Exception]]:
+    """Call `func` on every input in its own thread, all released together by a barrier:
+    (results, errors) — what a test of concurrent writers asserts on."""
+    import threading
+
+    barrier = threading.Barrier(len(inputs))
+    results, errors = [], []
+
+    def run(arg):
+        try:
+            barrier.wait()
+            results.append(func(arg))
+        except Exception as exc:  # noqa: BLE001 - collected for the test to assert on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -22,6 +21,7 @@ from autobill.ledger.models import BilledManifest, Charge, ExtractionBatch, Serv
 from autobill.ledger.unrated import unrated_rows
 from autobill.money import round_minor
 from tasks.aggregate import charge_lines, record_billing
+from tests.support import at_once
 
 DAY = date(2026, 11, 20)
 
@@ -179,21 +179,7 @@ def test_two_concurrent_runs_on_postgres_bill_each_cdr_once(pg_url):
     upgrade(pg_url)
     s = _settings(pg_url)
     overlapping = [rated(400, start=0), rated(400, start=200)]  # 200 keys in common
-    barrier = threading.Barrier(2)
-    errors = []
-
-    def run(frame):
-        try:
-            barrier.wait()
-            record_billing(s, frame)
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(f,)) for f in overlapping]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _, errors = at_once(lambda f: record_billing(s, f), overlapping)
     assert errors == []
     with session_scope(pg_url) as sess:
         assert sess.scalar(select(func.sum(Charge.cdr_count))) == 600
