@@ -18,8 +18,9 @@ from autobill import lake
 from autobill.cdr import conform
 from autobill.config import load_settings
 from autobill.ledger.batches import close_batch, open_batch
+from autobill.ledger.billed import billed_rows
 from autobill.ledger.db import session_scope, upgrade
-from autobill.ledger.models import BilledCDR, Charge, ExtractionBatch, ServerWatermark, UnratedCDR
+from autobill.ledger.models import Charge, ExtractionBatch, ServerWatermark, UnratedCDR
 from autobill.ledger.runs import start_run
 from sandboxes.generate import generate_calls, generate_config, make_world, tariff_frame
 from tasks.aggregate import record_chunks
@@ -63,10 +64,9 @@ def _night(tmp: Path, calls: pl.DataFrame, chunk: int | None, monkeypatch) -> tu
 def _ledger(s) -> tuple:
     with session_scope(s.ledger) as session:
         charges = sorted(session.execute(select(Charge.idempotency_key, Charge.amount, Charge.cdr_count)).all())
-        billed = sorted(session.execute(select(BilledCDR.cdr_key, BilledCDR.outcome, BilledCDR.cost,
-                                               BilledCDR.included_seconds)).all())
         unrated = sorted(session.scalars(select(UnratedCDR.cdr_key)).all())
         marks = sorted(session.execute(select(ServerWatermark.server, ServerWatermark.watermark_utc)).all())
+    billed = sorted((b.cdr_key, b.outcome, b.cost, b.included_seconds) for b in billed_rows(s))
     return charges, billed, unrated, marks
 
 
@@ -81,7 +81,7 @@ def test_chunked_night_bills_exactly_what_one_frame_bills(tmp_path, monkeypatch)
     ref_record, ref_chunks = record_chunks(ref_s, str(ref_path), 1, ref_batches)
     assert ref_chunks == 1
     reference = _ledger(ref_s)
-    assert reference[0] and reference[2] and len(reference[3]) == 3  # charges, unrated rows, watermarks moved
+    assert reference[0] and reference[1] and reference[2] and len(reference[3]) == 3  # charges, billed CDRs, unrated rows, watermarks moved
     ref_rated = pl.read_parquet(ref_path).drop(CHUNK_COLUMN).sort("cdr_key")
     for chunk in (97, 250):
         s, path, batches = _night(tmp_path / f"c{chunk}", calls, chunk, monkeypatch)
