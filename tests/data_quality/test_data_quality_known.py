@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, QuarantinedRow, UnratedCDR
+from autobill.ledger.models import QuarantinedRow, UnratedCDR
 from data_quality.known import load_known_keys
+from tests.support import make_final
 from tests.support.dq import START
 
 ODD = 'pbx:q"uote\\back/slash-é-☎'
 
 
-def test_known_keys_states_and_priority(ledger_url):
+def test_known_keys_states_and_priority(ledger_url, tmp_path):
     day = START.date()
+    make_final(ledger_url, tmp_path, [("pbx:billed", "pbx", day, "billed", "1.000000"),
+                                      (ODD, "pbx", day, "zero_cost", "0.000000")])
     with session_scope(ledger_url) as s:
         s.add_all([
-            BilledCDR(cdr_key="pbx:billed", server="pbx", billing_date=day, outcome="billed", cost=Decimal("1")),
-            BilledCDR(cdr_key=ODD, server="pbx", billing_date=day, outcome="zero_cost", cost=Decimal("0")),
             UnratedCDR(cdr_key="pbx:unrated", server="pbx", billing_date=day, reason="no_rate"),
             # billed AND held in quarantine (a stale record): billed wins
             QuarantinedRow(cdr_key="pbx:billed", server="pbx", rule="x", reason="x", row="{}", status="held"),

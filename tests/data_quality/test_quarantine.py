@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 
 import polars as pl
 import pytest
@@ -12,10 +11,11 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, QuarantinedRow, Run
+from autobill.ledger.models import QuarantinedRow, Run
 from cli import app
 from data_quality.quarantine import get_entry, list_quarantine, release, requeue_released
 from data_quality.rules import check_rows
+from tests.support import make_final
 from tests.support.dq import NOW, START, add_batch, cdr, dq_settings, frame, good_rows, settings_raw
 
 
@@ -92,9 +92,7 @@ def test_stranded_requeued_rows_come_back(tmp_path, ledger_url):
     assert requeue_released(settings, run_id=1).height == 2
     # the run died before billing: both come back; once one is billed, only the other one
     assert sorted(requeue_released(settings, run_id=2)["cdr_key"]) == ["pbx:a", "pbx:b"]
-    with session_scope(settings.ledger) as s:
-        s.add(BilledCDR(cdr_key="pbx:a", server="pbx", billing_date=START.date(), outcome="billed",
-                        cost=Decimal("0.05")))
+    make_final(settings.ledger, settings.data_path, [("pbx:a", "pbx", START.date(), "billed", "0.050000")])
     assert requeue_released(settings, run_id=3)["cdr_key"].to_list() == ["pbx:b"]
 
 

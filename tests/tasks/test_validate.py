@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from decimal import Decimal
 
 import polars as pl
 import pytest
@@ -13,9 +12,10 @@ from sqlalchemy import select
 
 from autobill import lake
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import BilledCDR, ExtractionBatch, QuarantinedRow, ServerWatermark
+from autobill.ledger.models import ExtractionBatch, QuarantinedRow, ServerWatermark
 from data_quality.quarantine import release
 from tasks.validate import BatchRejected, validate_batch, validated_path
+from tests.support import make_final
 from tests.support.dq import NOW, START, add_batch, cdr, dq_settings, good_rows, history
 
 
@@ -34,8 +34,7 @@ def _batch(settings, batch_id) -> ExtractionBatch:
 
 
 def _bill(settings, key: str, server: str = "pbx") -> None:
-    with session_scope(settings.ledger) as s:
-        s.add(BilledCDR(cdr_key=key, server=server, billing_date=START.date(), outcome="billed", cost=Decimal("0.1")))
+    make_final(settings.ledger, settings.data_path, [(key, server, START.date(), "billed", "0.100000")])
 
 
 def test_accepted_batch(tmp_path, ledger_url):
