@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autobill import lake  # noqa: E402
 from autobill.cdr import conform  # noqa: E402
 from autobill.config import settings_from_dict  # noqa: E402
-from autobill.ledger.billed import BILLED_SCHEMA, lock_billed_state, record_final  # noqa: E402
+from autobill.ledger.billed import lock_billed_state, record_final, without_charge  # noqa: E402
 from autobill.ledger.db import session_scope, upgrade  # noqa: E402
 from autobill.ledger.models import ExtractionBatch  # noqa: E402
 from sandboxes.generate import generate_calls, generate_config, make_world, tariff_frame  # noqa: E402
@@ -94,12 +94,7 @@ def seed_ledger(settings, cdrs: pl.DataFrame) -> int:
     server = cdrs["server"][0]
     overlap = cdrs.filter(pl.int_range(0, pl.len()) % 50 == 7)["cdr_key"].drop_nulls().to_list()
     keys = [f"{server}:older-{i}" for i in range(200_000)] + overlap
-    rows = pl.DataFrame({"cdr_key": keys}).with_columns(
-        server=pl.lit(server), client_id=pl.lit(None, pl.Int64), service_id=pl.lit(None, pl.Int64),
-        billing_date=pl.lit(DAY - timedelta(days=1)), outcome=pl.lit("billed"), charge_id=pl.lit(None, pl.Int64),
-        cost=pl.lit("0.010000"), billable_seconds=pl.lit(0, pl.Int64), included_seconds=pl.lit(0, pl.Int64),
-        run_id=pl.lit(None, pl.Int64), created_at=pl.lit(NOW),
-    ).cast(BILLED_SCHEMA).select(list(BILLED_SCHEMA))
+    rows = without_charge([(k, server, DAY - timedelta(days=1), "billed", "0.010000") for k in keys], NOW)
     with session_scope(settings.ledger) as s:
         lock_billed_state(s)
         record_final(s, settings.data_path, rows, None, [], NOW)

@@ -101,6 +101,18 @@ def empty_billed() -> pl.DataFrame:
 # -- writing ----------------------------------------------------------------------------------
 
 
+def without_charge(rows: Sequence[tuple[str, str, date, str, str]], now: datetime) -> pl.DataFrame:
+    """Final CDRs that belong to no charge line (a call waived by a dispute before it was billed):
+    rows of (cdr_key, server, billing_date, outcome, cost as 6-decimal text), ready for `record_final`."""
+    keys, servers, days, outcomes, costs = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 5
+    n = len(keys)
+    return pl.DataFrame({
+        "cdr_key": keys, "server": servers, "client_id": [None] * n, "service_id": [None] * n, "billing_date": days,
+        "outcome": outcomes, "charge_id": [None] * n, "cost": costs, "billable_seconds": [0] * n,
+        "included_seconds": [0] * n, "run_id": [None] * n, "created_at": [now] * n,
+    }, schema=BILLED_SCHEMA)
+
+
 def lock_billed_state(session: Session) -> int:
     """Serialise writers of billed state until this transaction ends; returns the new version.
     Must be the transaction's FIRST statement on SQLite (the write lock is taken here, before any

@@ -26,7 +26,7 @@ import polars as pl
 from sqlalchemy import select
 
 from autobill.config import Settings
-from autobill.ledger.billed import BILLED_SCHEMA, billed_rows, lock_billed_state, record_final
+from autobill.ledger.billed import billed_rows, lock_billed_state, record_final, without_charge
 from autobill.ledger.charges import statement_ref
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Charge, Dispute, DisputeItem, QuarantinedRow, UnratedCDR
@@ -177,10 +177,7 @@ def _waive(settings: Settings, session, item: DisputeItem, now) -> None:
     quarantined = session.scalars(select(QuarantinedRow).where(QuarantinedRow.cdr_key == item.cdr_key)).first()
     server = unrated.server if unrated else (quarantined.server if quarantined else "unknown")
     day = (unrated.billing_date if unrated else (quarantined.billing_date if quarantined else None)) or now.date()
-    row = pl.DataFrame([{"cdr_key": item.cdr_key, "server": server, "client_id": None, "service_id": None,
-                         "billing_date": day, "outcome": "credited", "charge_id": None, "cost": "0.000000",
-                         "billable_seconds": 0, "included_seconds": 0, "run_id": None, "created_at": now}],
-                       schema=BILLED_SCHEMA)
+    row = without_charge([(item.cdr_key, server, day, "credited", "0.000000")], now)
     record_final(session, settings.data_path, row, None, (), now)
     if unrated is not None and unrated.resolved_at is None:
         unrated.resolved_at = now

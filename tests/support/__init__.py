@@ -59,16 +59,11 @@ def make_final(ledger_url: str, data_path: Path, rows: list[tuple[str, str, Any,
     billed-state lock): rows of (cdr_key, server, billing_date, outcome, cost as 6-decimal text)."""
     from datetime import UTC, datetime
 
-    import polars as pl
-
-    from autobill.ledger.billed import BILLED_SCHEMA, lock_billed_state, record_final
+    from autobill.ledger.billed import lock_billed_state, record_final, without_charge
     from autobill.ledger.db import session_scope
 
     now = datetime.now(UTC)
-    frame = pl.DataFrame(
-        [{"cdr_key": k, "server": srv, "client_id": None, "service_id": None, "billing_date": day, "outcome": outcome,
-          "charge_id": None, "cost": cost, "billable_seconds": 0, "included_seconds": 0, "run_id": None,
-          "created_at": now} for k, srv, day, outcome, cost in rows], schema=BILLED_SCHEMA)
+    frame = without_charge(rows, now)
     with session_scope(ledger_url) as session:
         lock_billed_state(session)
         record_final(session, data_path, frame, None, (), now)
