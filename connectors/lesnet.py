@@ -57,7 +57,7 @@ import requests
 from autobill.cdr import CDR_SCHEMA, cdr_key, conform
 from autobill.config import LesNetFormat, LesNetServer
 from autobill.numbering import normalise_expr
-from connectors.base import Extracted, SourceError, with_problem
+from connectors.base import Extracted, SourceError, merge_problems
 
 DEFAULT_COLUMNS: dict[str, str] = {
     "call_id": "CallID",
@@ -335,9 +335,9 @@ def _canonical(
         end_utc=start + pl.duration(seconds=billsec),
         billsec=billsec,
         hangup_cause=pl.lit(None, dtype=pl.String),
-        source_row=with_problem(pl.col("source_row"), _problems(frame, start, billsec, fmt, cmap)),
+        _problem=_problems(frame, start, billsec, fmt, cmap),
     )
-    return conform(out)
+    return conform(merge_problems(out, "_problem"))
 
 
 # -- writing (the generator and the demo) -----------------------------------------------
