@@ -345,7 +345,7 @@ class FileDropConnector:
                 continue
             seen.add(digest)
             frames.append(frame)
-            files.append((name, digest))
+            files.append((name, digest, frame.height))
         notes.extend(f"{sid}: file quarantined whole: {reason}" for _, _, reason in bad)
         if later:
             notes.append(f"{sid}: file(s) with calls starting at or after {until.isoformat()} left for a later run: "

@@ -27,12 +27,14 @@ are handled by reading the table's columns from `information_schema` first.
 from __future__ import annotations
 
 import math
+import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import polars as pl
 import psycopg2
+from psycopg2 import sql
 
 from autobill.cdr import conform
 from autobill.config import FusionPBXServer, Settings
@@ -41,7 +43,6 @@ from autobill.secrets import SecretError
 from connectors.base import Extracted, SourceError, merge_problems
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-FETCH_ROWS = 50_000
 LOSE_RACE = "LOSE_RACE"
 
 # Columns kept in `source_row` (audit / quarantine) when the table has them; never xml/json blobs.
@@ -77,6 +78,23 @@ _FETCH_SCHEMA = {
 # quarantined as `unreadable_row`), never cast in SQL, where it would fail the whole extraction.
 MAX_EPOCH = 9_200_000_000_000
 MAX_BILLSEC = 9_200_000_000_000_000_000
+
+
+def _read_copy(server_id: str, spool) -> pl.DataFrame:
+    """The rows `COPY (...) TO STDOUT WITH (FORMAT csv)` wrote to `spool`, typed as the SELECT.
+
+    Why COPY: one stream the server writes and polars parses, instead of a Python tuple per row
+    (the cursor path spent most of a 200k-row extraction building tuples). CSV keeps NULL (an
+    empty field) apart from an empty string (`""`), and quotes whatever holds a comma, a quote
+    or a line break."""
+    spool.seek(0)
+    if not spool.read(1):
+        return pl.DataFrame(schema=_FETCH_SCHEMA)
+    spool.seek(0)
+    try:
+        return pl.read_csv(spool, has_header=False, schema=_FETCH_SCHEMA, encoding="utf8")
+    except Exception as exc:  # noqa: BLE001 - the whole read is unusable: retried next run
+        raise SourceError(f"{server_id}: the rows read could not be parsed: {_first_line(exc)}") from None
 
 
 def epoch_seconds(moment: datetime) -> Decimal:
@@ -118,6 +136,7 @@ class FusionPBXConnector:
                 sslmode=srv.sslmode,
                 connect_timeout=max(2, math.ceil(srv.timeout_seconds)),
                 application_name="autobill-extract",
+                client_encoding="UTF8",  # COPY writes bytes in the client encoding
                 options=f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}",
             )
         except psycopg2.Error as exc:
@@ -141,21 +160,17 @@ class FusionPBXConnector:
                 "low": epoch_seconds(low) if low is not None else None,
                 "high": epoch_seconds(until),
             }
-            frames = []
-            with conn.cursor(name="autobill_extract") as cur:
-                cur.itersize = FETCH_ROWS
-                cur.execute(query, params)
-                while rows := cur.fetchmany(FETCH_ROWS):
-                    frames.append(pl.DataFrame(rows, schema=_FETCH_SCHEMA, orient="row"))
-            with conn.cursor() as cur:
+            with conn.cursor() as cur, tempfile.TemporaryFile() as spool:
+                copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(sql.SQL(cur.mogrify(query, params).decode()))
+                cur.copy_expert(copy, spool)
                 cur.execute(count_query, params)
                 excluded = cur.fetchone()
-            conn.rollback()
+                conn.rollback()
+                raw = _read_copy(srv.id, spool)
         except psycopg2.Error as exc:
             raise SourceError(f"{srv.id}: reading {srv.table} failed: {_first_line(exc)}") from None
         finally:
             conn.close()
-        raw = pl.concat(frames) if frames else pl.DataFrame(schema=_FETCH_SCHEMA)
         cdrs = self.canonical(raw, extensions)
         notes = []
         labels = ("B-leg rows", "LOSE_RACE rows", "rows with an originating_leg_uuid")
@@ -238,8 +253,6 @@ class FusionPBXConnector:
 
     def _extensions(self, cur, schema: str) -> pl.DataFrame | None:
         """extension_uuid -> extension number from `v_extensions` in the same schema, when readable."""
-        from psycopg2 import sql
-
         cur.execute(
             "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'v_extensions'",
@@ -255,8 +268,6 @@ class FusionPBXConnector:
         return pl.DataFrame(cur.fetchall(), schema={"extension_uuid": pl.String(), "ext_number": pl.String()}, orient="row")
 
     def _queries(self, cur, schema: str, table: str, columns: set[str]):
-        from psycopg2 import sql
-
         srv = self.server
         if not columns:
             raise SourceError(f"{srv.id}: table {schema}.{table} not found (or not readable)")

@@ -81,20 +81,6 @@ class ExtractResult:
 # -- plain functions ------------------------------------------------------------------------
 
 
-def _file_rows(cdrs: pl.DataFrame, files: list[tuple[str, str]]) -> list[tuple[str, str, int]]:
-    """(name, sha256, rows) per consumed file: rows counted from `source_row._file` when the
-    connector records it, else all rows for a single-file batch."""
-    if not files:
-        return []
-    counts: dict[str, int] = {}
-    if cdrs.height:
-        names = cdrs.select(pl.col("source_row").str.json_path_match("$._file").alias("f"))["f"]
-        counts = {k: v for k, v in names.value_counts().iter_rows() if k is not None}
-    if not counts and len(files) == 1:
-        counts = {files[0][0]: cdrs.height}
-    return [(name, digest, counts.get(name, 0)) for name, digest in files]
-
-
 def extract_server(settings: Settings, server_id: str, until: datetime, run_id: int | None = None) -> ExtractResult:
     """Read one server up to `until` (exclusive), store the new rows durably, record the batch.
 
@@ -124,7 +110,7 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
     proposed = as_utc(got.watermark) if got.watermark is not None else None
     if before is not None and (proposed is None or proposed < before):
         proposed = before
-    files = _file_rows(cdrs, got.files)
+    files = list(got.files)
     notes = list(got.notes)
     if superseded:
         notes.append(f"{server_id}: set aside pending batch(es) {superseded} from an earlier run (re-read now)")

@@ -151,7 +151,7 @@ def test_a_file_with_calls_starting_after_until_waits_unless_they_are_impossible
     assert sorted(f[0] for f in got.files) == ["bogus.csv", "day1.csv"]  # 2099 is bad data, not a reason to wait
     assert got.cdrs.filter(pl.col("cdr_key") == "drop:a2")["end_utc"].item() > UNTIL  # crosses midnight, taken
     assert any("spans.csv (1 call(s))" in n for n in got.notes)
-    later = FileDropConnector(server, processed={h for _, h in got.files}, clock=lambda: now + 86400)
+    later = FileDropConnector(server, processed={f[1] for f in got.files}, clock=lambda: now + 86400)
     assert [f[0] for f in later.extract(None, datetime(2026, 6, 3, tzinfo=UTC), None).files] == ["spans.csv"]
 
 
