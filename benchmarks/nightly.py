@@ -187,7 +187,7 @@ def run(workdir: Path) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     state = nightly(billing_date=DAY, config_path=str(workdir / "autobill.yaml"), return_state=True)
     wall = time.perf_counter() - t0
     stop.set()
@@ -209,7 +209,8 @@ def run(workdir: Path) -> dict:
                  for name, (a, b, _) in steps.items()}
     summary = state.result(raise_on_failure=False) if state.is_completed() else None
     return {"state": state.type.value, "message": state.message, "wall": wall,
-            "steps": {k: {"span": v[1] - v[0], "busy": v[2], "peak_mb": step_peak[k]} for k, v in steps.items()},
+            "steps": {k: {"span": v[1] - v[0], "busy": v[2], "peak_mb": step_peak[k], "from": v[0] - started}
+                      for k, v in steps.items()},
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "sampled_peak": {"mb": peak_rss / 2**20, "during": during,
                              "before_flow_mb": samples[0][1] / 2**20 if samples else 0},
@@ -325,9 +326,9 @@ def report(info: dict, base: dict, result: dict) -> None:
     print(f"  baseline (polars reads every source once, nothing else): {base['wall']:.2f} s, peak RSS "
           f"{base['peak_rss_mb']:.0f} MB -> flow/baseline = {wall / base['wall']:.1f}x time, "
           f"{result['peak_rss_mb'] / base['peak_rss_mb']:.1f}x memory")
-    print(f"  {'step':<28}{'span s':>9}{'share':>8}{'busy s':>9}{'peak MB':>9}{'x base':>8}")
+    print(f"  {'step':<28}{'from s':>8}{'span s':>9}{'share':>8}{'busy s':>9}{'peak MB':>9}{'x base':>8}")
     for name, s in sorted(result["steps"].items(), key=lambda kv: -kv[1]["span"]):
-        print(f"  {name:<28}{s['span']:>9.2f}{100 * s['span'] / wall:>7.0f}%{s['busy']:>9.2f}"
+        print(f"  {name:<28}{s['from']:>8.1f}{s['span']:>9.2f}{100 * s['span'] / wall:>7.0f}%{s['busy']:>9.2f}"
               f"{s['peak_mb']:>9.0f}{s['peak_mb'] / base['peak_rss_mb']:>8.1f}")
     summary = result.get("summary") or {}
     if summary:
