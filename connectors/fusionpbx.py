@@ -80,20 +80,23 @@ MAX_EPOCH = 9_200_000_000_000
 MAX_BILLSEC = 9_200_000_000_000_000_000
 
 
-def _read_copy(server_id: str, spool) -> pl.DataFrame:
-    """The rows `COPY (...) TO STDOUT WITH (FORMAT csv)` wrote to `spool`, typed as the SELECT.
+def _scan_copy(path: str) -> pl.LazyFrame:
+    """The rows `COPY (...) TO STDOUT WITH (FORMAT csv)` wrote to `path`, typed as the SELECT.
 
-    Why COPY: one stream the server writes and polars parses, instead of a Python tuple per row
-    (the cursor path spent most of a 200k-row extraction building tuples). CSV keeps NULL (an
-    empty field) apart from an empty string (`""`), and quotes whatever holds a comma, a quote
-    or a line break."""
-    spool.seek(0)
-    if not spool.read(1):
-        return pl.DataFrame(schema=_FETCH_SCHEMA)
-    spool.seek(0)
+    Why COPY into a file: one stream the server writes and polars reads, instead of a Python
+    tuple per row (the cursor path spent most of a 200k-row extraction building tuples), and a
+    lazy scan that the streaming engine turns into canonical rows without holding the fetched
+    rows as well. CSV keeps NULL (an empty field) apart from an empty string (`""`), and quotes
+    whatever holds a comma, a quote or a line break."""
+    return pl.scan_csv(path, has_header=False, schema=_FETCH_SCHEMA, encoding="utf8")
+
+
+def _collect(server_id: str, frame: pl.LazyFrame) -> pl.DataFrame:
     try:
-        return pl.read_csv(spool, has_header=False, schema=_FETCH_SCHEMA, encoding="utf8")
-    except Exception as exc:  # noqa: BLE001 - the whole read is unusable: retried next run
+        return frame.collect(engine="streaming")
+    except pl.exceptions.NoDataError:
+        return frame.clear().collect()
+    except Exception as exc:  # noqa: BLE001 - the rows read are unusable as a whole: retried next run
         raise SourceError(f"{server_id}: the rows read could not be parsed: {_first_line(exc)}") from None
 
 
@@ -160,33 +163,33 @@ class FusionPBXConnector:
                 "low": epoch_seconds(low) if low is not None else None,
                 "high": epoch_seconds(until),
             }
-            with conn.cursor() as cur, tempfile.TemporaryFile() as spool:
+            with conn.cursor() as cur, tempfile.NamedTemporaryFile(prefix="autobill-copy-", suffix=".csv") as spool:
                 copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(sql.SQL(cur.mogrify(query, params).decode()))
                 cur.copy_expert(copy, spool)
+                spool.flush()
                 cur.execute(count_query, params)
                 excluded = cur.fetchone()
                 conn.rollback()
-                raw = _read_copy(srv.id, spool)
+                raw = _scan_copy(spool.name)
+                unreadable, high = _collect(srv.id, raw.select(pl.col("problem").is_not_null().sum(), pl.col("end_us").max())).row(0)
+                cdrs = conform(merge_problems(_collect(srv.id, self.canonical(raw, extensions)), "_problem"))
         except psycopg2.Error as exc:
             raise SourceError(f"{srv.id}: reading {srv.table} failed: {_first_line(exc)}") from None
         finally:
             conn.close()
-        cdrs = self.canonical(raw, extensions)
         notes = []
         labels = ("B-leg rows", "LOSE_RACE rows", "rows with an originating_leg_uuid")
         for label, n in zip(labels, excluded, strict=True):
             if n:
                 notes.append(f"{srv.id}: skipped {n} {label} in the window (not billable legs)")
-        unreadable = raw["problem"].is_not_null().sum()
         if unreadable:
             notes.append(f"{srv.id}: {unreadable} row(s) with unusable epochs or billsec (quarantined as unreadable_row)")
-        watermark = None
-        if raw["end_us"].drop_nulls().len():
-            watermark = EPOCH + timedelta(microseconds=int(raw["end_us"].max()))
+        watermark = EPOCH + timedelta(microseconds=int(high)) if high is not None else None
         return Extracted(cdrs=cdrs, watermark=watermark, cursor=None, notes=notes)
 
-    def canonical(self, raw: pl.DataFrame, extensions: pl.DataFrame | None = None) -> pl.DataFrame:
-        """Fetched rows (+ the extension_uuid -> extension map) -> canonical CDRs, vectorised.
+    def canonical(self, raw: pl.LazyFrame, extensions: pl.DataFrame | None = None) -> pl.LazyFrame:
+        """Fetched rows (+ the extension_uuid -> extension map) -> canonical CDRs (lazy; `_problem`
+        still apart from `source_row`, see `merge_problems`).
 
         The extension map is joined here rather than in SQL: `v_extensions` is small, and a
         join in the PBX database is at the mercy of its planner statistics (a freshly loaded,
@@ -194,7 +197,8 @@ class FusionPBXConnector:
         num = self.server.numbering
         if extensions is None:
             extensions = pl.DataFrame(schema={"extension_uuid": pl.String(), "ext_number": pl.String()})
-        raw = raw.join(extensions.unique("extension_uuid"), on="extension_uuid", how="left")
+        raw = raw.join(extensions.unique("extension_uuid").lazy(), on="extension_uuid", how="left",
+                       maintain_order="left")  # the rows come sorted from the query
 
         def text(col: str) -> pl.Expr:
             stripped = pl.col(col).str.strip_chars()
@@ -210,7 +214,7 @@ class FusionPBXConnector:
             .otherwise(text("destination_number"))
         )
         account_ext = pl.when(pl.col("accountcode").str.contains(r"^[0-9]{2,6}$")).then(pl.col("accountcode"))
-        return conform(
+        return (
             raw.lazy().select(
                 (pl.lit(f"{self.server.id}:") + pl.col("call_id")).alias("cdr_key"),
                 pl.lit(self.server.id).alias("server"),
@@ -229,9 +233,6 @@ class FusionPBXConnector:
                 pl.col("source_row"),
                 pl.col("problem").alias("_problem"),
             )
-            .sort("end_utc", "cdr_key", nulls_last=True)
-            .collect()
-            .pipe(merge_problems, "_problem")
         )
 
     # -- SQL -----------------------------------------------------------------------------
@@ -333,7 +334,9 @@ class FusionPBXConnector:
             "{start} AS start_us, {answer} AS answer_us, {end} AS end_us, "
             "CASE WHEN {billsec_ok} THEN round({billsec})::bigint END AS billsec, "
             "{cause}, {ext} AS extension_uuid, {source} AS source_row, {problem} AS problem "
-            "FROM {table} WHERE {window} AND {keep}"
+            "FROM {table} WHERE {window} AND {keep} "
+            # the lake's row order (end, then key; polars' order: nulls last, bytes, not a collation)
+            'ORDER BY {end} NULLS LAST, {id}::text COLLATE "C" NULLS LAST'
         ).format(
             id=c(id_col),
             domain=sql.SQL("{}::text").format(c("domain_name")),
