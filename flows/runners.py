@@ -8,10 +8,12 @@ cluster by changing configuration only. `with_runner(flow, settings)` applies th
 call, for callers that hold a config of their own (the backfill's in-process children, tests).
 
 Addresses:
-- unset / empty: `ThreadPoolTaskRunner(max_workers=4)`: extraction is I/O bound, threads suffice;
-  each server in flight holds its whole batch (about 2 KB a row while it is extracted and
-  validated, measured on 200k-row drop files), so the thread count bounds the night's peak
-  (docs/nightly-scale.md);
+- unset / empty: `ThreadPoolTaskRunner(max_workers=<CPU count, at least 2>)`: parsing, the
+  canonical rows and validation are CPU work in polars (which releases the GIL), so more
+  threads than cores only add memory: each server in flight holds its whole batch (about 2-3 KB
+  a row while it is extracted and validated, measured on 200k-row drop files and FusionPBX
+  tables), so the thread count bounds the night's peak (docs/nightly-scale.md). On 2 cores,
+  10 M CDRs took the same 186 s with 2 threads as with 4, and peaked at 2.14 GB instead of 2.6;
 - `tcp://host:8786` (or any `distributed` address): a running Dask scheduler, whose workers may be
   on other machines (they need this package installed and the same config/secrets environment);
 - `local` or `local:N`: a temporary `LocalCluster` of N worker processes (default 2) per flow
@@ -28,7 +30,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from autobill.config import ConfigError, load_settings
 
 ENV_ADDRESS = "AUTOBILL_DASK_ADDRESS"
-DEFAULT_THREADS = 4
+DEFAULT_THREADS = max(2, os.cpu_count() or 2)
 
 
 def task_runner_for(address: str | None, max_workers: int = DEFAULT_THREADS) -> TaskRunner:
@@ -67,7 +69,8 @@ def nightly_task_runner() -> TaskRunner:
     """The nightly flow's default task runner, chosen from the environment at import.
 
     `AUTOBILL_NIGHTLY_THREADS` sets how many servers are extracted / validated at once with
-    threads (default 4): fewer bound the peak memory of a night with many large servers."""
+    threads (default: the CPU count, at least 2): fewer bound the peak memory of a night with many
+    large servers."""
     raw = os.environ.get("AUTOBILL_NIGHTLY_THREADS", "").strip() or str(DEFAULT_THREADS)
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"AUTOBILL_NIGHTLY_THREADS={raw!r}: expected a positive whole number of threads")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -17,7 +19,7 @@ def _threads_only(monkeypatch):
 def test_default_and_override(monkeypatch):
     monkeypatch.delenv("AUTOBILL_NIGHTLY_THREADS", raising=False)
     runner = nightly_task_runner()
-    assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == DEFAULT_THREADS == 4
+    assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == DEFAULT_THREADS == max(2, os.cpu_count() or 2)
     monkeypatch.setenv("AUTOBILL_NIGHTLY_THREADS", "2")
     assert nightly_task_runner()._max_workers == 2
 
