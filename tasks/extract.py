@@ -54,6 +54,7 @@ from autobill.ledger.batches import (
     server_position,
     supersede_pending,
 )
+from autobill.memory import release_free_memory
 from autobill.timeutil import as_utc
 from connectors.registry import connector_for
 
@@ -140,7 +141,10 @@ def extract_server(settings: Settings, server_id: str, until: datetime, run_id: 
 @task(name="extract-server", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(BACKOFF_FACTOR),
       retry_jitter_factor=RETRY_JITTER_FACTOR)  # fmt: skip
 def extract_server_task(settings: Settings, server_id: str, until: datetime, run_id: int | None = None) -> ExtractResult:
-    result = extract_server(settings, server_id, until, run_id)
+    try:
+        result = extract_server(settings, server_id, until, run_id)
+    finally:
+        release_free_memory()  # the server's rows are in the lake now: give their pages back
     logger = get_run_logger()
     logger.info(
         "%s: batch %s, %s new row(s), %s overlap re-read(s) skipped, watermark %s -> %s (proposed)",

@@ -39,6 +39,7 @@ from autobill.ledger.db import session_scope
 from autobill.ledger.disputes import held_as_unrated, held_keys, split_held
 from autobill.ledger.unrated import unrated_rows
 from autobill.mapping import ISSUE_COLUMN, assign_services
+from autobill.memory import release_free_memory
 from autobill.rating.archive import archive as archive_tariffs
 from autobill.rating.billing import OUTPUT_SCHEMA, load_tariffs, rate_for_billing
 from autobill.services.build import derived_plans
@@ -258,6 +259,7 @@ def _write_chunks(path: Path, rated_parts: list[Path], unrated: pl.DataFrame) ->
 def rate_run_task(settings: Settings, day: date, validated: list[str], requeued: Any | None,
                   run_id: int | None = None) -> str:
     requeued_path = str(requeued.validated_path) if requeued is not None and requeued.validated_path else None
+    release_free_memory()  # start from what the extraction threads left, not from their high-water mark
     path = rate_run(settings, day, validated, requeued_path, run_id)
     get_run_logger().info("rated %s CDR(s) -> %s", pl.scan_parquet(path).select(pl.len()).collect().item(), path)
     return str(path)

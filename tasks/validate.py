@@ -40,6 +40,7 @@ from autobill.config import Settings
 from autobill.ledger.batches import read_batch, reject_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ExtractionBatch
+from autobill.memory import release_free_memory
 from autobill.timeutil import as_utc, utc_now
 from data_quality.known import load_known_keys
 from data_quality.policy import Decision, decide
@@ -227,6 +228,8 @@ def validate_batch_task(settings: Settings, batch_id: int, run_id: int | None = 
             publish(exc.outcome)
         logger.error("%s", exc)
         raise
+    finally:
+        release_free_memory()  # the batch's frames (and GX's pandas copy) are gone: give the pages back
     publish(outcome)
     if outcome.rerun:
         logger.info("%s: %s: no new CDRs since this date was billed", outcome.label, outcome.server)
