@@ -220,6 +220,7 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
                                                                                    compression="lz4")
             unrated_parts.append(unrated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)))
             del rated
+            release_free_memory()  # each chunk starts from what the night holds, not the last chunk's peak
         # The unrated rows (normally ~1 %) of every chunk, with their audit copy, fetched in one pass.
         unrated_all = _with_source_rows(pl.concat(unrated_parts, how="diagonal_relaxed"), inputs)
         del unrated_parts
@@ -230,29 +231,25 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
 
 
 def _write_chunks(path: Path, rated_parts: list[Path], unrated: pl.DataFrame) -> None:
-    """One parquet, chunk after chunk (each its own row group(s)), written whole or not at all."""
-    import pyarrow.parquet as pq
-
+    """One parquet, chunk after chunk (in order, so each chunk's rows are together in the row
+    groups), written whole or not at all. Streamed from the parts: the step's peak is a chunk's,
+    not the night's (the pyarrow writer this replaces held each chunk twice: frame and arrow copy)."""
     empty = [pl.DataFrame(schema=pl.read_parquet_schema(p)) for p in rated_parts] + [unrated.clear()]
     schema = pl.concat(empty, how="diagonal_relaxed").schema  # every column, in one type across chunks
 
-    def write(tmp: Path) -> None:
-        writer = None
-        try:
-            for c, part in enumerate(rated_parts):
-                frame = pl.concat([pl.DataFrame(schema=schema), pl.read_parquet(part),
-                                   unrated.filter(pl.col(CHUNK_COLUMN) == c)], how="diagonal_relaxed")
-                table = frame.select(list(schema)).cast(dict(schema)).to_arrow()
-                del frame
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-                writer.write_table(table, row_group_size=1 << 20)
-                del table
-        finally:
-            if writer is not None:
-                writer.close()
+    def shaped(frame: pl.LazyFrame) -> pl.LazyFrame:
+        have = frame.collect_schema()
+        return frame.select([pl.col(c).cast(t) if c in have else pl.lit(None, dtype=t).alias(c)
+                             for c, t in schema.items()])
 
-    lake.write_atomic(path, write)
+    parts = []
+    for c, part in enumerate(rated_parts):
+        parts.append(shaped(pl.scan_parquet(part)))
+        mine = unrated.filter(pl.col(CHUNK_COLUMN) == c)
+        if mine.height:
+            parts.append(shaped(mine.lazy()))
+    night = pl.concat(parts, how="vertical")
+    lake.write_atomic(path, lambda tmp: night.sink_parquet(tmp, compression="zstd", row_group_size=1 << 18))
 
 
 @task(name="rate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
