@@ -55,7 +55,7 @@ import polars as pl
 
 from autobill.rating import exact, fast
 from autobill.rating.io import InputError, file_format, read_table, require_columns, write_table
-from autobill.rating.match import direct_index, match_direct
+from autobill.rating.match import direct_index, match_tids
 from autobill.rating.tariff import LoadedTariff, load_tariff
 from autobill.rating.timestamps import parse_starts
 
@@ -237,9 +237,8 @@ def _core(
     narrow = narrow_ok(tariff, a, d)
     work = _work(cdrs, numbering, narrow, steps)
     with _step(steps, "longest-prefix match"):
-        found = match_direct(work, tariff, direct_index(tariff))
-    # `_row` is dense and `_tid` indexes the tariff rows: a scatter and gathers, not hash joins.
-    tid = pl.repeat(None, cdrs.height, dtype=pl.UInt32, eager=True).scatter(found["_row"], found["_tid"])
+        # row for row with `work`; `_tid` indexes the tariff rows: gathers, not hash joins
+        tid = match_tids(work, tariff, direct_index(tariff))
     columns = ("rate_micro", "connect_micro", "first_increment", "next_increment")
     # narrow: the tariff's money as Int64 once (narrow_ok bounds it), not per call
     values = tariff.rows.select([pl.col(c).cast(pl.Int64) if narrow else pl.col(c) for c in columns])
