@@ -45,7 +45,8 @@ for the rows the fast one does not take (the tests hold each pair equal):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -212,21 +213,41 @@ def _step(steps: Steps | None, name: str) -> Iterator[None]:
             yield
 
 
+def _concurrently(steps: Steps | None, tasks: dict[str, Callable[[], object]]) -> list[object]:
+    """Run independent steps at once (threads: polars releases the GIL while it computes, so one
+    step's single-threaded stretches use the core another leaves idle); their results in order.
+    With `steps` (benchmarks) they run one after another instead, so each one's CPU is its own."""
+    if steps is not None:
+        out = []
+        for name, task in tasks.items():
+            with steps(name):
+                out.append(task())
+        return out
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        futures = [pool.submit(task) for task in tasks.values()]
+        return [f.result() for f in futures]  # the first failing step, in this order, is raised
+
+
 def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool, steps: Steps | None = None) -> pl.DataFrame:
     """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n`, `_e164` (fast.py, timestamps.py)."""
-    with _step(steps, "duplicate ids"):
-        dup, no_id = fast.duplicate_ids(cdrs.get_column("cdr_id"))
-    with _step(steps, "start times"):
-        start = parse_starts(cdrs.get_column("start")).alias("_start")
-    with _step(steps, "billsec"):
-        billsec = _billsec(cdrs.get_column("billsec"), narrow)
+    dst = cdrs.get_column("dst")
+
+    def e164() -> pl.DataFrame:
+        nums = fast.numbers(dst, numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
+        return nums.select("_v", "_n").with_columns(fast.e164_column(dst, nums).alias("_e164"))
+
+    (dup, no_id), start, billsec, nums = _concurrently(
+        steps,
+        {
+            "duplicate ids": lambda: fast.duplicate_ids(cdrs.get_column("cdr_id")),
+            "start times": lambda: parse_starts(cdrs.get_column("start")).alias("_start"),
+            "billsec": lambda: _billsec(cdrs.get_column("billsec"), narrow),
+            "numbers (E.164)": e164,
+        },
+    )
     rows = pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True).alias("_row")
     # An empty id is never a duplicate (it is invalid); only non-empty ids are compared.
-    work = pl.DataFrame([rows, dup, no_id, start]).hstack(billsec)
-    with _step(steps, "numbers (E.164)"):
-        dst = cdrs.get_column("dst")
-        nums = fast.numbers(dst, numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
-        return work.hstack(nums.select("_v", "_n")).with_columns(fast.e164_column(dst, nums).alias("_e164"))
+    return pl.DataFrame([rows, dup, no_id, start]).hstack(billsec).hstack(nums)
 
 
 def _core(
@@ -426,10 +447,9 @@ def rate_files(
 
     `steps` (benchmarks only) collects the wall and CPU time of each step."""
     parquet = file_format(out_path) == ".parquet"  # refuse an unknown output type before any work
-    with _step(steps, "load tariff"):
-        tariff = load_tariff(tariff_path)
-    with _step(steps, "read CDRs"):
-        cdrs = read_table(cdrs_path)
+    tariff, cdrs = _concurrently(
+        steps, {"load tariff": lambda: load_tariff(tariff_path), "read CDRs": lambda: read_table(cdrs_path)}
+    )
     out, counts = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet, steps)
     with _step(steps, "output columns + write"):
         write_table(out, out_path)
