@@ -45,7 +45,7 @@ for the rows the fast one does not take (the tests hold each pair equal):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -344,12 +344,16 @@ def _status_text() -> pl.Expr:
     return pl.lit(pl.Series(STATUSES, dtype=pl.String)).gather(pl.col("_code"))
 
 
-def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, typed: bool) -> pl.LazyFrame:
-    """The RATING.md output columns, lazily (so a file sink can stream them).
+def _appended(
+    core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, typed: bool, keep: Sequence[str] = ()
+) -> pl.LazyFrame:
+    """The columns `keep` of `core` (the input's), then the RATING.md output columns, lazily (so a
+    file sink can stream them).
 
     `typed` (parquet, every value in range): billable_seconds Int64, rate / connect_fee / cost
     DECIMAL(18,6); else all text, as in CSV."""
     plan = core.lazy()
+    kept = [pl.col(c) for c in keep]
     common = [
         _status_text().alias("status"),
         pl.col("_e164").alias("e164"),
@@ -362,6 +366,7 @@ def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, t
             _decimal(pl.col("rate_micro")).alias("rate"), _decimal(pl.col("connect_micro")).alias("connect_fee")
         )
         return plan.select(
+            *kept,
             *common,
             pl.col("_b").cast(pl.Int64).alias("billable_seconds"),
             pl.lit(money.get_column("rate")).gather(pl.col("_tid")).alias("rate"),
@@ -379,6 +384,7 @@ def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, t
         b_txt = pl.coalesce("_b_txt", b_txt)
         cost_txt = pl.coalesce("_cost_txt", cost_txt)
     return plan.select(
+        *kept,
         *common,
         b_txt.alias("billable_seconds"),
         _by_tid(tariff, "rate").alias("rate"),
@@ -410,11 +416,15 @@ def _output(
     a, d = exact.cost_fraction(markup)
     core = _core(cdrs, tariff, numbering, a, d, steps)
     patches = _patches(core, cdrs, tariff, a, d)
-    appended = _appended(core, tariff, patches, parquet and _typed_fits(core, tariff, patches))
+    typed = parquet and _typed_fits(core, tariff, patches)
     kept = cdrs.drop([c for c in OUTPUT_COLUMNS if c in cdrs.columns])
     codes = dict(core.get_column("_code").value_counts().iter_rows())
     counts = {name: int(codes.get(code, 0)) for name, code in _CODES.items()}
-    return pl.concat([kept.lazy(), appended], how="horizontal"), counts
+    if set(kept.columns) & (set(core.columns) | {"_row", "_b_txt", "_cost_txt"}):
+        # an input column named like a working one: the two frames side by side instead
+        return pl.concat([kept.lazy(), _appended(core, tariff, patches, typed)], how="horizontal"), counts
+    # one frame, one projection: cheaper to stream than two frames joined side by side
+    return _appended(kept.hstack(core), tariff, patches, typed, keep=kept.columns), counts
 
 
 def rate_cdrs(
