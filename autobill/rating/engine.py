@@ -229,12 +229,11 @@ def _concurrently(steps: Steps | None, tasks: dict[str, Callable[[], object]]) -
 
 
 def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool, steps: Steps | None = None) -> pl.DataFrame:
-    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n`, `_e164` (fast.py, timestamps.py)."""
+    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n` (fast.py, timestamps.py)."""
     dst = cdrs.get_column("dst")
 
     def e164() -> pl.DataFrame:
-        nums = fast.numbers(dst, numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
-        return nums.select("_v", "_n").with_columns(fast.e164_column(dst, nums).alias("_e164"))
+        return fast.numbers(dst, numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
 
     (dup, no_id), start, billsec, nums = _concurrently(
         steps,
@@ -257,9 +256,15 @@ def _core(
     the narrow path, else Int128), `_slow` (needs Python)."""
     narrow = narrow_ok(tariff, a, d)
     work = _work(cdrs, numbering, narrow, steps)
-    with _step(steps, "longest-prefix match"):
-        # row for row with `work`; `_tid` indexes the tariff rows: gathers, not hash joins
-        tid = match_tids(work, tariff, direct_index(tariff))
+    # row for row with `work`; `_tid` indexes the tariff rows: gathers, not hash joins
+    tid, e164 = _concurrently(
+        steps,
+        {
+            "longest-prefix match": lambda: match_tids(work, tariff, direct_index(tariff)),
+            "E.164 text": lambda: fast.e164_column(cdrs.get_column("dst"), work).alias("_e164"),
+        },
+    )
+    work = work.with_columns(e164)
     columns = ("rate_micro", "connect_micro", "first_increment", "next_increment")
     # narrow: the tariff's money as Int64 once (narrow_ok bounds it), not per call
     values = tariff.rows.select([pl.col(c).cast(pl.Int64) if narrow else pl.col(c) for c in columns])
