@@ -32,14 +32,16 @@ cost in micro-units) is computed first, then the output columns are streamed to 
 Speed (issue #15) comes from doing each step once, as integers, with a general path behind it
 for the rows the fast one does not take (the tests hold each pair equal):
 - numbers (fast.py): `+digits` / `digits` are normalised as integers (value, digit count), the
-  rest by numbering.normalise_expr; the E.164 text is mostly a cut of the dialled text;
+  rest by numbering.normalise_expr; the E.164 text is the value's text (zero-padded if needed);
 - starts (timestamps.py): the common ISO layouts are read as bytes, the rest by slicing, then
   by fromisoformat;
 - duplicates (fast.py): 64-bit hashes, exact comparison only where a hash repeats;
-- matching (match.py): a table indexed by the first 6 digits answers most calls in one lookup,
-  the per-length join the rest;
+- matching (match.py): a table indexed by the first 6 digits, with blocks of a second one for the
+  next 2, answers nearly every call in one or two lookups, the per-length join the rest;
 - money: Int64 micro-units when the tariff and markup bound every product below 2^62
-  (`narrow_ok`), else Int128 with the per-row guard of exact.py, else exact Python integers.
+  (`narrow_ok`), else Int128 with the per-row guard of exact.py, else exact Python integers;
+- the independent steps (the per-call ones, then the match and the E.164 text) run at once in
+  threads; the parquet OUT is LZ4_RAW-compressed (io.py).
 """
 
 from __future__ import annotations
