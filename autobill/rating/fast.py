@@ -145,10 +145,8 @@ def e164_column(dst: pl.Series, nums: pl.DataFrame) -> pl.Series:
     An integer's text is one cheap cast; only the rare numbers with leading zeros (fewer digits in
     `_v` than `_n`) are padded, as a patch."""
     v, n = nums.get_column("_v"), nums.get_column("_n")
-    frame = pl.DataFrame({"_v": v, "_n": n}).lazy()
-    short = (pl.col("_n") > 1) & (pl.col("_v") < pl.lit(POW10).gather((pl.col("_n") - 1).clip(0)))
-    out = frame.select(pl.col("_v").cast(pl.String).alias("e164"), short.fill_null(False).alias("short")).collect()
-    text, padded = out.get_column("e164"), out.get_column("short")
+    text = v.cast(pl.String)
+    padded = (text.str.len_bytes().cast(pl.Int32) < n).fill_null(False)
     if padded.any():
         idx = padded.arg_true()
         sub = pl.DataFrame({"_v": v.gather(idx), "_n": n.gather(idx)}).select(e164_text(pl.col("_v"), pl.col("_n")))
