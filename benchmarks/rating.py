@@ -11,6 +11,9 @@ subprocesses, alternately, `--repeat` times each:
     keeps the longest match in effect with arg_max, and writes the same parquet columns
     (DECIMAL(18,6) money, exact half-up cost). Its process imports nothing but DuckDB.
 
+Both outputs are compressed parquet: ours LZ4_RAW (autobill/rating/io.py), the baseline DuckDB's
+default (snappy); the codecs and sizes of the two files are printed.
+
 It prints wall time, CPU time, CDR/s and peak RSS (ru_maxrss of each child, from os.wait4) of
 both, the ratio, whether the two outputs agree row by row (status, e164, matched_prefix,
 billable_seconds, rate, connect_fee, cost), the load average before each timed run, the share
@@ -164,9 +167,19 @@ def compare(a_out: Path, b_out: Path) -> str:
     return f"True ({got.height:,} rows x {len(COMPARED) + 1} columns)"
 
 
+def codecs(path: Path) -> str:
+    """The compression codecs of a parquet file's column chunks, and its size."""
+    import duckdb
+
+    names = duckdb.execute("SELECT DISTINCT compression FROM parquet_metadata(?) ORDER BY 1", [str(path)]).fetchall()
+    return f"{'/'.join(n for (n,) in names)}, {path.stat().st_size / 1e6:.0f} MB"
+
+
 def steps(tariff: Path, cdrs: Path, out: Path) -> None:
     """Share of each step of ours: one extra in-process `rate_files` run that records the wall and
-    CPU (all threads) seconds of each step. CPU shares hold on a busy machine; wall ones do not."""
+    CPU (all threads) seconds of each step. CPU shares hold on a busy machine; wall ones do not.
+    Here the steps run one after another (the command overlaps the independent ones in threads),
+    so that each one's CPU is its own; this run's wall time is therefore above the timed ones."""
     from autobill.rating.engine import Steps, rate_files
 
     recorded = Steps()
@@ -247,6 +260,7 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     if best_a[2] == 0 and best_b[2] == 0:
         print(f"outputs agree (every compared column, row by row): {compare(a_out, b_out)}")
+        print(f"output files: autobill {codecs(a_out)}; naive {codecs(b_out)}")
     if not args.no_steps:
         steps(tariff, cdrs, work / "out_steps.parquet")
 

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -25,8 +25,8 @@ try:  # typer >= 0.20 carries its own copy of click; its exceptions are the ones
 except ImportError:  # pragma: no cover - an older typer on plain click
     from click import exceptions as click_exc
 
-from autobill.config import ConfigError, Settings, load_settings
-from autobill.secrets import SecretError
+if TYPE_CHECKING:  # imported where used: pydantic and the config models cost ~0.1 s of start-up
+    from autobill.config import Settings
 
 ConfigOption = Annotated[
     Path | None,
@@ -51,6 +51,8 @@ def usage(message: str) -> typer.Exit:
 
 
 def settings_or_exit(path: Path | None) -> Settings:
+    from autobill.config import ConfigError, load_settings
+
     try:
         return load_settings(path)
     except ConfigError as exc:
@@ -96,7 +98,18 @@ def check_choice(value: str | None, choices: Iterable[str], option: str) -> str 
 
 # -- the top-level handler -------------------------------------------------------------------------
 
-_KNOWN = (ConfigError, SecretError)  # errors whose message is already the one line a user needs
+# Errors whose message is already the one line a user needs. Looked up by module, not imported:
+# such an error can only have been raised once its module was loaded, and `autobill rate` never
+# loads pydantic or the config models.
+_KNOWN = (("autobill.config", "ConfigError"), ("autobill.secrets", "SecretError"))
+
+
+def _known(exc: BaseException) -> bool:
+    for module, name in _KNOWN:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return True
+    return False
 
 
 def log_traceback(exc: BaseException) -> Path | None:
@@ -141,10 +154,10 @@ class OneLineGroup(TyperGroup):
         except click_exc.ClickException as exc:
             typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
             code = exc.exit_code
-        except _KNOWN as exc:
-            typer.echo(f"error: {_one_line(str(exc))}", err=True)
-            code = EXIT_ERROR
         except Exception as exc:  # noqa: BLE001 - the one place that turns a crash into one line
+            if _known(exc):
+                typer.echo(f"error: {_one_line(str(exc))}", err=True)
+                sys.exit(EXIT_ERROR)
             path = log_traceback(exc)
             text = _one_line(str(exc))[:300] or "(no message)"
             where = f" (traceback in {path})" if path else ""

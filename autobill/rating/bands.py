@@ -16,8 +16,10 @@ Syntax (case and spaces ignored):
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by the banded path only: `autobill rate` does not pay for it
+    import numpy as np
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MINUTES_PER_DAY = 1440
@@ -88,6 +90,8 @@ def parse_hours(text: str | None) -> tuple[tuple[int, int], ...]:
 
 def band_mask(days: str | None, hours: str | None) -> np.ndarray:
     """Boolean array of WEEK_MINUTES entries: index weekday * 1440 + minute of day."""
+    import numpy as np
+
     day_set = parse_days(days)
     minutes = np.zeros(MINUTES_PER_DAY, dtype=bool)
     for a, b in parse_hours(hours):

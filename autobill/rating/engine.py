@@ -32,20 +32,23 @@ cost in micro-units) is computed first, then the output columns are streamed to 
 Speed (issue #15) comes from doing each step once, as integers, with a general path behind it
 for the rows the fast one does not take (the tests hold each pair equal):
 - numbers (fast.py): `+digits` / `digits` are normalised as integers (value, digit count), the
-  rest by numbering.normalise_expr; the E.164 text is mostly a cut of the dialled text;
+  rest by numbering.normalise_expr; the E.164 text is the value's text (zero-padded if needed);
 - starts (timestamps.py): the common ISO layouts are read as bytes, the rest by slicing, then
   by fromisoformat;
 - duplicates (fast.py): 64-bit hashes, exact comparison only where a hash repeats;
-- matching (match.py): a table indexed by the first 6 digits answers most calls in one lookup,
-  the per-length join the rest;
+- matching (match.py): a table indexed by the first 6 digits, with blocks of a second one for the
+  next 2, answers nearly every call in one or two lookups, the per-length join the rest;
 - money: Int64 micro-units when the tariff and markup bound every product below 2^62
-  (`narrow_ok`), else Int128 with the per-row guard of exact.py, else exact Python integers.
+  (`narrow_ok`), else Int128 with the per-row guard of exact.py, else exact Python integers;
+- the independent steps (the per-call ones, then the match and the E.164 text) run at once in
+  threads; the parquet OUT is LZ4_RAW-compressed (io.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -55,7 +58,7 @@ import polars as pl
 
 from autobill.rating import exact, fast
 from autobill.rating.io import InputError, file_format, read_table, require_columns, write_table
-from autobill.rating.match import direct_index, match_direct
+from autobill.rating.match import direct_index, match_tids
 from autobill.rating.tariff import LoadedTariff, load_tariff
 from autobill.rating.timestamps import parse_starts
 
@@ -212,21 +215,40 @@ def _step(steps: Steps | None, name: str) -> Iterator[None]:
             yield
 
 
+def _concurrently(steps: Steps | None, tasks: dict[str, Callable[[], object]]) -> list[object]:
+    """Run independent steps at once (threads: polars releases the GIL while it computes, so one
+    step's single-threaded stretches use the core another leaves idle); their results in order.
+    With `steps` (benchmarks) they run one after another instead, so each one's CPU is its own."""
+    if steps is not None:
+        out = []
+        for name, task in tasks.items():
+            with steps(name):
+                out.append(task())
+        return out
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        futures = [pool.submit(task) for task in tasks.values()]
+        return [f.result() for f in futures]  # the first failing step, in this order, is raised
+
+
 def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool, steps: Steps | None = None) -> pl.DataFrame:
-    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n`, `_e164` (fast.py, timestamps.py)."""
-    with _step(steps, "duplicate ids"):
-        dup, no_id = fast.duplicate_ids(cdrs.get_column("cdr_id"))
-    with _step(steps, "start times"):
-        start = parse_starts(cdrs.get_column("start")).alias("_start")
-    with _step(steps, "billsec"):
-        billsec = _billsec(cdrs.get_column("billsec"), narrow)
+    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n` (fast.py, timestamps.py)."""
+    dst = cdrs.get_column("dst")
+
+    def e164() -> pl.DataFrame:
+        return fast.numbers(dst, numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
+
+    (dup, no_id), start, billsec, nums = _concurrently(
+        steps,
+        {
+            "duplicate ids": lambda: fast.duplicate_ids(cdrs.get_column("cdr_id")),
+            "start times": lambda: parse_starts(cdrs.get_column("start")).alias("_start"),
+            "billsec": lambda: _billsec(cdrs.get_column("billsec"), narrow),
+            "numbers (E.164)": e164,
+        },
+    )
     rows = pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True).alias("_row")
     # An empty id is never a duplicate (it is invalid); only non-empty ids are compared.
-    work = pl.DataFrame([rows, dup, no_id, start]).hstack(billsec)
-    with _step(steps, "numbers (E.164)"):
-        dst = cdrs.get_column("dst")
-        nums = fast.numbers(dst, numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
-        return work.hstack(nums.select("_v", "_n")).with_columns(fast.e164_column(dst, nums).alias("_e164"))
+    return pl.DataFrame([rows, dup, no_id, start]).hstack(billsec).hstack(nums)
 
 
 def _core(
@@ -236,10 +258,15 @@ def _core(
     the narrow path, else Int128), `_slow` (needs Python)."""
     narrow = narrow_ok(tariff, a, d)
     work = _work(cdrs, numbering, narrow, steps)
-    with _step(steps, "longest-prefix match"):
-        found = match_direct(work, tariff, direct_index(tariff))
-    # `_row` is dense and `_tid` indexes the tariff rows: a scatter and gathers, not hash joins.
-    tid = pl.repeat(None, cdrs.height, dtype=pl.UInt32, eager=True).scatter(found["_row"], found["_tid"])
+    # row for row with `work`; `_tid` indexes the tariff rows: gathers, not hash joins
+    tid, e164 = _concurrently(
+        steps,
+        {
+            "longest-prefix match": lambda: match_tids(work, tariff, direct_index(tariff)),
+            "E.164 text": lambda: fast.e164_column(cdrs.get_column("dst"), work).alias("_e164"),
+        },
+    )
+    work = work.with_columns(e164)
     columns = ("rate_micro", "connect_micro", "first_increment", "next_increment")
     # narrow: the tariff's money as Int64 once (narrow_ok bounds it), not per call
     values = tariff.rows.select([pl.col(c).cast(pl.Int64) if narrow else pl.col(c) for c in columns])
@@ -310,7 +337,9 @@ def _patches(core: pl.DataFrame, cdrs: pl.DataFrame, tariff: LoadedTariff, a: in
 
 DECIMAL = pl.Decimal(18, 6)
 _DECIMAL_LIMIT = 10**18  # micro-units that fit DECIMAL(18,6)
-_MICRO = pl.lit(Decimal("0.000001"), dtype=pl.Decimal(7, 6))
+# Decimal literals from text: polars builds a literal from a Python Decimal through numpy, whose
+# import alone is ~0.05 s of every `autobill rate`.
+_MICRO = pl.lit("0.000001").cast(pl.Decimal(7, 6))
 
 
 def _decimal(micro: pl.Expr) -> pl.Expr:
@@ -322,12 +351,16 @@ def _status_text() -> pl.Expr:
     return pl.lit(pl.Series(STATUSES, dtype=pl.String)).gather(pl.col("_code"))
 
 
-def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, typed: bool) -> pl.LazyFrame:
-    """The RATING.md output columns, lazily (so a file sink can stream them).
+def _appended(
+    core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, typed: bool, keep: Sequence[str] = ()
+) -> pl.LazyFrame:
+    """The columns `keep` of `core` (the input's), then the RATING.md output columns, lazily (so a
+    file sink can stream them).
 
     `typed` (parquet, every value in range): billable_seconds Int64, rate / connect_fee / cost
     DECIMAL(18,6); else all text, as in CSV."""
     plan = core.lazy()
+    kept = [pl.col(c) for c in keep]
     common = [
         _status_text().alias("status"),
         pl.col("_e164").alias("e164"),
@@ -340,12 +373,13 @@ def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, t
             _decimal(pl.col("rate_micro")).alias("rate"), _decimal(pl.col("connect_micro")).alias("connect_fee")
         )
         return plan.select(
+            *kept,
             *common,
             pl.col("_b").cast(pl.Int64).alias("billable_seconds"),
             pl.lit(money.get_column("rate")).gather(pl.col("_tid")).alias("rate"),
             pl.lit(money.get_column("connect_fee")).gather(pl.col("_tid")).alias("connect_fee"),
             pl.when(unanswered)
-            .then(pl.lit(Decimal(0), dtype=DECIMAL))
+            .then(pl.lit("0").cast(DECIMAL))
             .when(rated)
             .then(_decimal(pl.col("_micro")))
             .alias("cost"),
@@ -357,6 +391,7 @@ def _appended(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame, t
         b_txt = pl.coalesce("_b_txt", b_txt)
         cost_txt = pl.coalesce("_cost_txt", cost_txt)
     return plan.select(
+        *kept,
         *common,
         b_txt.alias("billable_seconds"),
         _by_tid(tariff, "rate").alias("rate"),
@@ -388,11 +423,15 @@ def _output(
     a, d = exact.cost_fraction(markup)
     core = _core(cdrs, tariff, numbering, a, d, steps)
     patches = _patches(core, cdrs, tariff, a, d)
-    appended = _appended(core, tariff, patches, parquet and _typed_fits(core, tariff, patches))
+    typed = parquet and _typed_fits(core, tariff, patches)
     kept = cdrs.drop([c for c in OUTPUT_COLUMNS if c in cdrs.columns])
     codes = dict(core.get_column("_code").value_counts().iter_rows())
     counts = {name: int(codes.get(code, 0)) for name, code in _CODES.items()}
-    return pl.concat([kept.lazy(), appended], how="horizontal"), counts
+    if set(kept.columns) & (set(core.columns) | {"_row", "_b_txt", "_cost_txt"}):
+        # an input column named like a working one: the two frames side by side instead
+        return pl.concat([kept.lazy(), _appended(core, tariff, patches, typed)], how="horizontal"), counts
+    # one frame, one projection: cheaper to stream than two frames joined side by side
+    return _appended(kept.hstack(core), tariff, patches, typed, keep=kept.columns), counts
 
 
 def rate_cdrs(
@@ -425,10 +464,9 @@ def rate_files(
 
     `steps` (benchmarks only) collects the wall and CPU time of each step."""
     parquet = file_format(out_path) == ".parquet"  # refuse an unknown output type before any work
-    with _step(steps, "load tariff"):
-        tariff = load_tariff(tariff_path)
-    with _step(steps, "read CDRs"):
-        cdrs = read_table(cdrs_path)
+    tariff, cdrs = _concurrently(
+        steps, {"load tariff": lambda: load_tariff(tariff_path), "read CDRs": lambda: read_table(cdrs_path)}
+    )
     out, counts = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet, steps)
     with _step(steps, "output columns + write"):
         write_table(out, out_path)

@@ -60,8 +60,7 @@ def _first_digits(v: pl.Expr, n: pl.Expr, k: int) -> pl.Expr:
 
 
 def numbers(dst: pl.Series, country_code: str, intl_prefix: str | None, trunk_prefix: str | None) -> pl.DataFrame:
-    """`_v` (UInt64) and `_n` (Int32): the E.164 number as value and digit count, null when invalid;
-    `_cut` (see e164_column).
+    """`_v` (UInt64) and `_n` (Int32): the E.164 number as value and digit count, null when invalid.
 
     The digits of the E.164 text are `_v` written with `_n` digits (leading zeros kept)."""
     intl = default_intl_prefix(country_code) if intl_prefix is None else intl_prefix
@@ -86,17 +85,16 @@ def numbers(dst: pl.Series, country_code: str, intl_prefix: str | None, trunk_pr
     v, n = pl.col("v"), pl.col("n")
     k_intl, k_trunk, k_cc = len(intl), len(trunk), len(country_code)
     # One column per rule of RATING.md (in its order), each computed once; then the case that applies.
-    rules: list[tuple[str, pl.Expr, pl.Expr, pl.Expr, pl.Expr | None]] = []  # name, test, value, digits, cut
+    rules: list[tuple[str, pl.Expr, pl.Expr, pl.Expr]] = []  # name, test, value, digits
     if intl:
         rules.append((
             "intl",
             (n >= k_intl) & (_first_digits(v, n, k_intl) == int(intl)),
             v % pl.lit(POW10).gather((n - k_intl).clip(0)),
             n - k_intl,
-            pl.lit(k_intl, dtype=pl.Int32),
         ))
     if country_code == "1":
-        rules.append(("nanp", (n == 10) & (v >= 2 * 10**9), v + 10**10, pl.lit(11, dtype=pl.Int32), None))
+        rules.append(("nanp", (n == 10) & (v >= 2 * 10**9), v + 10**10, pl.lit(11, dtype=pl.Int32)))
     if trunk:
         new_n = n - k_trunk + k_cc
         # beyond 15 digits the result is invalid anyway; don't multiply into an overflow
@@ -106,28 +104,22 @@ def numbers(dst: pl.Series, country_code: str, intl_prefix: str | None, trunk_pr
             (n >= k_trunk) & (_first_digits(v, n, k_trunk) == int(trunk)),
             pl.when(new_n <= MAX_E164_DIGITS).then(cc_part + v % pl.lit(POW10).gather((n - k_trunk).clip(0))),
             new_n,
-            None,
         ))
     stage2 = stage1.with_columns([test.alias(f"is_{name}") for name, test, *_ in rules])
     rule_v = pl.when(pl.col("plus")).then(v)
     rule_n = pl.when(pl.col("plus")).then(n)
-    # `cut`: the E.164 text is the dialled text without its first `cut` characters (null: it is not)
-    rule_cut = pl.when(pl.col("plus")).then(pl.lit(1, dtype=pl.Int32))
-    for name, _, value, digits, cut in rules:
+    for name, _, value, digits in rules:
         flag = pl.col(f"is_{name}")
         rule_v, rule_n = rule_v.when(flag).then(value), rule_n.when(flag).then(digits)
-        rule_cut = rule_cut.when(flag).then(cut if cut is not None else pl.lit(None, dtype=pl.Int32))
     stage3 = stage2.select(
         "fast",
         rule_v.otherwise(v).alias("_v"),
         rule_n.otherwise(n).alias("_n"),
-        rule_cut.otherwise(pl.lit(0, dtype=pl.Int32)).alias("_cut"),
     )
     ok = pl.col("_n").is_between(1, MAX_E164_DIGITS) & pl.col("fast")
     result = stage3.select(
         pl.when(ok).then(pl.col("_v")).alias("_v"),
         pl.when(ok).then(pl.col("_n")).alias("_n"),
-        pl.when(ok).then(pl.col("_cut")).alias("_cut"),
         "fast",
     ).collect()
     slow = ~result.get_column("fast") & text.is_not_null()
@@ -143,25 +135,23 @@ def numbers(dst: pl.Series, country_code: str, intl_prefix: str | None, trunk_pr
         out = out.with_columns(
             out.get_column("_v").scatter(idx, parsed.get_column("_v")),
             out.get_column("_n").scatter(idx, parsed.get_column("_n")),
-            out.get_column("_cut").scatter(idx, pl.Series([None] * idx.len(), dtype=pl.Int32)),
         )
     return out
 
 
 def e164_column(dst: pl.Series, nums: pl.DataFrame) -> pl.Series:
-    """The E.164 text of every row (null when invalid): a cut of the dialled text where that is
-    what it is (`_cut`), else the digits of `_v` written with `_n` digits."""
-    text = dst if dst.dtype == pl.String else dst.cast(pl.String, strict=False)
-    cut = nums.get_column("_cut")
-    out = pl.DataFrame({"t": text, "c": cut}).select(
-        pl.when(pl.col("c").is_not_null()).then(pl.col("t").str.slice(pl.col("c").fill_null(0)))
-    ).to_series()
-    built = cut.is_null() & nums.get_column("_v").is_not_null()
-    if built.any():
-        idx = built.arg_true()
-        sub = nums[idx].select(e164_text(pl.col("_v"), pl.col("_n"))).to_series()
-        out = out.scatter(idx, sub)
-    return out.alias("e164")
+    """The E.164 text of every row (null when invalid): the digits of `_v` written with `_n` digits.
+
+    An integer's text is one cheap cast; only the rare numbers with leading zeros (fewer digits in
+    `_v` than `_n`) are padded, as a patch."""
+    v, n = nums.get_column("_v"), nums.get_column("_n")
+    text = v.cast(pl.String)
+    padded = (text.str.len_bytes().cast(pl.Int32) < n).fill_null(False)
+    if padded.any():
+        idx = padded.arg_true()
+        sub = pl.DataFrame({"_v": v.gather(idx), "_n": n.gather(idx)}).select(e164_text(pl.col("_v"), pl.col("_n")))
+        text = text.scatter(idx, sub.to_series())
+    return text.alias("e164")
 
 
 def e164_text(v: pl.Expr, n: pl.Expr) -> pl.Expr:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import polars as pl
 
 from autobill.rating.bands import WEEK_MINUTES
@@ -107,32 +106,54 @@ def match(calls: pl.DataFrame, tariff: LoadedTariff) -> pl.DataFrame:
 # --- Direct lookup (the `autobill rate` path: no bands) ------------------------------------------
 #
 # A table indexed by the first D digits of a number (D = 6, or the longest prefix if shorter) holds
-# the longest tariff prefix of at most D digits that starts those digits. For most calls that is
-# the answer in one array lookup; a call goes to `match` above instead when its first D digits
-# also start a longer prefix ("deep"), when the prefix found has no row in effect yet at the
-# call's start (a shorter one may), or when the number has fewer than D digits. Among the rows
-# of the prefix found, the latest in effect wins, as above.
+# the longest tariff prefix of at most D digits that starts those digits. Where those D digits also
+# start a longer prefix, the entry points instead to a block of a second table, indexed by the next
+# E digits (E = 2: prefixes of up to 8 digits, which is nearly every carrier deck), that holds the
+# longest prefix of at most D + E digits. For most calls that is the answer in one or two array
+# lookups; a call goes to `match` above instead when its first D + E digits also start a longer
+# prefix ("deep"), when the prefix found has no row in effect yet at the call's start (a shorter
+# one may), or when the number is too short for the table it needs (fewer than D digits, or fewer
+# than D + E under a block). Among the rows of the prefix found, the latest in effect wins, as above.
 
 DIRECT_DIGITS = 6
+BLOCK_DIGITS = 2
 _POW10 = pl.Series("p", [10**i for i in range(20)], dtype=pl.UInt64)
 _NEVER = -(2**63)  # "always in effect" as micros
 
 
-_DEEP = -2  # table entry: a longer prefix starts with these digits
+_NONE = -1  # table entry: no prefix starts these digits
+_DEEP = -2  # table entry: a longer prefix starts with these digits (the per-length join decides)
+_BLOCK = -3  # first-table entries _BLOCK - b point to block b of the second table
 
 
 @dataclass(frozen=True)
 class DirectIndex:
     digits: int
-    table: pl.Series  # Int32, 10**digits entries: prefix id, -1 (no prefix) or _DEEP
+    table: pl.Series  # Int32, 10**digits entries: prefix id, _NONE, _DEEP or _BLOCK - block
+    blocks: pl.Series  # Int32, 10**BLOCK_DIGITS entries per block: prefix id, _NONE or _DEEP
     single_tid: pl.Series  # UInt32 per prefix id: its row when it has one row, else null
     activation: pl.Series  # Int64 per prefix id: micros of its earliest row (_NEVER: one row is always)
     latest_activation: int
     multi_rows: pl.DataFrame  # `_pid`, `_tid`, `_eff` (Int64 micros, _NEVER for always) of multi-row prefixes
 
 
+def _cover(table: pl.Series, prefixes: pl.DataFrame, digits: int, base: pl.Expr) -> pl.Series:
+    """Writes into `table` (indexed by `digits`-digit keys, offset by `base`) the id of the longest
+    prefix in `prefixes` (`_len` <= digits here, `_k`: its digits as an integer, `_pid`) that starts
+    each key. Shorter prefixes first, so a longer one overwrites its range; the prefixes of one
+    length cover disjoint ranges, so no scatter writes one entry twice."""
+    for length in sorted(set(prefixes.get_column("_len").to_list())):
+        span = 10 ** (digits - length)
+        level = prefixes.filter(pl.col("_len") == length).select(
+            pl.int_ranges(base + pl.col("_k") * span, base + (pl.col("_k") + 1) * span, dtype=pl.Int64).alias("i"),
+            pl.col("_pid").cast(pl.Int32),
+        ).explode("i")
+        table = table.scatter(level.get_column("i"), level.get_column("_pid"))
+    return table
+
+
 def direct_index(tariff: LoadedTariff) -> DirectIndex | None:
-    """The lookup table for `match_direct`; None for a banded or empty tariff."""
+    """The lookup tables for `match_direct`; None for a banded or empty tariff."""
     rows = tariff.rows
     if tariff.has_bands or rows.height == 0:
         return None
@@ -148,27 +169,62 @@ def direct_index(tariff: LoadedTariff) -> DirectIndex | None:
             eff.min().alias("act"),
         )
         .with_row_index("_pid")
+        .with_columns(pl.col("_key").cast(pl.Int64))
     )
-    table = np.full(10**digits, -1, dtype=np.int32)
-    lens = prefixes.get_column("_len").to_numpy()
-    keys = prefixes.get_column("_key").to_numpy().astype(np.int64)
-    pids = prefixes.get_column("_pid").to_numpy().astype(np.int32)
-    for length in range(1, digits + 1):  # shorter first: a longer prefix overwrites its range
-        sel = lens == length
-        if not sel.any():
-            continue
-        span = 10 ** (digits - length)
-        starts = keys[sel] * span
-        idx = (starts[:, None] + np.arange(span, dtype=np.int64)[None, :]).ravel()
-        table[idx] = np.repeat(pids[sel], span)
-    longer = lens > digits
-    if longer.any():
-        table[keys[longer] // (10 ** (lens[longer] - digits)).astype(np.int64)] = _DEEP
+    length, key = pl.col("_len"), pl.col("_key")
+
+    def head(k: int) -> pl.Expr:  # the first k digits of a prefix of at least k digits
+        return key // pl.lit(_POW10).gather(length - k).cast(pl.Int64)
+
+    table = pl.repeat(_NONE, 10**digits, dtype=pl.Int32, eager=True)
+    table = _cover(table, prefixes.filter(length <= digits).select("_len", key.alias("_k"), "_pid"), digits, pl.lit(0))
+    # Keys that start a longer prefix get a block: its entries start as the key's own entry (the
+    # longest prefix of at most `digits`), then the prefixes of up to digits + BLOCK_DIGITS are
+    # written in, and the keys that start a longer one still are marked deep.
+    deep = prefixes.filter(length > digits).select(head(digits).alias("k6")).unique().sort("k6")
+    deep = deep.with_row_index("_b").with_columns(pl.col("_b").cast(pl.Int64))
+    width = 10**BLOCK_DIGITS
+    own = table.gather(deep.get_column("k6"))
+    blocks = own.to_frame("p").select(pl.col("p").repeat_by(width).explode()).to_series().alias("b")
+    inner = (
+        prefixes.filter(length > digits, length <= digits + BLOCK_DIGITS)
+        .with_columns(head(digits).alias("k6"))
+        .join(deep, on="k6")
+        .select(
+            (length - digits).alias("_len"),
+            (key - pl.col("k6") * pl.lit(_POW10).gather(length - digits).cast(pl.Int64)).alias("_k"),
+            "_pid",
+            "_b",
+        )
+    )
+    for b_len in range(1, BLOCK_DIGITS + 1):  # per length, each with its own block offsets
+        level = inner.filter(pl.col("_len") == b_len)
+        if level.height:
+            span = 10 ** (BLOCK_DIGITS - b_len)
+            idx = level.select(
+                pl.int_ranges(pl.col("_b") * width + pl.col("_k") * span, pl.col("_b") * width + (pl.col("_k") + 1) * span).alias("i"),
+                pl.col("_pid").cast(pl.Int32),
+            ).explode("i")
+            blocks = blocks.scatter(idx.get_column("i"), idx.get_column("_pid"))
+    deeper = (
+        prefixes.filter(length > digits + BLOCK_DIGITS)
+        .select(head(digits).alias("k6"), (head(digits + BLOCK_DIGITS) % width).alias("k2"))
+        .join(deep, on="k6")
+        .select(pl.col("_b") * width + pl.col("k2"))
+        .to_series()
+    )
+    if deeper.len():
+        blocks = blocks.scatter(deeper, _DEEP)
+    if deep.height:
+        table = table.scatter(deep.get_column("k6"), (_BLOCK - deep.get_column("_b")).cast(pl.Int32))
+    else:  # one unused block, so that the lookup (computed for every row, used for none) has a target
+        blocks = pl.repeat(_DEEP, width, dtype=pl.Int32, eager=True)
     multi = prefixes.filter(pl.col("rows") > 1).select("_pid", "prefix")
     multi_rows = rows.join(multi, on="prefix").select(pl.col("_pid").cast(pl.UInt32), pl.col("_tid"), eff.alias("_eff"))
     return DirectIndex(
         digits=digits,
-        table=pl.Series("t", table),
+        table=table.alias("t"),
+        blocks=blocks.cast(pl.Int32).alias("b"),
         single_tid=prefixes.select(pl.when(pl.col("rows") == 1).then(pl.col("_tid"))).to_series(),
         activation=prefixes.get_column("act"),
         latest_activation=int(prefixes.get_column("act").max()),
@@ -178,40 +234,66 @@ def direct_index(tariff: LoadedTariff) -> DirectIndex | None:
 
 def match_direct(calls: pl.DataFrame, tariff: LoadedTariff, index: DirectIndex | None) -> pl.DataFrame:
     """The same (_row, _tid) pairs as `match` for `calls` with `_row`, `_v`, `_n`, `_start`."""
+    tid = match_tids(calls, tariff, index)
+    return calls.select("_row", tid.alias("_tid")).filter(pl.col("_tid").is_not_null())
+
+
+def match_tids(calls: pl.DataFrame, tariff: LoadedTariff, index: DirectIndex | None) -> pl.Series:
+    """`_tid` (UInt32) row for row with `calls` (`_v`, `_n`, `_start`): the tariff row that
+    `match` finds for each call, null when none. Row-aligned, so the caller needs no join."""
+    positions = pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row")
     if index is None:
-        return match(calls, tariff)
-    d = index.digits
+        found = match(calls.with_columns(positions), tariff)
+        return pl.repeat(None, calls.height, dtype=pl.UInt32, eager=True).scatter(found["_row"], found["_tid"]).alias("_tid")
+    d, e = index.digits, index.digits + BLOCK_DIGITS
     start_us = pl.col("_start").dt.epoch("us")
-    valid = pl.col("_v").is_not_null() & pl.col("_start").is_not_null()
-    long = valid & (pl.col("_n") >= d)
-    key = pl.col("_v") // pl.lit(_POW10).gather((pl.col("_n") - d).clip(0))
-    code = pl.when(long).then(pl.lit(index.table).gather(key)).otherwise(pl.when(valid).then(_DEEP))
-    looked = calls.lazy().select("_row", code.alias("_pid"), "_start")
+    n, v = pl.col("_n"), pl.col("_v")
+    valid = v.is_not_null() & pl.col("_start").is_not_null()
+    long = valid & (n >= d)
+    key = v // pl.lit(_POW10).gather((n - d).clip(0))
+    first = pl.when(long).then(pl.lit(index.table).gather(key)).otherwise(pl.when(valid).then(_DEEP))
+    block = _BLOCK - pl.col("_pid")  # for entries <= _BLOCK
+    sub = (v // pl.lit(_POW10).gather((n - e).clip(0))) % (10**BLOCK_DIGITS)
+    second = pl.lit(index.blocks).gather((block * 10**BLOCK_DIGITS + sub.cast(pl.Int64)).clip(0))
+    looked = (
+        calls.lazy()
+        .select(first.alias("_pid"), "_start", n, v)
+        .select(
+            "_start",
+            pl.when(pl.col("_pid") > _BLOCK)
+            .then(pl.col("_pid"))
+            .when(n >= e)
+            .then(second)
+            .otherwise(_DEEP)  # too short for its block: the per-length join
+            .alias("_pid"),
+        )
+    )
+    pid = pl.col("_pid")
     # A prefix found is the answer when it is in effect at the call's start; unless every prefix
     # is in effect from before the first call, that is checked per call.
     first_us = calls.select(pl.col("_start").dt.epoch("us").min()).item()  # exact integer micros
     if first_us is None or index.latest_activation > first_us:
-        pid = pl.col("_pid")
         late = (pid >= 0) & (pl.lit(index.activation).gather(pid.clip(0)) > start_us)
         looked = looked.with_columns(pl.when(late).then(_DEEP).otherwise(pid).alias("_pid"))
-    looked = looked.collect()  # row for row with `calls`
-    pid = pl.col("_pid")
-    hit = looked.filter(pid >= 0).select(
-        "_row", pid.cast(pl.UInt32).alias("_pid"), "_start",
-        pl.lit(index.single_tid).gather(pid).alias("_tid"),
-    )
-    parts = [hit.filter(pl.col("_tid").is_not_null()).select("_row", "_tid")]
-    multi = hit.filter(pl.col("_tid").is_null())
-    if multi.height:
-        parts.append(
-            multi.select("_row", "_pid", start_us.alias("_us"))
+    looked = looked.with_columns(pl.when(pid >= 0).then(pl.lit(index.single_tid).gather(pid.clip(0))).alias("_tid"))
+    looked = looked.select(pid, "_tid", ((pid >= 0) & pl.col("_tid").is_null()).alias("_multi")).collect()
+    tid = looked.get_column("_tid")
+    multi = looked.get_column("_multi")
+    if multi.any():  # a prefix with several rows: the latest in effect at the start
+        idx = multi.arg_true()
+        best = (
+            pl.DataFrame({"_row": idx, "_pid": looked.get_column("_pid").gather(idx).cast(pl.UInt32)})
+            .with_columns(calls.get_column("_start").gather(idx).dt.epoch("us").alias("_us"))
             .join(index.multi_rows, on="_pid")
             .filter(pl.col("_eff") <= pl.col("_us"))
             .sort("_row", "_eff")
             .unique("_row", keep="last")
-            .select("_row", "_tid")
         )
+        tid = tid.scatter(best.get_column("_row"), best.get_column("_tid"))
     rest = looked.get_column("_pid") == _DEEP
     if rest.any():
-        parts.append(match(calls.filter(rest), tariff))
-    return pl.concat([p.select(pl.col("_row"), pl.col("_tid").cast(pl.UInt32)) for p in parts])
+        idx = rest.arg_true()
+        found = match(calls[idx].with_columns(idx.alias("_row")), tariff)
+        if found.height:
+            tid = tid.scatter(found.get_column("_row"), found.get_column("_tid"))
+    return tid.cast(pl.UInt32).alias("_tid")

@@ -32,14 +32,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import polars as pl
 
 from autobill.rating import bands
 from autobill.rating.exact import DECIMAL_PATTERN, INTEGER_PATTERN, decimal_micro_expr, micro_text_expr
 from autobill.rating.io import InputError, read_table, require_columns, row_error
 from autobill.rating.timestamps import UTC_US
+
+if TYPE_CHECKING:  # numpy is imported by the banded path only: `autobill rate` does not pay for it
+    import numpy as np
 
 REQUIRED = ("prefix", "rate")
 OPTIONAL = ("description", "connect_fee", "first_increment", "next_increment", "effective_from")
@@ -200,6 +203,8 @@ def _first_error(t: pl.DataFrame, path: Path | str) -> None:
 
 def _band_ids(t: pl.DataFrame, path: Path | str) -> tuple[pl.Series, np.ndarray]:
     """Per row: the index of its band (null = no band), and the band masks."""
+    import numpy as np
+
     days = t.get_column("days") if "days" in t.columns else pl.Series([None] * t.height, dtype=pl.String)
     hours = t.get_column("hours") if "hours" in t.columns else pl.Series([None] * t.height, dtype=pl.String)
     keys: dict[tuple[str, str], int] = {}
@@ -243,6 +248,8 @@ def _check_unique(rows: pl.DataFrame, path: Path | str, masks: np.ndarray | None
         )
     if masks is None or rows.get_column("_band").null_count() == rows.height:
         return
+    import numpy as np
+
     banded = rows.filter(pl.col("_band").is_not_null())
     groups = banded.group_by("prefix", "effective_from").agg("_tid", "_band").filter(pl.col("_tid").list.len() > 1)
     worst: int | None = None

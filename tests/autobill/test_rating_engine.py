@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from autobill.rating import engine
 from autobill.rating.engine import OUTPUT_COLUMNS, Numbering, rate_cdrs
 from autobill.rating.tariff import tariff_from_frame
 from tests.support.rating import MARKUPS, TARIFF_COLUMNS, as_text_rows, cdr_rows, tariff_rows, text_frame
@@ -142,6 +143,25 @@ def test_input_columns_are_kept_verbatim_and_in_order():
     assert out.columns == ["zz", "dst", "billsec", "start", "cdr_id", *OUTPUT_COLUMNS]
     assert out.row(0)[:5] == (" 0012 ", "2125550100", "007", "2024-07-01T00:00:00Z", "1.50")
     assert out["billable_seconds"][0] == "60"
+
+
+@pytest.mark.parametrize("extra", ["_code", "_tid", "_row", "_cost_txt"])
+@pytest.mark.parametrize("parquet", [False, True])
+def test_input_columns_named_like_working_columns(extra, parquet):
+    """The output is one projection of the input and the working columns; an input column with a
+    working column's name takes the other path (two frames side by side) and is kept verbatim."""
+    cdrs = pl.DataFrame(
+        {extra: ["x", "y"], "dst": ["2125550100", "+442071234567"], "billsec": ["61", "0"],
+         "start": ["2024-07-01T00:00:00Z"] * 2, "cdr_id": ["1", "2"]}
+    )
+    tariff = tariff_from_frame(text_frame(TARIFF, TARIFF_COLUMNS))
+    plain = cdrs.rename({extra: "note"})
+    got, _ = engine._output(cdrs, tariff, Numbering(), Decimal(0), "<cdrs>", parquet=parquet)
+    want, _ = engine._output(plain, tariff, Numbering(), Decimal(0), "<cdrs>", parquet=parquet)
+    got, want = got.collect(), want.collect()
+    assert got.columns == [extra, "dst", "billsec", "start", "cdr_id", *OUTPUT_COLUMNS]
+    assert got[extra].to_list() == ["x", "y"]
+    assert got.drop(extra).equals(want.drop("note"))
 
 
 def test_rows_keep_input_order_on_a_larger_file():

@@ -104,8 +104,12 @@ def test_byte_level_start_times_equal_fromisoformat(moment, offset, edits):
     assert got == [parse_instant(t) for t in texts]
 
 
-# Prefixes up to 8 digits, so the direct table (6 digits) has deeper prefixes under it.
-LONG_PREFIXES = ["4", "44", "442", "4420", "44207", "442071", "4420712", "44207123", "1", "1613", "16135", "161355", "0"]
+# Prefixes up to 10 digits, so the direct table (6 digits) has blocks of the second table (7-8
+# digits) under it, and prefixes deeper still (9-10 digits) under those.
+LONG_PREFIXES = [
+    "4", "44", "442", "4420", "44207", "442071", "4420712", "44207123", "442071234", "4420712345",
+    "4420719", "44207190", "1", "1613", "16135", "161355", "16135501", "0", "0000000", "99999999",
+]
 
 
 @st.composite
@@ -146,6 +150,46 @@ def test_direct_table_equals_the_per_length_join(tariff, calls):
     expected = match(frame.drop("_v", "_n"), loaded).sort("_row")
     got = match_direct(frame, loaded, direct_index(loaded)).sort("_row")
     assert got.rows() == expected.rows()
+
+
+def test_second_table_and_its_fallbacks():
+    """7-8 digit prefixes are answered by the second table; a 9-digit one below them, a number too
+    short for its block and a prefix not yet in effect go to the per-length join: same answers."""
+    tariff = [
+        {"prefix": "44", "rate": "0.1", "effective_from": ""},
+        {"prefix": "4420712", "rate": "0.2", "effective_from": ""},
+        {"prefix": "44207123", "rate": "0.3", "effective_from": ""},
+        {"prefix": "442071234", "rate": "0.4", "effective_from": ""},
+        {"prefix": "16135501", "rate": "0.5", "effective_from": "2024-06-01"},
+        {"prefix": "1613", "rate": "0.6", "effective_from": ""},
+    ]
+    loaded = tariff_from_frame(text_frame(tariff, ["prefix", "rate", "effective_from"]))
+    index = direct_index(loaded)
+    assert index.blocks.len() == 2 * 100  # one block under 442071, one under 161355
+    numbers_ = {
+        "4420712999": "4420712",  # second table, 7 digits
+        "4420712399": "44207123",  # second table, 8 digits
+        "44207123499": "442071234",  # deeper than the second table: the join
+        "4420711999": "44",  # in a block, covered only by the short prefix
+        "4420712": "4420712",  # too short for its block: the join
+        "161355019": "16135501",  # in effect at the later start only; else 1613
+    }
+    calls = [(e, s) for e in numbers_ for s in (datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 7, 1, tzinfo=UTC))]
+    frame = pl.DataFrame(
+        {
+            "_row": pl.Series(range(len(calls)), dtype=pl.UInt32),
+            "_e164": [e for e, _ in calls],
+            "_start": pl.Series([s for _, s in calls], dtype=pl.Datetime("us", "UTC")),
+        }
+    ).with_columns(pl.col("_e164").cast(U64).alias("_v"), pl.col("_e164").str.len_bytes().cast(pl.Int32).alias("_n"))
+    got = match_direct(frame, loaded, index).sort("_row")
+    prefix = loaded.rows.get_column("prefix")
+    found = {calls[r]: prefix[t] for r, t in got.rows()}
+    for (e164, start), want in zip(calls, [p for p in numbers_.values() for _ in (0, 1)], strict=True):
+        if e164 == "161355019" and start.month == 1:
+            want = "1613"
+        assert found[(e164, start)] == want, (e164, start)
+    assert got.rows() == match(frame.drop("_v", "_n"), loaded).sort("_row").rows()
 
 
 CDR_COLUMNS = ("cdr_id", "start", "billsec", "dst", "note")

@@ -65,6 +65,12 @@ def test_parquet_in_and_out(tmp_path):
     assert out["billable_seconds"].to_list() == [66, 30, 30, None, 0]
     assert out["cost"].to_list() == [Decimal("0.011000"), Decimal("0.110000"), None, None, Decimal("0.000000")]
     assert out["connect_fee"].to_list()[:2] == [Decimal("0"), Decimal("0.1")]
+    # compressed (a file a user keeps), with LZ4_RAW: read back by DuckDB too
+    import duckdb
+
+    path = str(tmp_path / "o.parquet")
+    assert duckdb.execute("SELECT DISTINCT compression FROM parquet_metadata(?)", [path]).fetchall() == [("LZ4_RAW",)]
+    assert duckdb.execute("SELECT count(*) FROM read_parquet(?) WHERE status = 'rated'", [path]).fetchall() == [(2,)]
     # and the CSV output of the same input agrees, value for value
     assert run("--tariff", tariff, "--cdrs", cdrs, "--out", tmp_path / "o.csv").exit_code == 0
     as_csv = pl.read_csv(tmp_path / "o.csv", infer_schema=False)

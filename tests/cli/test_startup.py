@@ -48,3 +48,27 @@ def test_one_command_app_has_only_that_command_and_the_full_app_has_every_one():
         assert {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups} == names
     rated = cli.app_for(["rate", "--help"])
     assert [c.name for c in rated.registered_commands] == ["rate"]
+
+
+RATE_PROBE = """
+import json, sys
+sys.argv = ["autobill", "rate", "--tariff", sys.argv[1], "--cdrs", sys.argv[2], "--out", sys.argv[3]]
+from cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("numpy", "autobill"))))
+"""
+
+
+def test_rate_loads_neither_the_config_models_nor_numpy(tmp_path):
+    """`autobill rate` is timed as a whole process (issue #15): it skips what it does not use."""
+    (tmp_path / "t.csv").write_text("prefix,rate\n1,0.01\n")
+    (tmp_path / "c.csv").write_text("cdr_id,start,billsec,dst\na,2024-07-01T00:00:00Z,60,+12125550100\n")
+    args = [str(tmp_path / n) for n in ("t.csv", "c.csv", "o.parquet")]
+    out = subprocess.run([sys.executable, "-c", RATE_PROBE, *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    loaded = set(json.loads(out.strip().splitlines()[-1]))
+    assert "autobill.rating.engine" in loaded  # it did rate
+    assert not {m for m in loaded if m == "numpy" or m.startswith("autobill.config")}, loaded
