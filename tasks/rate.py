@@ -218,12 +218,16 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
             rated_parts.append(parts_dir / f"rated-{c}.parquet")
             rated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)).write_parquet(rated_parts[-1],
                                                                                    compression="lz4")
-            unrated_parts.append(unrated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)))
-            del rated
+            # Through a file, not kept as a frame: a few thousand rows filtered out of the chunk
+            # still point into the chunk's string buffers (polars string views), ~24 MB a chunk.
+            unrated_parts.append(parts_dir / f"unrated-{c}.parquet")
+            unrated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)).write_parquet(unrated_parts[-1],
+                                                                                     compression="lz4")
+            del rated, unrated
             release_free_memory()  # each chunk starts from what the night holds, not the last chunk's peak
         # The unrated rows (normally ~1 %) of every chunk, with their audit copy, fetched in one pass.
-        unrated_all = _with_source_rows(pl.concat(unrated_parts, how="diagonal_relaxed"), inputs)
-        del unrated_parts
+        unrated_all = _with_source_rows(pl.concat([pl.read_parquet(p) for p in unrated_parts], how="diagonal_relaxed"),
+                                        inputs)
         _write_chunks(path, rated_parts, unrated_all)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
