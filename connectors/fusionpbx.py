@@ -170,9 +170,7 @@ class FusionPBXConnector:
                 cur.execute(count_query, params)
                 excluded = cur.fetchone()
                 conn.rollback()
-                raw = _scan_copy(spool.name)
-                unreadable, high = _collect(srv.id, raw.select(pl.col("problem").is_not_null().sum(), pl.col("end_us").max())).row(0)
-                cdrs = conform(merge_problems(_collect(srv.id, self.canonical(raw, extensions)), "_problem"))
+                read = _collect(srv.id, self.canonical(_scan_copy(spool.name), extensions))
         except psycopg2.Error as exc:
             raise SourceError(f"{srv.id}: reading {srv.table} failed: {_first_line(exc)}") from None
         finally:
@@ -182,10 +180,11 @@ class FusionPBXConnector:
         for label, n in zip(labels, excluded, strict=True):
             if n:
                 notes.append(f"{srv.id}: skipped {n} {label} in the window (not billable legs)")
+        unreadable = read["_problem"].is_not_null().sum()
         if unreadable:
             notes.append(f"{srv.id}: {unreadable} row(s) with unusable epochs or billsec (quarantined as unreadable_row)")
-        watermark = EPOCH + timedelta(microseconds=int(high)) if high is not None else None
-        return Extracted(cdrs=cdrs, watermark=watermark, cursor=None, notes=notes)
+        cdrs = conform(merge_problems(read, "_problem"))
+        return Extracted(cdrs=cdrs, watermark=cdrs["end_utc"].max(), cursor=None, notes=notes)
 
     def canonical(self, raw: pl.LazyFrame, extensions: pl.DataFrame | None = None) -> pl.LazyFrame:
         """Fetched rows (+ the extension_uuid -> extension map) -> canonical CDRs (lazy; `_problem`
