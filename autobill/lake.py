@@ -121,11 +121,14 @@ def write_batch(data_path: Path, server: str, batch_id: int | str, cdrs: pl.Data
 
 
 def read_paths(paths: Iterable[Path | str]) -> pl.DataFrame:
-    """The canonical rows of the given lake files (a batch), in file order."""
+    """The canonical rows of the given lake files (a batch), in file order, in one chunk: the row
+    rules need one (polars formats reasons over a filtered multi-chunk frame wrongly), and made
+    their own copy of a batch read from several day files, a third copy of the batch at the
+    validation's peak."""
     paths = [Path(p) for p in paths]
     if not paths:
         return empty_cdrs()
-    return conform(pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed"))
+    return conform(pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed", rechunk=True))
 
 
 def _day_files(data_path: Path, server: str, days: Iterable[str]) -> list[Path]:
