@@ -74,7 +74,7 @@ def _make_dirs(path: Path) -> None:
 
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
     """Write `df` to `path` so that the file appears whole or not at all, and survives a power cut."""
-    return write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))
+    return write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=16_384))
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
