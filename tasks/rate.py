@@ -215,15 +215,12 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
             frame = _finish_gather([pl.read_parquet(f) for f in files[c]], settings.timezone)
             rated, unrated = _rate_frame(settings, frame, tariffs)
             del frame
-            rated_parts.append(parts_dir / f"rated-{c}.parquet")
-            rated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)).write_parquet(rated_parts[-1],
-                                                                                   compression="lz4")
-            # Through a file, not kept as a frame: a few thousand rows filtered out of the chunk
-            # still point into the chunk's string buffers (polars string views), ~24 MB a chunk.
-            unrated_parts.append(parts_dir / f"unrated-{c}.parquet")
-            unrated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)).write_parquet(unrated_parts[-1],
-                                                                                     compression="lz4")
-            del rated, unrated
+            # The unrated rows go through a file too, not kept as a frame: a few thousand rows
+            # filtered out of the chunk still point into its string buffers (polars string views).
+            for kind, part, parts in (("rated", rated, rated_parts), ("unrated", unrated, unrated_parts)):
+                parts.append(parts_dir / f"{kind}-{c}.parquet")
+                part.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)).write_parquet(parts[-1], compression="lz4")
+            del rated, unrated, part
             release_free_memory()  # each chunk starts from what the night holds, not the last chunk's peak
         # The unrated rows (normally ~1 %) of every chunk, with their audit copy, fetched in one pass.
         unrated_all = _with_source_rows(pl.concat([pl.read_parquet(p) for p in unrated_parts], how="diagonal_relaxed"),
