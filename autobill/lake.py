@@ -72,9 +72,15 @@ def _make_dirs(path: Path) -> None:
         _fsync_dir(d.parent)
 
 
+# zstd level 1 for every lake parquet file (polars' default is 3): on a 200 k-row validated batch
+# 23 % less CPU to write, 16 % less to read, and no bigger (13.5 vs 13.9 MB; issue #15).
+ZSTD_LEVEL = 1
+
+
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
     """Write `df` to `path` so that the file appears whole or not at all, and survives a power cut."""
-    return write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=16_384))
+    return write_atomic(path, lambda tmp: df.write_parquet(
+        tmp, compression="zstd", compression_level=ZSTD_LEVEL, statistics=True, row_group_size=16_384))
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:

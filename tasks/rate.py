@@ -250,7 +250,8 @@ def _write_chunks(path: Path, rated_parts: list[Path], unrated: pl.DataFrame) ->
         if mine.height:
             parts.append(shaped(mine.lazy()))
     night = pl.concat(parts, how="vertical")
-    lake.write_atomic(path, lambda tmp: night.sink_parquet(tmp, compression="zstd", row_group_size=1 << 18))
+    lake.write_atomic(path, lambda tmp: night.sink_parquet(
+        tmp, compression="zstd", compression_level=lake.ZSTD_LEVEL, row_group_size=1 << 18))
 
 
 @task(name="rate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)

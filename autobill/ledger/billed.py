@@ -133,8 +133,8 @@ def write_manifests(data_path: Path, rows: pl.DataFrame) -> list[Manifest]:
         path = billed_root(data_path) / f"billing_date={day.isoformat()}" / f"{uuid.uuid4().hex}.parquet"
         ordered = part.sort("service_id", "cdr_key", nulls_last=True)
         # tmp + fsync + rename + directory fsync: the file is whole on disk before the commit
-        lake.write_atomic(path, lambda tmp, f=ordered: f.write_parquet(tmp, compression="zstd", statistics=True,
-                                                                       row_group_size=ROW_GROUP))
+        lake.write_atomic(path, lambda tmp, f=ordered: f.write_parquet(
+            tmp, compression="zstd", compression_level=lake.ZSTD_LEVEL, statistics=True, row_group_size=ROW_GROUP))
         out.append(Manifest(str(path.resolve()), day, part.height, _sha256(path)))
     return out
 
