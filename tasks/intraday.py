@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 
 import polars as pl
 from prefect import task
@@ -29,10 +29,11 @@ from prefect.cache_policies import NO_CACHE
 from autobill.billing_day import with_billing_date
 from autobill.cdr import conform
 from autobill.config import Settings
+from autobill.ledger.corrections import allowance_periods
 from autobill.ledger.intraday import included_used, intraday_position, prune, store_usage
 from autobill.mapping import assign_services
 from autobill.rating.billing import load_tariffs, rate_for_billing
-from autobill.timeutil import as_utc, period_bounds, utc_now
+from autobill.timeutil import as_utc, utc_now
 from connectors.registry import connector_for
 
 INTRADAY_KINDS = ("fusionpbx", "vodia")
@@ -76,12 +77,7 @@ def read_server(settings: Settings, server_id: str, now: datetime, tariffs) -> t
         store_usage(settings, server_id, [], watermark, got.cursor)
         return 0, 0, 0
     cdrs = assign_services(with_billing_date(cdrs.unique("cdr_key", keep="first"), settings.timezone), settings)
-    anchors = {p.name: p.period_anchor_day for p in settings.plans}
-    wanted: dict[tuple[int, date], date] = {}
-    for sid, plan, day in cdrs.filter(pl.col("service_id").is_not_null()).select("service_id", "plan", "billing_date").unique().iter_rows():
-        start, end = period_bounds(day, anchors.get(plan, 1))
-        wanted[(int(sid), start)] = end
-    rated = rate_for_billing(cdrs, settings, tariffs, included_used(settings, wanted))
+    rated = rate_for_billing(cdrs, settings, tariffs, included_used(settings, allowance_periods(settings, cdrs)))
     rated = rated.join(cdrs.select("cdr_key", "billing_date"), on="cdr_key", how="left")
     unrated = rated.filter((pl.col("outcome") == "unrated") & pl.col("service_id").is_not_null()).height
     stored = store_usage(settings, server_id, _rows(rated), watermark, got.cursor)

@@ -34,7 +34,7 @@ from autobill import lake
 from autobill.billing_day import with_billing_date
 from autobill.cdr import CDR_SCHEMA, conform
 from autobill.config import Settings
-from autobill.ledger.corrections import included_by_period
+from autobill.ledger.corrections import allowance_periods, included_by_period
 from autobill.ledger.db import session_scope
 from autobill.ledger.disputes import held_as_unrated, held_keys, split_held
 from autobill.ledger.unrated import unrated_rows
@@ -43,7 +43,6 @@ from autobill.memory import release_free_memory
 from autobill.rating.archive import archive as archive_tariffs
 from autobill.rating.billing import OUTPUT_SCHEMA, load_tariffs, rate_for_billing
 from autobill.services.build import derived_plans
-from autobill.timeutil import period_bounds
 
 _LEAN = [c for c in CDR_SCHEMA if c != "source_row"]
 CHUNK_COLUMN = "chunk"
@@ -136,12 +135,9 @@ def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, dat
 
     Two grouped queries per 500 services (billed rows, and re-rates' corrections, per service and
     day) instead of two per service: ten thousand services are ten thousand round trips otherwise."""
-    anchors = {p.name: p.period_anchor_day for p in settings.plans}
-    wanted: dict[tuple[int, date], date] = {}
-    mapped = cdrs.filter(pl.col("service_id").is_not_null()).select("service_id", "plan", "billing_date").unique()
-    for service_id, plan, day in mapped.iter_rows():
-        start, end = period_bounds(day, anchors.get(plan, 1))
-        wanted[(int(service_id), start)] = end
+    wanted = allowance_periods(settings, cdrs)
+    if not wanted:
+        return {}
     with session_scope(settings.ledger) as session:
         used = included_by_period(session, wanted)  # billed + what re-rates moved, one read
     return dict(used)

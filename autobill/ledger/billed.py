@@ -249,8 +249,9 @@ def billed_frame(settings: Settings | None = None, *, session: Session | None = 
                  first: date | None = None, last: date | None = None, client_id: int | None = None,
                  service_ids: Iterable[int] | None = None, run_id: int | None = None,
                  outcomes: Iterable[str] | None = None, charge_ids: Iterable[int] | None = None,
-                 columns: Sequence[str] | None = None) -> pl.DataFrame:
-    """Billed CDRs matching every filter given (BILLED_SCHEMA, or `columns` of it).
+                 columns: Sequence[str] | None = None, where: pl.Expr | None = None) -> pl.DataFrame:
+    """Billed CDRs matching every filter given (BILLED_SCHEMA, or `columns` of it); `where`: one
+    more condition on the rows (any BILLED_SCHEMA columns), applied while the files are read.
 
     Give a date filter (`days`, `first`/`last`) or `run_id` whenever you can: without one, every
     manifest is read (fine for a dispute's handful of keys, not for a hot path)."""
@@ -260,7 +261,7 @@ def billed_frame(settings: Settings | None = None, *, session: Session | None = 
         with session_scope(settings.ledger) as own:
             return billed_frame(session=own, keys=keys, days=days, first=first, last=last, client_id=client_id,
                                 service_ids=service_ids, run_id=run_id, outcomes=outcomes, charge_ids=charge_ids,
-                                columns=columns)
+                                columns=columns, where=where)
     cols = list(columns or BILLED_SCHEMA)
     key_list = None if keys is None else pl.Series("k", keys, dtype=pl.String).unique().to_list()
     services = None if service_ids is None else sorted({int(s) for s in service_ids})
@@ -286,6 +287,8 @@ def billed_frame(settings: Settings | None = None, *, session: Session | None = 
         preds.append(pl.col("outcome").is_in(wanted_outcomes))
     if charges is not None:
         preds.append(pl.col("charge_id").is_in(charges))
+    if where is not None:
+        preds.append(where)
     parts = []
     paths = manifest_paths(session, days=day_list, first=first, last=last, run_id=run_id)
     if paths and (key_list is None or key_list) and (services is None or services) and (charges is None or charges):
@@ -294,8 +297,9 @@ def billed_frame(settings: Settings | None = None, *, session: Session | None = 
             lf = lf.filter(p)
         parts.append(lf.select(cols).collect())
     if _legacy_rows(session):
-        parts.append(_legacy_frame(session, key_list, first, last, day_list, client_id, services, run_id,
-                                   wanted_outcomes, charges).select(cols))
+        legacy = _legacy_frame(session, key_list, first, last, day_list, client_id, services, run_id,
+                               wanted_outcomes, charges)
+        parts.append((legacy if where is None else legacy.filter(where)).select(cols))
     if not parts:
         return pl.DataFrame(schema={c: BILLED_SCHEMA[c] for c in cols})
     return pl.concat(parts, how="vertical")

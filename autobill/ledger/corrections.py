@@ -27,7 +27,7 @@ from autobill.ledger.billed import billed_frame
 from autobill.ledger.bulk import insert_rows
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Charge, CorrectionCDR, Rerate
-from autobill.timeutil import utc_now
+from autobill.timeutil import period_bounds, utc_now
 
 LIVE_STATES = ("pending", "posting", "uncertain", "posted", "zero")  # everything but `void`
 
@@ -119,10 +119,28 @@ def _corrections_of(first: date, last: date):
             .order_by(CorrectionCDR.id))
 
 
+def allowance_periods(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, date], date]:
+    """(service, period start) -> period end for the calls in `cdrs` (`service_id`, `plan`,
+    `billing_date`) whose plan includes minutes: the only periods whose consumed allowance the
+    rater reads (a plan without included minutes covers nothing, whatever was used)."""
+    plans = {p.name: p.period_anchor_day for p in settings.plans if p.included_minutes > 0}
+    wanted: dict[tuple[int, date], date] = {}
+    if not plans:
+        return wanted
+    mapped = cdrs.filter(pl.col("service_id").is_not_null() & pl.col("plan").is_in(list(plans)))
+    for service_id, plan, day in mapped.select("service_id", "plan", "billing_date").unique().iter_rows():
+        start, end = period_bounds(day, plans[plan])
+        wanted[(int(service_id), start)] = end
+    return wanted
+
+
 def included_by_period(session: Session, wanted: dict[tuple[int, date], date]) -> dict[tuple[int, date], int]:
     """Included seconds consumed per (service, period start) over [start, end) (`wanted` maps
     (service, start) to end): what the nightly billed plus what re-rates added or took back.
-    One read of the billed state for all services (not one query per service)."""
+    One read of the billed state for all services (not one query per service), of the rows that
+    used some allowance (or whose allowance a re-rate changed) only: a month of billed calls is
+    read once per night and per credit-control cycle, and the calls the allowance covers are a
+    bounded part of it (issue #15)."""
     out = dict.fromkeys(wanted, 0)
     if not wanted:
         return out
@@ -130,11 +148,14 @@ def included_by_period(session: Session, wanted: dict[tuple[int, date], date]) -
     last = max(wanted.values()) - timedelta(days=1)
     periods = pl.DataFrame([(sid, start, end) for (sid, start), end in wanted.items()],
                            schema={"service_id": pl.Int64, "start": pl.Date, "end": pl.Date}, orient="row")
-    billed = billed_frame(session=session, first=first, last=last, service_ids={sid for sid, _ in wanted},
-                          columns=("cdr_key", "service_id", "billing_date", "included_seconds"))
     deltas: dict[str, int] = {}
     for c, _ccy in session.execute(_corrections_of(first, last)):
         deltas[c.cdr_key] = deltas.get(c.cdr_key, 0) + int(c.new_included) - int(c.old_included)
+    used_some = pl.col("included_seconds") > 0
+    if deltas:
+        used_some = used_some | pl.col("cdr_key").is_in(list(deltas))
+    billed = billed_frame(session=session, first=first, last=last, service_ids={sid for sid, _ in wanted},
+                          columns=("cdr_key", "service_id", "billing_date", "included_seconds"), where=used_some)
     if deltas:
         delta = pl.DataFrame({"cdr_key": list(deltas), "_delta": list(deltas.values())},
                              schema={"cdr_key": pl.String, "_delta": pl.Int64})
