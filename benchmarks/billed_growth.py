@@ -13,7 +13,10 @@ whole (a rerun: nothing new may be billed). Frames are generated before the cloc
 
 Printed: each night's seconds (every `--every` nights), night 1 vs night N as a ratio (the target:
 at most 1.2 after 30 nights of 1 M), the means of the first and last three nights (steadier on a
-shared machine), rows/s, the rerun's seconds, peak RSS and the ledger's size on disk.
+shared machine), rows/s, the rerun's seconds, peak RSS and the ledger's size on disk. Also, on the
+printed nights: the allowance read the next night's rate step does before rating (included seconds
+used this month, per service), against reading every billed row of the month (the same-run
+baseline), and that the two agree.
 
     .venv/bin/python benchmarks/billed_growth.py [--nights 31] [--rows 1000000] [--db sqlite|postgresql]
 
@@ -40,7 +43,10 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autobill.config import settings_from_dict  # noqa: E402
-from autobill.ledger.db import upgrade  # noqa: E402
+from autobill.ledger.billed import billed_frame  # noqa: E402
+from autobill.ledger.corrections import included_by_period  # noqa: E402
+from autobill.ledger.db import session_scope, upgrade  # noqa: E402
+from autobill.timeutil import period_bounds  # noqa: E402
 from tasks.aggregate import record_billing  # noqa: E402
 
 FIRST = date(2026, 10, 1)
@@ -173,6 +179,25 @@ def main() -> int:
                 admin.dispose()
 
 
+def allowance_read(settings, services: list[int], day: date) -> tuple[float, float, bool]:
+    """What the next night's rate step reads before rating: the included seconds each service
+    has used this month (`included_by_period`, rows that used some allowance only), and, as the
+    same-run baseline, every billed row of the month for those services (how it read before
+    issue #15's last round). (seconds, baseline seconds, whether the two totals agree)."""
+    start, end = period_bounds(day, 1)
+    wanted = {(int(s), start): end for s in services}
+    with session_scope(settings.ledger) as session:
+        t0 = time.perf_counter()
+        used = included_by_period(session, wanted)
+        took = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        every = billed_frame(session=session, first=start, last=end - timedelta(days=1), service_ids=services,
+                             columns=("cdr_key", "service_id", "billing_date", "included_seconds"))
+        total = every.group_by("service_id").agg(pl.col("included_seconds").sum())["included_seconds"].sum()
+        base = time.perf_counter() - t0
+    return took, base, sum(used.values()) == total
+
+
 def run(settings, args, rng: random.Random, tmp: Path) -> int:
     history: list[pl.DataFrame] = []  # a 5 % sample of each night's new rows: what gets re-sent
     replay = None  # the whole frame of the night recorded again at the end
@@ -180,6 +205,7 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
     cpu: list[float] = []  # CPU seconds of all threads: steadier than wall on a shared machine
     ok = True
     total_rows = 0
+    allowance: list[tuple[int, float, float]] = []  # (night, allowance read s, baseline s)
     print(f"billed growth: {args.nights} nights x {args.rows} rated CDRs, ledger {args.db}; "
           f"{RESENT:.0%} re-sent (from the last {args.resend_window or 'any'} nights) + {LATE:.0%} late from night 2",
           flush=True)
@@ -199,14 +225,21 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
             print(f"  night {night + 1}: recorded {new} new rows, expected {new_rows.height}: FAIL")
             ok = False
         history.append(new_rows.sample(fraction=0.05, seed=night))
+        services = new_rows["service_id"].unique().to_list()
         if night == args.nights // 2:
             replay = frame
         del frame, new_rows
         if night == 0 or (night + 1) % args.every == 0 or night == args.nights - 1:
+            read_s, read_base, same = allowance_read(settings, services, FIRST + timedelta(days=night))
+            allowance.append((night + 1, read_s, read_base))
+            if not same:
+                print(f"  night {night + 1}: the allowance read disagrees with the sum of every billed row: FAIL")
+                ok = False
             print(f"  night {night + 1:>3}: {took:7.2f} s (cpu {cpu_took:6.2f})  {(new + record.already_final) / took:>9,.0f} rows/s  "
                   f"{len(record.lines):>7} lines  ledger {ledger_bytes(settings, args.db, tmp) / 2**20:8.1f} MB"
                   f"  billed lake {lake_bytes(tmp) / 2**20:7.1f} MB  RSS {rss_now_mb():5.0f} MB (peak {peak_rss_mb():5.0f}; "
-                  f"held by this script {held_mb(history, replay):4.0f})",
+                  f"held by this script {held_mb(history, replay):4.0f}); allowance read {read_s:5.2f} s "
+                  f"(every billed row of the month: {read_base:5.2f} s)",
                   flush=True)
     again = replay
     t0 = time.perf_counter()
@@ -226,6 +259,10 @@ def run(settings, args, rng: random.Random, tmp: Path) -> int:
     print(f"throughput: {total_rows / sum(seconds):,.0f} rows/s over {total_rows} rows; "
           f"peak RSS {peak_rss_mb():.0f} MB; ledger {ledger_bytes(settings, args.db, tmp) / 2**20:.1f} MB; "
           f"billed lake {lake_bytes(tmp) / 2**20:.1f} MB")
+    (n1, a1, b1), (nn, an, bn) = allowance[0], allowance[-1]
+    print(f"allowance read before rating (month to date, {len(services)} services): night {n1} {a1:.2f} s, "
+          f"night {nn} {an:.2f} s, ratio {an / a1:.2f}; reading every billed row of the month: {b1:.2f} s -> "
+          f"{bn:.2f} s (ratio {bn / b1:.2f}); on night {nn} the filtered read is {bn / an:.1f}x faster")
     print("checks:", "ok" if ok else "FAILED")
     return 0 if ok else 1
 
