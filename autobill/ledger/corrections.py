@@ -137,10 +137,10 @@ def allowance_periods(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int,
 def included_by_period(session: Session, wanted: dict[tuple[int, date], date]) -> dict[tuple[int, date], int]:
     """Included seconds consumed per (service, period start) over [start, end) (`wanted` maps
     (service, start) to end): what the nightly billed plus what re-rates added or took back.
-    One read of the billed state for all services (not one query per service), of the rows that
-    used some allowance (or whose allowance a re-rate changed) only: a month of billed calls is
-    read once per night and per credit-control cycle, and the calls the allowance covers are a
-    bounded part of it (issue #15)."""
+    One read of the billed state for all services (not one query per service). It runs every
+    night and every credit-control cycle over the month so far, so only the rows that used some
+    allowance (or whose allowance a re-rate changed) are read whole; the included-seconds column
+    of the others is still scanned, so the read grows with the month (docs/nightly-scale.md)."""
     out = dict.fromkeys(wanted, 0)
     if not wanted:
         return out
