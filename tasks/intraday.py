@@ -33,6 +33,7 @@ from autobill.ledger.corrections import allowance_periods
 from autobill.ledger.intraday import included_used, intraday_position, prune, store_usage
 from autobill.mapping import assign_services
 from autobill.rating.billing import load_tariffs, rate_for_billing
+from autobill.services.build import derived_plans
 from autobill.timeutil import as_utc, utc_now
 from connectors.registry import connector_for
 
@@ -77,6 +78,8 @@ def read_server(settings: Settings, server_id: str, now: datetime, tariffs) -> t
         store_usage(settings, server_id, [], watermark, got.cursor)
         return 0, 0, 0
     cdrs = assign_services(with_billing_date(cdrs.unique("cdr_key", keep="first"), settings.timezone), settings)
+    # a service whose included minutes WHMCS overrides is rated with `plan+<N>min`, as in the nightly
+    settings = derived_plans(settings, cdrs["plan"].unique().to_list())
     rated = rate_for_billing(cdrs, settings, tariffs, included_used(settings, allowance_periods(settings, cdrs)))
     rated = rated.join(cdrs.select("cdr_key", "billing_date"), on="cdr_key", how="left")
     unrated = rated.filter((pl.col("outcome") == "unrated") & pl.col("service_id").is_not_null()).height

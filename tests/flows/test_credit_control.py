@@ -114,6 +114,30 @@ def test_prepaid_client_spending_past_its_credit_today_is_cut_off_within_one_cyc
     assert len(sb.module_calls()) == 1
 
 
+def test_a_service_with_its_own_included_minutes_counts_today_after_its_allowance(tmp_path, ledger_url, pg_schema,
+                                                                                 sb):
+    """A service whose included minutes WHMCS overrides is rated with the plan `p+<N>min` (the
+    services sync names it so; autobill/services/build.py). Credit control must rate today's calls
+    with that plan, as the nightly does: its allowance first, the rest counted against the credit."""
+    fx.create_cdr_table(pg_schema)
+    client = sb.add_client(credit="10.00")
+    service = sb.add_product(client)
+    path = write_config(tmp_path, ledger_url, pg_schema, sb.url, [{"client_id": client, "service_id": service}],
+                        autosuspend={"low_balance_threshold": "2"})
+    base = load_settings(path)
+    settings = base.model_copy(update={"services": [base.services[0].model_copy(update={"plan": "p+5min"})]})
+    calls(pg_schema, datetime.now(UTC) - timedelta(hours=2), 8)  # 8 one-minute calls: 5 included, 3.00
+
+    report = run_cycle(settings, workers=2)
+
+    assert report.summary()["usage"]["rows_stored"] == 8 and report.summary()["usage"]["errors"] == []
+    (decision,) = [d for d in report.decisions if d.service_id == service]
+    assert decision.unbilled == D("3.00")
+    with session_scope(settings.ledger) as s:
+        rows = list(s.scalars(select(IntradayUsage)))
+    assert sorted(r.included_seconds for r in rows) == [0, 0, 0, 60, 60, 60, 60, 60]
+
+
 def test_overdue_only_after_due_date_plus_grace(tmp_path, ledger_url, pg_schema, sb):
     fx.create_cdr_table(pg_schema)
     cid = sb.add_client(credit="10.00")
