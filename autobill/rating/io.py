@@ -8,6 +8,7 @@ column, because that line is all an operator sees from `autobill rate`.
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +19,10 @@ FORMATS = (".csv", ".parquet")
 # reader has it (polars, pyarrow, DuckDB, Spark >= 3.4); a very old one may know only snappy.
 PARQUET_COMPRESSION = "lz4"
 PARQUET_STATISTICS = {"min": False, "max": False, "distinct_count": False, "null_count": True}
+# Rows per row group: a dictionary-coded column (an Enum, see _as_text_metadata) repeats its whole
+# category list in every row group, so fewer, larger groups keep the file small (5 M rated rows:
+# 286 MB against 308 MB at the streaming default), at the same writing time.
+PARQUET_ROW_GROUP = 250_000
 
 
 class InputError(Exception):
@@ -94,6 +99,31 @@ def require_columns(df: pl.DataFrame, path: str | Path, columns: tuple[str, ...]
             raise header_error(path, column, f"missing required column (found: {', '.join(df.columns) or 'none'})")
 
 
+def _as_text_metadata(schema: pl.Schema) -> dict[str, str] | None:
+    """For a frame with Enum columns: the arrow schema polars declares for the same frame with
+    those columns as text, to be stored in the file in place of its own.
+
+    A parquet file holds an Enum column as a dictionary-encoded string column, exactly as it may
+    hold a text column; only the arrow schema in the file's metadata tells polars, pyarrow and
+    pandas to read it back as a category. Declared as text, every reader sees plain strings."""
+    if not any(isinstance(dtype, pl.Enum) for dtype in schema.values()):
+        return None
+    text = {name: pl.String() if isinstance(dtype, pl.Enum) else dtype for name, dtype in schema.items()}
+    buffer = BytesIO()
+    pl.DataFrame(schema=text).write_parquet(buffer)
+    buffer.seek(0)
+    return {"ARROW:schema": pl.read_parquet_metadata(buffer)["ARROW:schema"]}
+
+
+def _parquet_options(schema: pl.Schema) -> dict:
+    return {
+        "compression": PARQUET_COMPRESSION,
+        "statistics": PARQUET_STATISTICS,
+        "row_group_size": PARQUET_ROW_GROUP,
+        "metadata": _as_text_metadata(schema),
+    }
+
+
 def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> None:
     """Write atomically (temp file + rename) so a failed run never leaves half an output.
 
@@ -102,7 +132,7 @@ def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> None:
     less than snappy, for a file of about the same size. Its column
     statistics keep null counts but not min/max: computing min/max of millions of distinct
     strings (ids, times, numbers) was a fifth of the writing time, and a rated file is read
-    whole, not filtered by row group."""
+    whole, not filtered by row group. An Enum column is written as text (`_as_text_metadata`)."""
     path = Path(path)
     fmt = file_format(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -111,11 +141,11 @@ def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> None:
             if fmt == ".csv":
                 df.sink_csv(tmp, maintain_order=True)
             else:
-                df.sink_parquet(tmp, maintain_order=True, compression=PARQUET_COMPRESSION, statistics=PARQUET_STATISTICS)
+                df.sink_parquet(tmp, maintain_order=True, **_parquet_options(df.collect_schema()))
         elif fmt == ".csv":
             df.write_csv(tmp)
         else:
-            df.write_parquet(tmp, compression=PARQUET_COMPRESSION, statistics=PARQUET_STATISTICS)
+            df.write_parquet(tmp, **_parquet_options(df.schema))
         tmp.replace(path)
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)

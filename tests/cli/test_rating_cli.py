@@ -71,6 +71,24 @@ def test_parquet_in_and_out(tmp_path):
     path = str(tmp_path / "o.parquet")
     assert duckdb.execute("SELECT DISTINCT compression FROM parquet_metadata(?)", [path]).fetchall() == [("LZ4_RAW",)]
     assert duckdb.execute("SELECT count(*) FROM read_parquet(?) WHERE status = 'rated'", [path]).fetchall() == [(2,)]
+    # status, matched_prefix and description are written from their codes (dictionary pages)
+    # but declared as text: every reader sees plain strings, not categories
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = ("status", "matched_prefix", "description")
+    declared = pq.read_schema(path)
+    assert [declared.field(c).type for c in text] == [pa.large_string()] * 3
+    assert [out.schema[c] for c in text] == [pl.String] * 3
+    import pandas as pd
+
+    assert not any(isinstance(t, pd.CategoricalDtype) for t in pd.read_parquet(path, columns=list(text)).dtypes)
+    typed = duckdb.execute("SELECT typeof(status), typeof(matched_prefix), typeof(description) FROM read_parquet(?) LIMIT 1", [path])
+    assert typed.fetchall() == [("VARCHAR",) * 3]
+    chunks = pq.ParquetFile(path).metadata.row_group(0)
+    names = [chunks.column(i).path_in_schema for i in range(chunks.num_columns)]
+    assert all(chunks.column(names.index(c)).has_dictionary_page for c in text)
+    assert out["status"].to_list() == ["rated", "rated", "duplicate", "invalid", "unanswered"]
     # and the CSV output of the same input agrees, value for value
     assert run("--tariff", tariff, "--cdrs", cdrs, "--out", tmp_path / "o.csv").exit_code == 0
     as_csv = pl.read_csv(tmp_path / "o.csv", infer_schema=False)
