@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from autobill.config import settings_from_dict
 from autobill.mapping import MappingError, assign_services
@@ -45,3 +47,26 @@ def test_two_owners_of_one_extension_is_an_error():
     with pytest.raises(MappingError, match=r"services \[10, 40\] both claim extension"):
         assign_services(pl.DataFrame(schema={"server": pl.String, "tenant": pl.String, "extension": pl.String,
                                              "direction": pl.String, "rate_number": pl.String}), _settings(dup))
+
+
+@given(st.text(alphabet=st.sampled_from("+0123456789 -()x٣²"), max_size=14))
+def test_did_digits_fast_path_keeps_every_digit(value):
+    from autobill.mapping import _digits
+
+    assert _digits(value) == "".join(ch for ch in value if ch.isdigit())
+
+
+def test_service_keys_are_read_again_for_another_services_list():
+    """The lookup tables are kept for the services list last asked for (a night's batches and
+    chunks ask many times); a settings copy shares them, other services get their own."""
+    from autobill.mapping import service_keys
+
+    first = _settings([{"client_id": 1, "service_id": 10, "server": "pbx1", "tenant": "t", "plan": "p",
+                        "dids": ["+1 (212) 555-0100"]}])
+    again = first.model_copy(update={"timezone": first.timezone})
+    assert service_keys(again) is service_keys(first)
+    assert service_keys(first)[1]["rate_number"].to_list() == ["12125550100"]
+    other = _settings([{"client_id": 2, "service_id": 20, "server": "pbx1", "tenant": "t", "plan": "p",
+                        "dids": ["+12125550199"]}])
+    assert service_keys(other)[1]["service_id"].to_list() == [20]
+    assert service_keys(first)[1]["service_id"].to_list() == [10]
