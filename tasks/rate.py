@@ -50,7 +50,7 @@ CHUNK_COLUMN = "chunk"
 CHUNK_ROWS = 400_000
 CHUNK_ENV = "AUTOBILL_RATE_CHUNK_ROWS"
 # Inputs are split into chunk files this many chunks' worth of rows at a time (split_inputs).
-SPLIT_GROUPS = 2
+SPLIT_GROUPS = 1
 
 
 def chunk_rows() -> int:
