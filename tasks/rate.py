@@ -111,8 +111,8 @@ def split_inputs(settings: Settings, day: date, validated: list[str], requeued_p
     """Write every input's rows to `parts_dir/in-<chunk>-<group>.parquet`, a group of consecutive
     inputs of about `group_rows` rows (default: `SPLIT_GROUPS` chunks' worth) at a time; returns
     the files of each chunk in input order (so "first source wins" holds per chunk). Grouping
-    keeps the file count near chunks x groups, not chunks x inputs (50 batches x 25 chunks were
-    1,250 small files, about 8 s of a 10 M night in per-file overhead)."""
+    keeps the file count near chunks x groups, not chunks x inputs (a 10 M night: 500 files instead
+    of 1,275, and the split took 8.6 s instead of 10.6 s in one measurement)."""
     parts_dir.mkdir(parents=True, exist_ok=True)
     limit = group_rows if group_rows is not None else SPLIT_GROUPS * chunk_rows()
     files: list[list[Path]] = [[] for _ in range(chunks)]
