@@ -73,6 +73,8 @@ OUTPUT_COLUMNS = (
     "connect_fee",
     "cost",
 )
+# Written to parquet from their codes (Enums, `_appended`), declared as text (io.write_table).
+CODED_COLUMNS = ("status", "matched_prefix", "description")
 STATUSES = ("rated", "unanswered", "no_rate", "invalid_number", "invalid", "duplicate")
 MAX_BILLSEC = 604_800  # RATING.md: a billsec above 7 days is invalid
 I128 = pl.Int128()
@@ -501,7 +503,7 @@ def rate_files(
     )
     out, counts = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet, steps)
     with _step(steps, "output columns + write"):
-        write_table(out, out_path)
+        write_table(out, out_path, as_text=CODED_COLUMNS)
     return counts
 
 

@@ -8,6 +8,7 @@ column, because that line is all an operator sees from `autobill rate`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -99,32 +100,33 @@ def require_columns(df: pl.DataFrame, path: str | Path, columns: tuple[str, ...]
             raise header_error(path, column, f"missing required column (found: {', '.join(df.columns) or 'none'})")
 
 
-def _as_text_metadata(schema: pl.Schema) -> dict[str, str] | None:
-    """For a frame with Enum columns: the arrow schema polars declares for the same frame with
-    those columns as text, to be stored in the file in place of its own.
+def _as_text_metadata(schema: pl.Schema, as_text: Sequence[str]) -> dict[str, str] | None:
+    """The arrow schema polars declares for this frame with the Enum columns `as_text` as text,
+    to be stored in the file in place of its own.
 
     A parquet file holds an Enum column as a dictionary-encoded string column, exactly as it may
     hold a text column; only the arrow schema in the file's metadata tells polars, pyarrow and
     pandas to read it back as a category. Declared as text, every reader sees plain strings."""
-    if not any(isinstance(dtype, pl.Enum) for dtype in schema.values()):
+    names = [c for c in as_text if isinstance(schema.get(c), pl.Enum)]
+    if not names:
         return None
-    text = {name: pl.String() if isinstance(dtype, pl.Enum) else dtype for name, dtype in schema.items()}
+    text = {name: pl.String() if name in names else dtype for name, dtype in schema.items()}
     buffer = BytesIO()
     pl.DataFrame(schema=text).write_parquet(buffer)
     buffer.seek(0)
     return {"ARROW:schema": pl.read_parquet_metadata(buffer)["ARROW:schema"]}
 
 
-def _parquet_options(schema: pl.Schema) -> dict:
+def _parquet_options(schema: pl.Schema, as_text: Sequence[str]) -> dict:
     return {
         "compression": PARQUET_COMPRESSION,
         "statistics": PARQUET_STATISTICS,
         "row_group_size": PARQUET_ROW_GROUP,
-        "metadata": _as_text_metadata(schema),
+        "metadata": _as_text_metadata(schema, as_text),
     }
 
 
-def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> None:
+def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path, as_text: Sequence[str] = ()) -> None:
     """Write atomically (temp file + rename) so a failed run never leaves half an output.
 
     A LazyFrame is streamed to the file, so the output never has to sit in memory whole. Parquet
@@ -132,7 +134,8 @@ def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> None:
     less than snappy, for a file of about the same size. Its column
     statistics keep null counts but not min/max: computing min/max of millions of distinct
     strings (ids, times, numbers) was a fifth of the writing time, and a rated file is read
-    whole, not filtered by row group. An Enum column is written as text (`_as_text_metadata`)."""
+    whole, not filtered by row group. The Enum columns named in `as_text` are declared as text in
+    a parquet file (`_as_text_metadata`)."""
     path = Path(path)
     fmt = file_format(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -141,11 +144,11 @@ def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> None:
             if fmt == ".csv":
                 df.sink_csv(tmp, maintain_order=True)
             else:
-                df.sink_parquet(tmp, maintain_order=True, **_parquet_options(df.collect_schema()))
+                df.sink_parquet(tmp, maintain_order=True, **_parquet_options(df.collect_schema(), as_text))
         elif fmt == ".csv":
             df.write_csv(tmp)
         else:
-            df.write_parquet(tmp, **_parquet_options(df.schema))
+            df.write_parquet(tmp, **_parquet_options(df.schema, as_text))
         tmp.replace(path)
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)

@@ -158,3 +158,20 @@ def test_real_process_exit_codes(tmp_path):
     )
     assert bad.returncode != 0
     assert bad.stderr.count("\n") == 1 and "bad.csv: row 2 (line 3), column 'prefix'" in bad.stderr
+
+
+def test_parquet_input_columns_keep_their_types(tmp_path):
+    """Only the output columns written from codes are declared as text; an input column that is
+    itself an Enum or a Categorical is copied through with its type."""
+    tariff, cdrs = files(tmp_path)
+    frame = pl.read_csv(cdrs, infer_schema=False).with_columns(
+        pl.col("cdr_id").cast(pl.Enum(["a", "b", "c", "d"])).alias("kind"),
+        pl.col("cdr_id").cast(pl.Categorical).alias("cat"),
+    )
+    frame.write_parquet(tmp_path / "c.parquet")
+    result = run("--tariff", tariff, "--cdrs", tmp_path / "c.parquet", "--out", tmp_path / "o.parquet")
+    assert result.exit_code == 0, result.stderr
+    out = pl.read_parquet(tmp_path / "o.parquet")
+    assert out.schema["kind"] == pl.Enum(["a", "b", "c", "d"]) and out.schema["cat"] == pl.Categorical
+    assert out["kind"].cast(pl.String).to_list() == frame["cdr_id"].to_list()
+    assert [out.schema[c] for c in ("status", "matched_prefix", "description")] == [pl.String] * 3
