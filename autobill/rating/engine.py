@@ -360,7 +360,7 @@ def _status_text(coded: bool) -> pl.Expr:
 
 def _coded(values: pl.Series, used: pl.Series) -> pl.Series:
     """`values` (one per tariff row) as an Enum over the distinct values of the rows `used` (a mask),
-    null elsewhere (io.write_table writes an Enum as text). Only the used ones: the writer repeats
+    null elsewhere (declared as text in the file: CODED_COLUMNS, io.write_table). Only the used ones: the writer repeats
     the whole category list as each row group's dictionary."""
     kept = pl.select(pl.when(pl.lit(used)).then(pl.lit(values))).to_series()
     return kept.cast(pl.Enum(kept.unique(maintain_order=True).drop_nulls()))
