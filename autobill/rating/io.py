@@ -127,7 +127,13 @@ def _parquet_options(schema: pl.Schema, as_text: Sequence[str]) -> dict:
 
 
 def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path, as_text: Sequence[str] = ()) -> None:
-    """Write atomically (temp file + rename) so a failed run never leaves half an output.
+    """Write to a new hidden file beside OUT, then rename it into place: a failed run never leaves
+    half an output, and leaves the previous OUT as it was.
+
+    The old OUT is removed just before the rename (not replaced by it): on ext4, renaming over an
+    existing file forces the new one to disk first (auto_da_alloc), about 0.3 s for a 5 M-row
+    file; a crash in between leaves the complete new file under its hidden name. Nothing is
+    fsynced: OUT is a work file, rebuilt by rerunning the command.
 
     A LazyFrame is streamed to the file, so the output never has to sit in memory whole. Parquet
     is LZ4_RAW-compressed (`PARQUET_COMPRESSION`): it costs far less CPU than zstd and somewhat
@@ -140,16 +146,21 @@ def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path, as_text: Sequ
     fmt = file_format(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        if isinstance(df, pl.LazyFrame):
-            if fmt == ".csv":
-                df.sink_csv(tmp, maintain_order=True)
+        tmp.unlink(missing_ok=True)  # a crashed run's leftover
+        # A new file (O_EXCL) written through our handle: given a path, polars opens it with
+        # O_TRUNC, and on ext4 a file truncated to zero is forced to disk on close (auto_da_alloc).
+        with tmp.open("xb") as fh:
+            if isinstance(df, pl.LazyFrame):
+                if fmt == ".csv":
+                    df.sink_csv(fh, maintain_order=True)
+                else:
+                    df.sink_parquet(fh, maintain_order=True, **_parquet_options(df.collect_schema(), as_text))
+            elif fmt == ".csv":
+                df.write_csv(fh)
             else:
-                df.sink_parquet(tmp, maintain_order=True, **_parquet_options(df.collect_schema(), as_text))
-        elif fmt == ".csv":
-            df.write_csv(tmp)
-        else:
-            df.write_parquet(tmp, **_parquet_options(df.schema, as_text))
-        tmp.replace(path)
+                df.write_parquet(fh, **_parquet_options(df.schema, as_text))
+        path.unlink(missing_ok=True)
+        tmp.rename(path)
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)
         raise InputError(f"{path}: cannot write {fmt[1:]}: {_one_line(exc)}") from None

@@ -134,7 +134,7 @@ _LOW3, _ADD3 = _word("0:00"), _word("\x76\x7f\x76\x76")  # `h:mm` of an offset `
 
 def _field(word: pl.Expr, i: int) -> pl.Expr:
     """Byte i of a word (polars has no shift operator: a division by a power of two)."""
-    return (word // (1 << (8 * i)) % 256).cast(pl.Int64)
+    return (word // (1 << (8 * i)) % 256).reinterpret(signed=True)
 
 
 def _pairs(x: pl.Expr) -> pl.Expr:
@@ -150,15 +150,8 @@ _FIRST_YEAR, _LAST_YEAR = 1900, 2999
 def _month_tables() -> tuple[pl.Series, pl.Series]:
     from datetime import date
 
-    starts, lengths = [], []
-    epoch = date(1970, 1, 1).toordinal()
-    for year in range(_FIRST_YEAR, _LAST_YEAR + 1):
-        for month in range(1, 13):
-            first = date(year, month, 1).toordinal()
-            nxt = date(year + (month == 12), month % 12 + 1, 1).toordinal()
-            starts.append(first - epoch)
-            lengths.append(nxt - first)
-    return pl.Series("first", starts, dtype=pl.Int64), pl.Series("days", lengths, dtype=pl.Int64)
+    firsts = pl.date_range(date(_FIRST_YEAR, 1, 1), date(_LAST_YEAR + 1, 1, 1), "1mo", eager=True).cast(pl.Int64)
+    return firsts.head(-1).alias("first"), firsts.diff().tail(-1).alias("days")
 
 
 _MONTH_FIRST, _MONTH_DAYS = _month_tables()
@@ -175,13 +168,15 @@ def _bytes_fast(series: pl.Series) -> pl.Series:
 
     u64 = pl.UInt64()
     x0, x1, x2, x3 = pl.col("x0"), pl.col("x1"), pl.col("x2"), pl.col("x3")
+    head = pl.col("head")
     stage1 = (
         pl.DataFrame({"t": series})
         .lazy()
+        .with_columns(word(0, 16, pl.Array(u64, 2)).alias("head"))
         .select(
             pl.col("t").str.len_bytes().alias("n"),
-            (word(0, 8, u64) - pl.lit(_LOW0, dtype=u64)).alias("x0"),
-            (word(8, 8, u64) - pl.lit(_LOW1, dtype=u64)).alias("x1"),
+            (head.arr.get(0, null_on_oob=True) - pl.lit(_LOW0, dtype=u64)).alias("x0"),
+            (head.arr.get(1, null_on_oob=True) - pl.lit(_LOW1, dtype=u64)).alias("x1"),
             (word(16, 4, pl.UInt32()).cast(u64) - pl.lit(_LOW2, dtype=u64)).alias("x2"),
             (word(21, 4, pl.UInt32()).cast(u64) - pl.lit(_LOW3, dtype=u64)).alias("x3"),
             b.bin.get(8 + 2, null_on_oob=True).alias("sep"),

@@ -144,6 +144,30 @@ def test_bad_output_type_and_directory(tmp_path):
     assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_output_is_replaced_whole_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch, suffix):
+    """OUT is written to a new hidden file and renamed into place: a rerun replaces it, a crashed
+    run's leftover does not block the next one, and a write that fails leaves the previous OUT."""
+    t, c = files(tmp_path)
+    out = tmp_path / f"o{suffix}"
+    leftover = tmp_path / f".o{suffix}.tmp"
+    leftover.write_bytes(b"half a file from a killed run")
+    assert run("--tariff", t, "--cdrs", c, "--out", out).exit_code == 0
+    first = out.read_bytes()
+    assert run("--tariff", t, "--cdrs", c, "--out", out, "--markup", "10").exit_code == 0
+    second = out.read_bytes()
+    assert second != first and not leftover.exists()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pl.LazyFrame, "sink_csv" if suffix == ".csv" else "sink_parquet", broken)
+    result = run("--tariff", t, "--cdrs", c, "--out", out)
+    assert result.exit_code != 0 and "disk full" in result.stderr
+    assert out.read_bytes() == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cdrs.csv", "tariff.csv", out.name])
+
+
 def test_real_process_exit_codes(tmp_path):
     """The installed entry point, as an operator's script would call it."""
     t, c = files(tmp_path)
