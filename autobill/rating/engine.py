@@ -40,8 +40,8 @@ for the rows the fast one does not take (the tests hold each pair equal):
   next 2, answers nearly every call in one or two lookups, the per-length join the rest;
 - money: Int64 micro-units when the tariff and markup bound every product below 2^62
   (`narrow_ok`), else Int128 with the per-row guard of exact.py, else exact Python integers;
-- the independent steps (the per-call ones, then the match and the E.164 text) run at once in
-  threads; the parquet OUT is LZ4_RAW-compressed (io.py).
+- the independent steps (the per-call ones and the tariff's prefix index, then the match and the
+  E.164 text) run at once in threads; the parquet OUT is LZ4_RAW-compressed (io.py).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import polars as pl
 
 from autobill.rating import exact, fast
 from autobill.rating.io import InputError, file_format, read_table, require_columns, write_table
-from autobill.rating.match import direct_index, match_tids
+from autobill.rating.match import DirectIndex, direct_index, match_tids
 from autobill.rating.tariff import LoadedTariff, load_tariff
 from autobill.rating.timestamps import parse_starts
 
@@ -237,25 +237,29 @@ def _concurrently(steps: Steps | None, tasks: dict[str, Callable[[], object]]) -
         return [f.result() for f in futures]  # the first failing step, in this order, is raised
 
 
-def _work(cdrs: pl.DataFrame, numbering: Numbering, narrow: bool, steps: Steps | None = None) -> pl.DataFrame:
-    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n` (fast.py, timestamps.py)."""
+def _work(
+    cdrs: pl.DataFrame, tariff: LoadedTariff, numbering: Numbering, narrow: bool, steps: Steps | None = None
+) -> tuple[pl.DataFrame, DirectIndex | None]:
+    """Per CDR: `_row`, `_dup`, `_no_id`, `_start`, `_s_ok`, `_s`, `_v`, `_n` (fast.py,
+    timestamps.py); and the tariff's prefix index, built meanwhile (it needs no call)."""
     dst = cdrs.get_column("dst")
 
     def e164() -> pl.DataFrame:
         return fast.numbers(dst, numbering.country_code, numbering.intl_prefix, numbering.trunk_prefix)
 
-    (dup, no_id), start, billsec, nums = _concurrently(
+    (dup, no_id), start, billsec, nums, index = _concurrently(
         steps,
         {
             "duplicate ids": lambda: fast.duplicate_ids(cdrs.get_column("cdr_id")),
             "start times": lambda: parse_starts(cdrs.get_column("start")).alias("_start"),
             "billsec": lambda: _billsec(cdrs.get_column("billsec"), narrow),
             "numbers (E.164)": e164,
+            "prefix index": lambda: direct_index(tariff),
         },
     )
     rows = pl.int_range(cdrs.height, dtype=pl.UInt32, eager=True).alias("_row")
     # An empty id is never a duplicate (it is invalid); only non-empty ids are compared.
-    return pl.DataFrame([rows, dup, no_id, start]).hstack(billsec).hstack(nums)
+    return pl.DataFrame([rows, dup, no_id, start]).hstack(billsec).hstack(nums), index
 
 
 def _core(
@@ -264,12 +268,12 @@ def _core(
     """Per CDR, narrow: `_code`, `_e164`, `_tid`, `_b` and `_micro` (Int64 on
     the narrow path, else Int128), `_slow` (needs Python)."""
     narrow = narrow_ok(tariff, a, d)
-    work = _work(cdrs, numbering, narrow, steps)
+    work, index = _work(cdrs, tariff, numbering, narrow, steps)
     # row for row with `work`; `_tid` indexes the tariff rows: gathers, not hash joins
     tid, e164 = _concurrently(
         steps,
         {
-            "longest-prefix match": lambda: match_tids(work, tariff, direct_index(tariff)),
+            "longest-prefix match": lambda: match_tids(work, tariff, index),
             "E.164 text": lambda: fast.e164_column(cdrs.get_column("dst"), work).alias("_e164"),
         },
     )
