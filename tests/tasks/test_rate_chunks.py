@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 import tasks.aggregate as aggregate
 from autobill import lake
-from autobill.cdr import conform
+from autobill.cdr import CDR_SCHEMA, conform
 from autobill.config import load_settings
 from autobill.ledger.batches import close_batch, open_batch
 from autobill.ledger.billed import billed_rows
@@ -24,7 +24,7 @@ from autobill.ledger.models import Charge, ExtractionBatch, ServerWatermark, Unr
 from autobill.ledger.runs import start_run
 from sandboxes.generate import generate_calls, generate_config, make_world, tariff_frame
 from tasks.aggregate import record_chunks
-from tasks.rate import CHUNK_COLUMN, CHUNK_ENV, chunk_of, chunk_rows, rate_run
+from tasks.rate import CHUNK_COLUMN, CHUNK_ENV, chunk_inputs, chunk_of, chunk_rows, plan_chunks, rate_run
 
 DAY = date(2026, 11, 18)
 UNTIL = datetime(2026, 11, 19, 5, tzinfo=UTC)
@@ -87,7 +87,9 @@ def test_chunked_night_bills_exactly_what_one_frame_bills(tmp_path, monkeypatch)
         s, path, batches = _night(tmp_path / f"c{chunk}", calls, chunk, monkeypatch)
         got = pl.read_parquet(path)
         chunks = got[CHUNK_COLUMN].n_unique()
-        assert chunks == -(-calls.height // chunk) and got[CHUNK_COLUMN].is_sorted()  # one chunk after another
+        plan = plan_chunks(dict(calls.group_by("server").len().iter_rows()), chunk)
+        assert 1 < chunks <= max(first + count for first, count in plan.values())
+        assert got[CHUNK_COLUMN].is_sorted()  # one chunk after another
         assert got.drop(CHUNK_COLUMN).sort("cdr_key").equals(ref_rated.select(got.drop(CHUNK_COLUMN).columns))
         record, n = record_chunks(s, str(path), 1, batches)
         assert n == chunks
@@ -129,19 +131,88 @@ def test_a_crash_between_chunks_bills_nothing_twice_and_the_rerun_finishes(tmp_p
     assert chunks > 3
 
 
+SERVERS = ["pbx1", "pbx2", "f-3", "f-4", "v-5"]
+TENANTS = st.one_of(st.none(), st.sampled_from(["a.example", "b.example", "c", ""]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(st.sampled_from(SERVERS), st.integers(1, 60), min_size=1),
+       st.integers(min_value=1, max_value=70))
+def test_plan_packs_whole_servers_and_gives_a_large_one_its_own_chunks(rows, limit):
+    """Reference: every chunk in [0, K) belongs to packed servers of at most `limit` rows together,
+    or to one server larger than `limit`, which has ceil(rows / limit) chunks to itself."""
+    plan = plan_chunks(rows, limit)
+    assert set(plan) == set(rows)
+    total = max(first + count for first, count in plan.values())
+    owners: dict[int, list[str]] = {c: [] for c in range(total)}
+    for server, (first, count) in plan.items():
+        assert count == (1 if rows[server] <= limit else -(-rows[server] // limit))
+        for c in range(first, first + count):
+            owners[c].append(server)
+    for servers in owners.values():
+        assert servers  # no chunk number is skipped
+        if len(servers) > 1 or plan[servers[0]][1] == 1:
+            assert all(plan[s][1] == 1 for s in servers) and sum(rows[s] for s in servers) <= limit
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["pbx1", "pbx2", "f-3"]),
-                          st.one_of(st.none(), st.sampled_from(["a.example", "b.example", "c", ""]))),
-                min_size=1, max_size=60),
+@given(st.lists(st.tuples(st.sampled_from(SERVERS), TENANTS), min_size=1, max_size=60),
        st.integers(min_value=1, max_value=9))
-def test_a_chunk_never_splits_a_server_tenant(rows, chunks):
-    """Reference: rows of one (server, tenant) - one service's calls - land in one chunk in [0, K)."""
+def test_a_chunk_never_splits_a_server_tenant(rows, limit):
+    """Reference: rows of one (server, tenant) - one service's calls - land in one chunk, one of
+    its server's chunks."""
     frame = pl.DataFrame(rows, schema={"server": pl.String, "tenant": pl.String}, orient="row")
-    got = frame.with_columns(chunk_of(chunks))
-    assert got[CHUNK_COLUMN].is_between(0, chunks - 1).all()
+    plan = plan_chunks(dict(frame.group_by("server").len().iter_rows()), limit)
+    got = frame.with_columns(chunk_of(plan))
     owners: dict[tuple, int] = {}
     for server, tenant, chunk in got.iter_rows():
+        first, count = plan[server]
+        assert first <= chunk < first + count
         assert owners.setdefault((server, tenant), chunk) == chunk
+
+
+def _canonical(rows: list[tuple[str, str | None]], tag: int) -> pl.DataFrame:
+    keyed = [{"cdr_key": f"{server}:{tag}-{j}", "server": server, "tenant": tenant} for j, (server, tenant) in enumerate(rows)]
+    return conform(pl.DataFrame(keyed, schema={"cdr_key": pl.String, "server": pl.String, "tenant": pl.String})
+                   .with_columns([pl.lit(None).alias(c) for c in CDR_SCHEMA if c not in ("cdr_key", "server", "tenant")]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.sampled_from(SERVERS[:3]), TENANTS), max_size=15), st.booleans()),
+                min_size=1, max_size=6),
+       st.integers(min_value=1, max_value=30))
+def test_chunk_inputs_give_each_chunk_its_rows_in_input_order(tmp_path_factory, inputs, limit):
+    """chunk_inputs reads a one-server input straight into its chunk and splits the others; each
+    chunk's loaders, in order, give that chunk's rows in input order (first source wins
+    downstream), every row once, and one (server, tenant) only ever in one chunk."""
+    tmp = tmp_path_factory.mktemp("chunks")
+    items = []
+    for i, (rows, on_disk) in enumerate(inputs):
+        frame = _canonical(rows, i)
+        if on_disk:
+            frame.write_parquet(tmp / f"v{i}.parquet")
+        items.append((f"s{i}", str(tmp / f"v{i}.parquet") if on_disk else frame))
+    loaders = chunk_inputs(items, limit, tmp / "parts")
+    seen, owners = [], {}
+    for c, chunk in enumerate(loaders):
+        got = pl.concat([load() for load in chunk]) if chunk else _canonical([], -1).with_columns(source=pl.lit(""))
+        order = [(int(k.split(":")[1].split("-")[0]), int(k.split("-")[-1])) for k in got["cdr_key"]]
+        assert order == sorted(order)  # input order within the chunk
+        assert got["source"].to_list() == [f"s{i}" for i, _ in order]
+        for server, tenant in got.select("server", "tenant").iter_rows():
+            assert owners.setdefault((server, tenant), c) == c
+        seen += got["cdr_key"].to_list()
+    expected = [f"{server}:{i}-{j}" for i, (rows, _) in enumerate(inputs) for j, (server, _) in enumerate(rows)]
+    assert sorted(seen) == sorted(expected)
+    split = {int(p.name.split("-")[2].split(".")[0]) for p in (tmp / "parts").glob("in-*.parquet")}
+    servers = {}
+    for rows, _ in inputs:
+        for server, _ in rows:
+            servers[server] = servers.get(server, 0) + 1
+    plan = plan_chunks(servers, limit)
+    for i, (rows, on_disk) in enumerate(inputs):
+        whole = len({plan[server] for server, _ in rows}) == 1 and plan[rows[0][0]][1] == 1 if rows else True
+        assert (i in split) == (bool(rows) and not (on_disk and whole))  # only what spans chunks is split
 
 
 @pytest.mark.parametrize("raw", ["0", "-3", "lots", "1.5"])
@@ -149,33 +220,3 @@ def test_a_bad_chunk_size_is_a_clear_error(monkeypatch, raw):
     monkeypatch.setenv(CHUNK_ENV, raw)
     with pytest.raises(ValueError, match=f"{CHUNK_ENV}=.*positive whole number"):
         chunk_rows()
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.sampled_from(["pbx1", "pbx2", "f-3"]), st.sampled_from(["a", "b"]),
-                                   st.integers(0, 12)), max_size=15), min_size=1, max_size=6),
-       st.integers(min_value=1, max_value=4), st.integers(min_value=1, max_value=40))
-def test_grouped_split_gives_each_chunk_the_rows_in_input_order(tmp_path_factory, inputs, chunks, group_rows):
-    """split_inputs writes groups of inputs at a time; each chunk's files, read in order, hold that
-    chunk's rows in input order (first source wins downstream), whatever the group size."""
-    import tasks.rate as rate
-
-    frames = [pl.DataFrame(rows, schema={"server": pl.String, "tenant": pl.String, "k": pl.Int64}, orient="row")
-              .with_columns(pl.lit(i).alias("input")) for i, rows in enumerate(inputs)]
-    loaders = [(f"s{i}", lambda f=f: f) for i, f in enumerate(frames)]
-    want = (pl.concat(frames).with_row_index("_order").with_columns(pl.lit("").alias("source"), chunk_of(chunks)))
-    tmp = tmp_path_factory.mktemp("split")
-    original = rate._inputs
-    rate._inputs = lambda *a: loaders
-    try:
-        files = rate.split_inputs(None, DAY, [], None, chunks, tmp, group_rows=group_rows)
-    finally:
-        rate._inputs = original
-    for c in range(chunks):
-        got = pl.concat([pl.read_parquet(p) for p in files[c]]) if files[c] else None
-        expected = want.filter(pl.col(CHUNK_COLUMN) == c).sort("_order")
-        if got is None:
-            assert expected.is_empty()
-            continue
-        assert got.select("server", "tenant", "k", "input").equals(expected.select("server", "tenant", "k", "input"))
-        assert got["source"].to_list() == [f"s{i}" for i in expected["input"].to_list()]
