@@ -196,8 +196,8 @@ def _source_rows(paths: list[str], keys: pl.Series) -> pl.DataFrame:
 def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, date], int]:
     """Included seconds already consumed per (service, period start) for the periods these CDRs fall in.
 
-    Two grouped queries per 500 services (billed rows, and re-rates' corrections, per service and
-    day) instead of two per service: ten thousand services are ten thousand round trips otherwise."""
+    Only plans with included minutes are asked about (`allowance_periods`), and all of them in one
+    read of the billed state plus re-rates' corrections (`included_by_period`), not one per service."""
     wanted = allowance_periods(settings, cdrs)
     if not wanted:
         return {}
