@@ -108,13 +108,22 @@ def _lean(path: str) -> pl.DataFrame:
     return conform(pl.read_parquet(path, columns=_LEAN).with_columns(pl.lit(None, pl.String).alias("source_row")))
 
 
-def _inputs(settings: Settings, day: date, validated: list[str], requeued_path: str | None):
-    """(source, loader) of every input, in the order that decides which copy of a key wins."""
-    out = [("batch", lambda p=p: _lean(p)) for p in validated]
+Input = tuple[str, str | pl.DataFrame]  # (source, a validated parquet's path or a frame in memory)
+
+
+def _inputs(settings: Settings, day: date, validated: list[str], requeued_path: str | None) -> list[Input]:
+    """(source, path or frame) of every input, in the order that decides which copy of a key wins;
+    the unrated backlog (small) is read from the ledger here."""
+    out: list[Input] = [("batch", p) for p in validated]
     if requeued_path:
-        out.append(("requeued", lambda: _lean(requeued_path)))
-    out.append(("unrated", lambda: unrated_rows(settings, day)))
+        out.append(("requeued", requeued_path))
+    out.append(("unrated", unrated_rows(settings, day)))
     return out
+
+
+def _load(source: str, item: str | pl.DataFrame) -> pl.DataFrame:
+    """An input's canonical rows (`_lean` for a parquet), tagged with its `source`."""
+    return (_lean(item) if isinstance(item, str) else item).with_columns(pl.lit(source).alias("source"))
 
 
 def _finish_gather(frames: list[pl.DataFrame], timezone: str) -> pl.DataFrame:
@@ -128,8 +137,7 @@ def _finish_gather(frames: list[pl.DataFrame], timezone: str) -> pl.DataFrame:
 def gather(settings: Settings, day: date, validated: list[str], requeued_path: str | None) -> pl.DataFrame:
     """Canonical rows to rate, tagged with `source`, de-duplicated by key (first source wins).
     `source_row` is null for parquet-backed rows (see `_lean`)."""
-    parts = [load().with_columns(pl.lit(source).alias("source"))
-             for source, load in _inputs(settings, day, validated, requeued_path)]
+    parts = [_load(source, item) for source, item in _inputs(settings, day, validated, requeued_path)]
     return _finish_gather(parts, settings.timezone)
 
 
@@ -137,9 +145,6 @@ def _count_inputs(validated: list[str], requeued_path: str | None) -> int:
     """Rows in the parquet inputs, from their footers (the unrated backlog is not counted: small)."""
     paths = validated + ([requeued_path] if requeued_path else [])
     return sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in paths)
-
-
-Input = tuple[str, str | pl.DataFrame]  # (source, a validated parquet's path or a frame in memory)
 
 
 def _rows_by_server(item: str | pl.DataFrame) -> dict[str, int]:
@@ -170,11 +175,9 @@ def chunk_inputs(inputs: list[Input], limit: int, parts_dir: Path) -> list[list[
         if not targets:
             continue
         if isinstance(item, str) and len(targets) == 1 and next(iter(targets))[1] == 1:
-            loaders[next(iter(targets))[0]].append(
-                lambda p=item, src=source: _lean(p).with_columns(pl.lit(src).alias("source")))
+            loaders[next(iter(targets))[0]].append(lambda src=source, p=item: _load(src, p))
             continue
-        frame = (_lean(item) if isinstance(item, str) else item).with_columns(pl.lit(source).alias("source"),
-                                                                            chunk_of(plan))
+        frame = _load(source, item).with_columns(chunk_of(plan))
         for (c,), part in frame.partition_by(CHUNK_COLUMN, as_dict=True).items():
             path = parts_dir / f"in-{c}-{i}.parquet"
             part.drop(CHUNK_COLUMN).write_parquet(path, compression="lz4")
@@ -268,8 +271,7 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
     parts_dir = path.parent / f".{path.stem}.parts"
     shutil.rmtree(parts_dir, ignore_errors=True)
     try:
-        sources: list[Input] = [("batch", p) for p in validated] + ([("requeued", requeued_path)] if requeued_path else [])
-        loaders = chunk_inputs([*sources, ("unrated", unrated_rows(settings, day))], chunk_rows(), parts_dir)
+        loaders = chunk_inputs(_inputs(settings, day, validated, requeued_path), chunk_rows(), parts_dir)
         rated_parts, unrated_parts = [], []
         for c, chunk in enumerate(loaders):
             frame = _finish_gather([load() for load in chunk], settings.timezone)
