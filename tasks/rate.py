@@ -141,9 +141,8 @@ def gather(settings: Settings, day: date, validated: list[str], requeued_path: s
     return _finish_gather(parts, settings.timezone)
 
 
-def _count_inputs(validated: list[str], requeued_path: str | None) -> int:
+def _count_inputs(paths: list[str]) -> int:
     """Rows in the parquet inputs, from their footers (the unrated backlog is not counted: small)."""
-    paths = validated + ([requeued_path] if requeued_path else [])
     return sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in paths)
 
 
@@ -262,7 +261,7 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
     tariffs = load_tariffs(settings)
     archive_tariffs(settings, tariffs)  # every version billed with can be named later (NAME@VERSION)
     inputs = validated + ([requeued_path] if requeued_path else [])
-    chunks = max(1, -(-_count_inputs(validated, requeued_path) // chunk_rows()))
+    chunks = max(1, -(-_count_inputs(inputs) // chunk_rows()))
     if chunks == 1:
         rated, unrated = _rate_frame(settings, gather(settings, day, validated, requeued_path), tariffs)
         rated = pl.concat([rated, _with_source_rows(unrated, inputs)], how="diagonal_relaxed")
