@@ -5,6 +5,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 from pathlib import Path
@@ -71,6 +72,19 @@ def calls(schema: str, start: datetime, n: int, to: str = "16135550123", billsec
     for i in range(n):
         row = fx.cdr_row(start=start + i * every, billsec=billsec, destination=to, caller=ext, domain=domain)
         fx.insert_cdr(schema, "v_xml_cdr", row)
+
+
+def _today_start(n: int, every: timedelta) -> datetime:
+    """The start of `n` one-minute calls `every` apart that all started today (TZ) and ended by now:
+    30 minutes ago, or local midnight if today began less than that ago (waiting, for at most
+    the calls' span, when it began so recently that they could not have ended yet)."""
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.astimezone(TZ).date(), datetime.min.time(), TZ).astimezone(UTC)
+    start = max(now - timedelta(minutes=30), midnight)
+    ends = start + (n - 1) * every + timedelta(seconds=61)
+    if ends > now:
+        time.sleep((ends - now).total_seconds())
+    return start
 
 
 def logs(url: str, client_id: int) -> list[SuspensionLog]:
@@ -209,7 +223,7 @@ def test_after_the_nightly_bills_the_day_available_credit_is_unchanged(tmp_path,
     yesterday = datetime.now(TZ).date() - timedelta(days=1)
     noon = datetime.combine(yesterday, datetime.min.time().replace(hour=12), TZ).astimezone(UTC)
     calls(pg_schema, noon, 7)  # 7.00 yesterday
-    calls(pg_schema, datetime.now(UTC) - timedelta(minutes=30), 5, every=timedelta(minutes=1))  # 5.00 today
+    calls(pg_schema, _today_start(5, timedelta(seconds=10)), 5, every=timedelta(seconds=10))  # 5.00 today
 
     before = run_cycle(settings, workers=1).decisions[0]
     assert (before.unbilled, before.not_invoiced, before.available) == (D("12.00"), D("0"), D("38.00"))
