@@ -563,7 +563,12 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
     return f"{path}: invalid configuration: " + "; ".join(" ".join(line.split()) for line in lines)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: a 10,000-service config (1.3 MB) parsed in 5.5 s
+# with the pure-Python SafeLoader. The constructor (safe types only) is the same Python one.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeLoader):
     """SafeLoader that refuses a mapping key written twice (PyYAML silently keeps the last one)."""
 
     def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
