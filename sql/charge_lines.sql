@@ -8,7 +8,11 @@
 --         exact_amount DECIMAL(38,6)  exact sum of the per-call costs (rounded later, once, to the
 --                                     currency's minor unit),
 --         charged_seconds, cdr_count,
---         cdr_keys                    sorted list: the content the idempotency key is derived from
+--         keys_digest                 the first 16 hex digits of the SHA-256 of the line's cdr_keys,
+--                                     sorted (binary order, as Python sorts str) and joined by
+--                                     newlines: the content the idempotency key is derived from
+--                                     (autobill/ledger/charges.py idempotency_key; the keys stay in
+--                                     DuckDB instead of coming back as Python lists)
 select
     client_id,
     service_id,
@@ -19,7 +23,7 @@ select
     sum(cast(cost as decimal(38, 6))) as exact_amount,
     sum(charged_seconds) as charged_seconds,
     count(*) as cdr_count,
-    list(cdr_key order by cdr_key) as cdr_keys
+    left(sha256(string_agg(cdr_key, chr(10) order by cdr_key)), 16) as keys_digest
 from rated
 group by all
 order by client_id, service_id, billing_date, charge_class, currency, tariff_version

@@ -7,7 +7,6 @@ how lines are formed and wraps it as a task.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from decimal import Decimal
 
 import duckdb
@@ -23,13 +22,16 @@ from autobill.ledger.charges import ChargeLine, describe, idempotency_key
 from autobill.money import round_minor
 
 
+LINE_COLUMNS = {"client_id": pl.Int64, "service_id": pl.Int64, "billing_date": pl.Date, "charge_class": pl.String,
+                "currency": pl.String, "tariff_version": pl.String}  # what a charge line is per (sql/charge_lines.sql)
+
+
 def charge_lines(billed: pl.DataFrame) -> list[ChargeLine]:
     """One line per client/service/date/class/currency/tariff version (sql/charge_lines.sql)."""
     if billed.height == 0:
         return []
     rated = billed.select(  # noqa: F841 - read by DuckDB through the replacement scan
-        "client_id", "service_id", "billing_date", "charge_class", "currency", "tariff_version",
-        pl.col("cost").cast(pl.String), "charged_seconds", "cdr_key",
+        *LINE_COLUMNS, pl.col("cost").cast(pl.String), "charged_seconds", "cdr_key",
     )
     con = duckdb.connect()
     try:
@@ -37,24 +39,39 @@ def charge_lines(billed: pl.DataFrame) -> list[ChargeLine]:
     finally:
         con.close()
     lines = []
-    for client_id, service_id, day, cls, ccy, version, exact, seconds, count, keys in rows:
+    for client_id, service_id, day, cls, ccy, version, exact, seconds, count, digest in rows:
         exact = Decimal(exact)
-        key = idempotency_key(client_id, service_id, day, cls, ccy, version, keys)
+        key = idempotency_key(client_id, service_id, day, cls, ccy, version, digest=digest)
         lines.append(
             ChargeLine(
                 client_id=int(client_id), service_id=int(service_id), billing_date=day, charge_class=cls,
                 currency=ccy, tariff_version=version, exact_amount=exact, amount=round_minor(exact, ccy),
                 charged_seconds=int(seconds), cdr_count=int(count), idempotency_key=key,
-                description=describe(cls, day, int(count), int(seconds), key), cdr_keys=tuple(keys),
+                description=describe(cls, day, int(count), int(seconds), key),
             )
         )
     return lines
 
 
+def lines_with_members(billed: pl.DataFrame) -> tuple[list[ChargeLine], pl.Series]:
+    """`charge_lines`, and for each billed row (in order) the position of its line in that list:
+    the rows a line's charge id is written on. Matched on the line's grouping, in polars: the
+    CDR keys never come back from DuckDB as Python lists (10 M of them at 10 M calls a night)."""
+    lines = charge_lines(billed)
+    grouping = pl.DataFrame(
+        [tuple(getattr(ln, c) for c in LINE_COLUMNS) for ln in lines], schema=LINE_COLUMNS, orient="row",
+    ).with_row_index("line")
+    member = billed.select(pl.col(c).cast(t) for c, t in LINE_COLUMNS.items()).join(
+        grouping, on=list(LINE_COLUMNS), how="left", nulls_equal=True, maintain_order="left")["line"]
+    if member.null_count():
+        raise RuntimeError(f"{member.null_count()} billed row(s) match no charge line")
+    return lines, member
+
+
 def record_billing(settings: Settings, rated: pl.DataFrame, run_id: int | None = None, batch_ids: Iterable[int] = (),
                    dry_run: bool = False, attempts: int = 3) -> BillingRecord:
     """Charge lines (sql/charge_lines.sql) + billed CDRs + watermarks in one ledger transaction."""
-    return record_rated(settings, rated, run_id, batch_ids, dry_run, attempts, lines_of=charge_lines)
+    return record_rated(settings, rated, run_id, batch_ids, dry_run, attempts, lines_of=lines_with_members)
 
 
 def rated_chunks(rated_path: str) -> list[int | None]:
@@ -74,8 +91,7 @@ def read_chunk(rated_path: str, chunk: int | None, wanted: Iterable[str]) -> pl.
 
 
 def merge_records(records: list[BillingRecord], dry_run: bool) -> BillingRecord:
-    """The chunks' records as one (what the report reads). Each line's `cdr_keys` are dropped
-    once recorded: the ledger has them, and ten million of them would outweigh the whole step."""
+    """The chunks' records as one (what the report reads)."""
     outcomes: dict[str, int] = {}
     for r in records:
         for k, v in r.outcomes.items():
@@ -99,8 +115,6 @@ def record_chunks(settings: Settings, rated_path: str, run_id: int | None, batch
         rated = read_chunk(rated_path, chunk, wanted)
         record = record_billing(settings, rated, run_id, list(batch_ids) if last else [], dry_run)
         del rated
-        if len(chunks) > 1:
-            record = replace(record, lines=[replace(ln, cdr_keys=()) for ln in record.lines])
         records.append(record)
     return (records[0] if len(records) == 1 else merge_records(records, dry_run)), len(chunks)
 

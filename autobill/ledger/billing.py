@@ -45,7 +45,8 @@ REQUIRED = (
 )
 _CHUNK = 5000
 
-LinesOf = Callable[[pl.DataFrame], list[ChargeLine]]
+# The billed rows -> (their charge lines, each row's position in that list).
+LinesOf = Callable[[pl.DataFrame], tuple[list[ChargeLine], pl.Series]]
 
 
 @dataclass
@@ -122,18 +123,16 @@ def _record_once(
         todo = rated.filter(~pl.col("cdr_key").is_in(list(already))) if already else rated
         counts = {o: 0 for o in OUTCOMES}
         counts.update(dict(todo.group_by("outcome").len().iter_rows()))
-        lines = lines_of(todo.filter(pl.col("outcome") == "billed"))
+        billed = todo.filter(pl.col("outcome") == "billed")
+        lines, member = lines_of(billed)
         record = BillingRecord(outcomes=counts, lines=lines, already_final_keys=sorted(already), dry_run=dry_run)
         if dry_run:
             session.rollback()
             return record
         now = utc_now()
         record.charge_ids = insert_charges(session, lines, run_id, now)
-        charge_of = pl.DataFrame(
-            {"cdr_key": [k for ln in lines for k in ln.cdr_keys],
-             "charge_id": [cid for ln, cid in zip(lines, record.charge_ids, strict=True) for _ in ln.cdr_keys]},
-            schema={"cdr_key": pl.String, "charge_id": pl.Int64},
-        )
+        charge_of = pl.DataFrame({"cdr_key": billed["cdr_key"],
+                                  "charge_id": pl.Series(record.charge_ids, dtype=pl.Int64).gather(member)})
         final = todo.filter(pl.col("outcome").is_in(FINAL_OUTCOMES))
         rows = (
             final.join(charge_of, on="cdr_key", how="left")

@@ -53,14 +53,21 @@ class ChargeLine:
     cdr_count: int
     idempotency_key: str
     description: str
-    cdr_keys: tuple[str, ...] = field(repr=False)
+
+
+def keys_digest(cdr_keys: Iterable[str]) -> str:
+    """What a charge line's key says of its CDRs: 16 hex digits of the SHA-256 of their keys,
+    sorted and joined by newlines (sql/charge_lines.sql computes the same in DuckDB)."""
+    return hashlib.sha256("\n".join(sorted(cdr_keys)).encode()).hexdigest()[:16]
 
 
 def idempotency_key(
     client_id: int, service_id: int, billing_date: date, charge_class: str, currency: str,
-    tariff_version: str, cdr_keys: Iterable[str],
+    tariff_version: str, cdr_keys: Iterable[str] = (), *, digest: str | None = None,
 ) -> str:
-    digest = hashlib.sha256("\n".join(sorted(cdr_keys)).encode()).hexdigest()[:16]
+    """The charge line's key: its grouping and the digest of its CDR keys (`keys_digest`), given as
+    the keys or, already computed, as `digest`."""
+    digest = keys_digest(cdr_keys) if digest is None else digest
     head = f"{client_id}-{service_id}-{billing_date:%Y%m%d}-{charge_class}-{currency}-{tariff_version[:12]}"
     return f"ab-{head}-{digest}"
 

@@ -20,7 +20,7 @@ from autobill.ledger.db import session_scope, upgrade
 from autobill.ledger.models import BilledManifest, Charge, ExtractionBatch, ServerWatermark, UnratedCDR
 from autobill.ledger.unrated import unrated_rows
 from autobill.money import round_minor
-from tasks.aggregate import charge_lines, record_billing
+from tasks.aggregate import charge_lines, lines_with_members, record_billing
 from tests.support import at_once
 
 DAY = date(2026, 11, 20)
@@ -72,6 +72,24 @@ def test_line_total_equals_decimal_sum(costs):
     (line,) = charge_lines(frame)
     assert line.exact_amount == sum(costs, Decimal(0))
     assert line.amount == round_minor(sum(costs, Decimal(0)), "USD")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.sampled_from(["outbound", "international"]),
+                          st.text(min_size=1, max_size=12)), min_size=1, max_size=40, unique_by=lambda t: t[2]))
+def test_line_keys_digest_the_lines_cdr_keys_as_python_does(rows):
+    """DuckDB's digest of each line's keys (sql/charge_lines.sql) is `idempotency_key` of the keys
+    in Python (any text: binary order is code-point order), and every row is a member of its line."""
+    frame = pl.concat([rated(1, client=c, cls=cls).with_columns(pl.lit(key).alias("cdr_key")) for c, cls, key in rows])
+    lines, member = lines_with_members(frame)
+    assert member.len() == frame.height
+    for i, ln in enumerate(lines):
+        keys = frame.filter(member == i)
+        assert set(keys["client_id"]) == {ln.client_id} and set(keys["charge_class"]) == {ln.charge_class}
+        assert ln.cdr_count == keys.height
+        assert ln.idempotency_key == idempotency_key(ln.client_id, ln.service_id, DAY, ln.charge_class, "USD", "v1",
+                                                     keys["cdr_key"].to_list())
+    assert sum(ln.cdr_count for ln in lines) == frame.height
 
 
 def test_key_depends_on_the_cdr_set_not_order():

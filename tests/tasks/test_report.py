@@ -77,7 +77,7 @@ def _line(client, amount, exact=None, ccy="USD", calls=1):
     from autobill.ledger.charges import ChargeLine
 
     return ChargeLine(client, client * 10, date(2026, 11, 20), "outbound", ccy, "t", Decimal(exact or amount),
-                      Decimal(amount), 60 * calls, calls, f"ab-{client}-{ccy}", "d", ())
+                      Decimal(amount), 60 * calls, calls, f"ab-{client}-{ccy}", "d")
 
 
 class _Record:
