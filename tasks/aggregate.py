@@ -21,7 +21,6 @@ from autobill.ledger.billing import REQUIRED, BillingRecord, record_rated
 from autobill.ledger.charges import ChargeLine, describe, idempotency_key
 from autobill.money import round_minor
 
-
 LINE_COLUMNS = {"client_id": pl.Int64, "service_id": pl.Int64, "billing_date": pl.Date, "charge_class": pl.String,
                 "currency": pl.String, "tariff_version": pl.String}  # what a charge line is per (sql/charge_lines.sql)
 
