@@ -15,9 +15,9 @@ service owns the calls of one (server, tenant) (autobill/mapping.py), so a chunk
 service: not its included minutes (per service period), not a charge line (per
 client/service/day). A server's validated batch is read straight into its chunk; only inputs
 that span chunks (the unrated backlog, released rows, a server too large for one chunk) are
-split into per-chunk files first. Each chunk is rated alone, and the rated file is written one
-chunk at a time, sorted by chunk, with a `chunk` column (one row group or more per chunk) that
-the record step reads back one chunk at a time. One chunk (a small night) rates exactly as
+split into per-chunk files first. Each chunk is rated alone and its rated rows are appended to
+the night's file as soon as they are rated, then every chunk's unrated rows; a `chunk` column
+(row groups of one chunk each, with statistics) lets the record step read one chunk at a time. One chunk (a small night) rates exactly as
 before, in one frame.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -271,51 +272,98 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
     shutil.rmtree(parts_dir, ignore_errors=True)
     try:
         loaders = chunk_inputs(_inputs(settings, day, validated, requeued_path), chunk_rows(), parts_dir)
-        rated_parts, unrated_parts = [], []
-        for c, chunk in enumerate(loaders):
-            frame = _finish_gather([load() for load in chunk], settings.timezone)
-            rated, unrated = _rate_frame(settings, frame, tariffs)
-            del frame
-            # The unrated rows go through a file too, not kept as a frame: a few thousand rows
-            # filtered out of the chunk still point into its string buffers (polars string views).
-            # Parts are read whole, so without column statistics (their min/max over every string
-            # column was a fifth of the parts' write time).
-            for kind, part, parts in (("rated", rated, rated_parts), ("unrated", unrated, unrated_parts)):
-                parts.append(parts_dir / f"{kind}-{c}.parquet")
-                part.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)).write_parquet(
-                    parts[-1], compression="lz4", statistics=False)
-            del rated, unrated, part
-            release_free_memory()  # each chunk starts from what the night holds, not the last chunk's peak
-        # The unrated rows (normally ~1 %) of every chunk, with their audit copy, fetched in one pass.
-        unrated_all = _with_source_rows(pl.concat([pl.read_parquet(p) for p in unrated_parts], how="diagonal_relaxed"),
-                                        inputs)
-        _write_chunks(path, rated_parts, unrated_all)
+        lake.write_atomic(path, lambda tmp: _rate_chunks_into(tmp, settings, tariffs, loaders, parts_dir, inputs))
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
     return path
 
 
-def _write_chunks(path: Path, rated_parts: list[Path], unrated: pl.DataFrame) -> None:
-    """One parquet, chunk after chunk (in order, so each chunk's rows are together in the row
-    groups), written whole or not at all. Streamed from the parts: the step's peak is a chunk's,
-    not the night's (the pyarrow writer this replaces held each chunk twice: frame and arrow copy)."""
-    empty = [pl.DataFrame(schema=pl.read_parquet_schema(p)) for p in rated_parts] + [unrated.clear()]
-    schema = pl.concat(empty, how="diagonal_relaxed").schema  # every column, in one type across chunks
+def _rate_chunks_into(tmp: Path, settings: Settings, tariffs, loaders: list[list[Callable[[], pl.DataFrame]]],
+                      parts_dir: Path, inputs: list[str]) -> None:
+    """Rate chunk after chunk into one parquet file: each chunk's rated rows are appended to it as
+    soon as they are rated (`NightWriter`), then every chunk's unrated rows (normally ~1 %), whose
+    audit copy (`source_row`) is fetched from the inputs in one pass at the end. The rated rows
+    used to go to part files that were read back and written again (at 2 M rows, 2.6 s of a 6.5 s
+    step)."""
+    unrated_parts = []
+    with NightWriter(tmp) as night:
+        for c, chunk in enumerate(loaders):
+            frame = _finish_gather([load() for load in chunk], settings.timezone)
+            rated, unrated = _rate_frame(settings, frame, tariffs)
+            del frame
+            if night.schema is None:
+                keep = {k: t for k, t in CDR_SCHEMA.items() if k not in rated.columns}
+                night.start({**rated.schema, CHUNK_COLUMN: pl.Int32(), **keep})
+            night.append(rated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)))
+            # The unrated rows go through a file, not kept as a frame: a few thousand rows
+            # filtered out of the chunk still point into its string buffers (polars string views).
+            # Read whole, so without column statistics.
+            unrated_parts.append(parts_dir / f"unrated-{c}.parquet")
+            unrated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)).write_parquet(
+                unrated_parts[-1], compression="lz4", statistics=False)
+            del rated, unrated
+            release_free_memory()  # each chunk starts from what the night holds, not the last chunk's peak
+        unrated_all = _with_source_rows(pl.concat([pl.read_parquet(p) for p in unrated_parts], how="diagonal_relaxed"),
+                                        inputs)
+        for (_,), part in unrated_all.partition_by(CHUNK_COLUMN, as_dict=True, maintain_order=True).items():
+            night.append(part)
 
-    def shaped(frame: pl.LazyFrame) -> pl.LazyFrame:
-        have = frame.collect_schema()
-        return frame.select([pl.col(c).cast(t) if c in have else pl.lit(None, dtype=t).alias(c)
-                             for c, t in schema.items()])
 
-    parts = []
-    for c, part in enumerate(rated_parts):
-        parts.append(shaped(pl.scan_parquet(part)))
-        mine = unrated.filter(pl.col(CHUNK_COLUMN) == c)
-        if mine.height:
-            parts.append(shaped(mine.lazy()))
-    night = pl.concat(parts, how="vertical")
-    lake.write_atomic(path, lambda tmp: night.sink_parquet(
-        tmp, compression="zstd", compression_level=lake.ZSTD_LEVEL, row_group_size=1 << 18))
+class NightWriter:
+    """The night's rated file, appended to chunk by chunk (pyarrow's ParquetWriter: polars writes a
+    file whole). Every appended frame is shaped to the schema given to `start` (a missing column
+    is null; a column the schema lacks is an error, never dropped). zstd like the rest of the lake;
+    row-group statistics on `chunk` only: the record step reads one chunk at a time by them, and
+    min/max over every string column was a fifth of a write.
+
+    pyarrow encodes on one thread, so each append is written by a background thread while the
+    caller rates the next chunk; at most one append waits to be written (memory: one more
+    chunk's rated rows), and a failed write is raised by the next append or on exit."""
+
+    def __init__(self, path: Path, row_group_size: int = 1 << 18) -> None:
+        self.path, self.row_group_size = path, row_group_size
+        self.schema: pl.Schema | None = None
+        self._writer = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="night-writer")
+        self._pending: Future | None = None
+
+    def start(self, schema: dict[str, pl.DataType]) -> None:
+        import pyarrow.parquet as pq
+
+        self.schema = pl.Schema(schema)
+        arrow = pl.DataFrame(schema=self.schema).to_arrow(compat_level=pl.CompatLevel.newest()).schema
+        self._writer = pq.ParquetWriter(self.path, arrow, compression="zstd", compression_level=lake.ZSTD_LEVEL,
+                                        write_statistics=[CHUNK_COLUMN])
+
+    def append(self, frame: pl.DataFrame) -> None:
+        if self.schema is None or self._writer is None:
+            raise RuntimeError("NightWriter.append before start")
+        extra = [c for c in frame.columns if c not in self.schema]
+        if extra:
+            raise RuntimeError(f"rated rows carry column(s) {extra} the night's file does not have")
+        if frame.is_empty():
+            return  # an empty row group would carry no chunk statistics
+        shaped = frame.select([pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
+                               for c, t in self.schema.items()])
+        table = shaped.to_arrow(compat_level=pl.CompatLevel.newest())
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table, row_group_size=self.row_group_size)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> NightWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.close()
 
 
 @task(name="rate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)

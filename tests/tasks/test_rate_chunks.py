@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -24,7 +25,16 @@ from autobill.ledger.models import Charge, ExtractionBatch, ServerWatermark, Unr
 from autobill.ledger.runs import start_run
 from sandboxes.generate import generate_calls, generate_config, make_world, tariff_frame
 from tasks.aggregate import record_chunks
-from tasks.rate import CHUNK_COLUMN, CHUNK_ENV, chunk_inputs, chunk_of, chunk_rows, plan_chunks, rate_run
+from tasks.rate import (
+    CHUNK_COLUMN,
+    CHUNK_ENV,
+    NightWriter,
+    chunk_inputs,
+    chunk_of,
+    chunk_rows,
+    plan_chunks,
+    rate_run,
+)
 
 DAY = date(2026, 11, 18)
 UNTIL = datetime(2026, 11, 19, 5, tzinfo=UTC)
@@ -91,7 +101,12 @@ def test_chunked_night_bills_exactly_what_one_frame_bills(tmp_path, monkeypatch)
         planned = conform(calls).select("cdr_key", chunk_of(plan)).sort("cdr_key")
         assert planned[CHUNK_COLUMN].n_unique() > 1
         assert got.select("cdr_key", CHUNK_COLUMN).sort("cdr_key").equals(planned)  # every row in its planned chunk
-        assert got[CHUNK_COLUMN].is_sorted()  # one chunk after another
+        # Row groups hold one chunk each, with its statistics: what the record step reads them by.
+        meta = pq.ParquetFile(path).metadata
+        at = meta.schema.to_arrow_schema().get_field_index(CHUNK_COLUMN)
+        groups = [meta.row_group(g).column(at).statistics for g in range(meta.num_row_groups)]
+        assert all(st is not None and st.has_min_max and st.min == st.max for st in groups)
+        assert {st.min for st in groups} == set(got[CHUNK_COLUMN])
         assert got.drop(CHUNK_COLUMN).sort("cdr_key").equals(ref_rated.select(got.drop(CHUNK_COLUMN).columns))
         record, n = record_chunks(s, str(path), 1, batches)
         assert n == chunks
@@ -222,3 +237,23 @@ def test_a_bad_chunk_size_is_a_clear_error(monkeypatch, raw):
     monkeypatch.setenv(CHUNK_ENV, raw)
     with pytest.raises(ValueError, match=f"{CHUNK_ENV}=.*positive whole number"):
         chunk_rows()
+
+
+def test_the_night_writer_shapes_every_append_and_refuses_an_unknown_column(tmp_path):
+    """Appends with a column missing get it as null; one with a column the file lacks stops the
+    write rather than dropping it; what is read back is every append, in order, each its own row groups."""
+    path = tmp_path / "night.parquet"
+    schema = {"cdr_key": pl.String(), "cost": pl.String(), CHUNK_COLUMN: pl.Int32(), "source_row": pl.String()}
+    with NightWriter(path, row_group_size=2) as night:
+        night.start(schema)
+        night.append(pl.DataFrame({"cdr_key": ["a", "b", "c"], "cost": ["1.000000"] * 3, CHUNK_COLUMN: [0] * 3},
+                                  schema_overrides={CHUNK_COLUMN: pl.Int32}))
+        night.append(pl.DataFrame({"cdr_key": ["d"], CHUNK_COLUMN: [1], "source_row": ["{}"]}))
+        night.append(pl.DataFrame(schema={"cdr_key": pl.String()}))  # an empty chunk: no row group
+        with pytest.raises(RuntimeError, match=r"column\(s\) \['rogue'\]"):
+            night.append(pl.DataFrame({"cdr_key": ["e"], CHUNK_COLUMN: [1], "rogue": [1]}))
+    got = pl.read_parquet(path)
+    assert got.schema == pl.Schema(schema)
+    assert got.rows() == [("a", "1.000000", 0, None), ("b", "1.000000", 0, None), ("c", "1.000000", 0, None),
+                          ("d", None, 1, "{}")]
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3  # 2 + 1 rows, then 1: appends never share one
