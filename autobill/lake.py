@@ -16,7 +16,8 @@ names start with a dot and do not end in `.parquet`, so globs never pick them up
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -101,6 +102,64 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+class ParquetAppender:
+    """One parquet file written frame after frame (pyarrow's ParquetWriter: polars writes a file
+    whole). Every appended frame is shaped to the schema given to `start` (a missing column is
+    null; a column the schema lacks is an error, never dropped) and becomes row groups of its own;
+    an empty frame adds none (an empty row group has no statistics). zstd at ZSTD_LEVEL like the
+    rest of the lake; column statistics only for the columns in `statistics`.
+
+    pyarrow encodes on one thread, so each append is written by a background thread while the
+    caller goes on (computing the next frame); at most one append waits to be written (memory:
+    one more frame), and a failed write is raised by the next append or on exit. Write to a temp
+    path inside `write_atomic`: the file is complete only once the context has exited."""
+
+    def __init__(self, path: Path, statistics: Sequence[str] = (), row_group_size: int = 1 << 18) -> None:
+        self.path, self.statistics, self.row_group_size = path, list(statistics), row_group_size
+        self.schema: pl.Schema | None = None
+        self._writer = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-appender")
+        self._pending: Future | None = None
+
+    def start(self, schema: Mapping[str, pl.DataType]) -> None:
+        import pyarrow.parquet as pq
+
+        self.schema = pl.Schema(schema)
+        arrow = pl.DataFrame(schema=self.schema).to_arrow(compat_level=pl.CompatLevel.newest()).schema
+        self._writer = pq.ParquetWriter(self.path, arrow, compression="zstd", compression_level=ZSTD_LEVEL,
+                                        write_statistics=self.statistics)
+
+    def append(self, frame: pl.DataFrame) -> None:
+        if self.schema is None or self._writer is None:
+            raise RuntimeError("ParquetAppender.append before start")
+        extra = [c for c in frame.columns if c not in self.schema]
+        if extra:
+            raise RuntimeError(f"{self.path.name}: rows carry column(s) {extra} the file does not have")
+        if frame.is_empty():
+            return
+        shaped = frame.select([pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
+                               for c, t in self.schema.items()])
+        table = shaped.to_arrow(compat_level=pl.CompatLevel.newest())
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table, row_group_size=self.row_group_size)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> ParquetAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.close()
 
 
 def day_labels(df: pl.DataFrame) -> pl.Series:

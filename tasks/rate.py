@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -281,12 +280,14 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
 def _rate_chunks_into(tmp: Path, settings: Settings, tariffs, loaders: list[list[Callable[[], pl.DataFrame]]],
                       parts_dir: Path, inputs: list[str]) -> None:
     """Rate chunk after chunk into one parquet file: each chunk's rated rows are appended to it as
-    soon as they are rated (`NightWriter`), then every chunk's unrated rows (normally ~1 %), whose
-    audit copy (`source_row`) is fetched from the inputs in one pass at the end. The rated rows
-    used to go to part files that were read back and written again (at 2 M rows, 2.6 s of a 6.5 s
-    step)."""
+    soon as they are rated (`lake.ParquetAppender`, written in the background while the next
+    chunk is rated), then every chunk's unrated rows (normally ~1 %), whose audit copy
+    (`source_row`) is fetched from the inputs in one pass at the end. The rated rows used to go to
+    part files that were read back and written again (at 2 M rows, 2.6 s of a 6.5 s step).
+    Statistics on `chunk` only: the record step reads one chunk at a time by them, and min/max
+    over every string column was a fifth of a write. An empty chunk adds no row group."""
     unrated_parts = []
-    with NightWriter(tmp) as night:
+    with lake.ParquetAppender(tmp, statistics=[CHUNK_COLUMN], row_group_size=1 << 18) as night:
         for c, chunk in enumerate(loaders):
             frame = _finish_gather([load() for load in chunk], settings.timezone)
             rated, unrated = _rate_frame(settings, frame, tariffs)
@@ -307,63 +308,6 @@ def _rate_chunks_into(tmp: Path, settings: Settings, tariffs, loaders: list[list
                                         inputs)
         for (_,), part in unrated_all.partition_by(CHUNK_COLUMN, as_dict=True, maintain_order=True).items():
             night.append(part)
-
-
-class NightWriter:
-    """The night's rated file, appended to chunk by chunk (pyarrow's ParquetWriter: polars writes a
-    file whole). Every appended frame is shaped to the schema given to `start` (a missing column
-    is null; a column the schema lacks is an error, never dropped). zstd like the rest of the lake;
-    row-group statistics on `chunk` only: the record step reads one chunk at a time by them, and
-    min/max over every string column was a fifth of a write.
-
-    pyarrow encodes on one thread, so each append is written by a background thread while the
-    caller rates the next chunk; at most one append waits to be written (memory: one more
-    chunk's rated rows), and a failed write is raised by the next append or on exit."""
-
-    def __init__(self, path: Path, row_group_size: int = 1 << 18) -> None:
-        self.path, self.row_group_size = path, row_group_size
-        self.schema: pl.Schema | None = None
-        self._writer = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="night-writer")
-        self._pending: Future | None = None
-
-    def start(self, schema: dict[str, pl.DataType]) -> None:
-        import pyarrow.parquet as pq
-
-        self.schema = pl.Schema(schema)
-        arrow = pl.DataFrame(schema=self.schema).to_arrow(compat_level=pl.CompatLevel.newest()).schema
-        self._writer = pq.ParquetWriter(self.path, arrow, compression="zstd", compression_level=lake.ZSTD_LEVEL,
-                                        write_statistics=[CHUNK_COLUMN])
-
-    def append(self, frame: pl.DataFrame) -> None:
-        if self.schema is None or self._writer is None:
-            raise RuntimeError("NightWriter.append before start")
-        extra = [c for c in frame.columns if c not in self.schema]
-        if extra:
-            raise RuntimeError(f"rated rows carry column(s) {extra} the night's file does not have")
-        if frame.is_empty():
-            return  # an empty row group would carry no chunk statistics
-        shaped = frame.select([pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
-                               for c, t in self.schema.items()])
-        table = shaped.to_arrow(compat_level=pl.CompatLevel.newest())
-        self._wait()
-        self._pending = self._pool.submit(self._writer.write_table, table, row_group_size=self.row_group_size)
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def __enter__(self) -> NightWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._wait()
-        finally:
-            self._pool.shutdown(wait=True)
-            if self._writer is not None:
-                self._writer.close()
 
 
 @task(name="rate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)

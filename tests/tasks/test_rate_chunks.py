@@ -28,7 +28,6 @@ from tasks.aggregate import record_chunks
 from tasks.rate import (
     CHUNK_COLUMN,
     CHUNK_ENV,
-    NightWriter,
     chunk_inputs,
     chunk_of,
     chunk_rows,
@@ -237,23 +236,3 @@ def test_a_bad_chunk_size_is_a_clear_error(monkeypatch, raw):
     monkeypatch.setenv(CHUNK_ENV, raw)
     with pytest.raises(ValueError, match=f"{CHUNK_ENV}=.*positive whole number"):
         chunk_rows()
-
-
-def test_the_night_writer_shapes_every_append_and_refuses_an_unknown_column(tmp_path):
-    """Appends with a column missing get it as null; one with a column the file lacks stops the
-    write rather than dropping it; what is read back is every append, in order, each its own row groups."""
-    path = tmp_path / "night.parquet"
-    schema = {"cdr_key": pl.String(), "cost": pl.String(), CHUNK_COLUMN: pl.Int32(), "source_row": pl.String()}
-    with NightWriter(path, row_group_size=2) as night:
-        night.start(schema)
-        night.append(pl.DataFrame({"cdr_key": ["a", "b", "c"], "cost": ["1.000000"] * 3, CHUNK_COLUMN: [0] * 3},
-                                  schema_overrides={CHUNK_COLUMN: pl.Int32}))
-        night.append(pl.DataFrame({"cdr_key": ["d"], CHUNK_COLUMN: [1], "source_row": ["{}"]}))
-        night.append(pl.DataFrame(schema={"cdr_key": pl.String()}))  # an empty chunk: no row group
-        with pytest.raises(RuntimeError, match=r"column\(s\) \['rogue'\]"):
-            night.append(pl.DataFrame({"cdr_key": ["e"], CHUNK_COLUMN: [1], "rogue": [1]}))
-    got = pl.read_parquet(path)
-    assert got.schema == pl.Schema(schema)
-    assert got.rows() == [("a", "1.000000", 0, None), ("b", "1.000000", 0, None), ("c", "1.000000", 0, None),
-                          ("d", None, 1, "{}")]
-    assert pq.ParquetFile(path).metadata.num_row_groups == 3  # 2 + 1 rows, then 1: appends never share one
