@@ -17,8 +17,8 @@ client/service/day). A server's validated batch is read straight into its chunk;
 that span chunks (the unrated backlog, released rows, a server too large for one chunk) are
 split into per-chunk files first. Each chunk is rated alone and its rated rows are appended to
 the night's file as soon as they are rated, then every chunk's unrated rows; a `chunk` column
-(row groups of one chunk each, with statistics) lets the record step read one chunk at a time. One chunk (a small night) rates exactly as
-before, in one frame.
+(row groups of one chunk each, with statistics) lets the record step read one chunk at a time.
+One chunk (a small night) rates exactly as before, in one frame.
 """
 
 from __future__ import annotations
