@@ -104,6 +104,13 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def shaped(frame: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """`frame` with exactly `schema`'s columns, in its order and types; a missing column is null
+    (extra columns are left out: callers that must not drop any check first)."""
+    return frame.select([pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
+                         for c, t in schema.items()])
+
+
 class ParquetAppender:
     """One parquet file written frame after frame (pyarrow's ParquetWriter: polars writes a file
     whole). Every appended frame is shaped to the schema given to `start` (a missing column is
@@ -139,9 +146,7 @@ class ParquetAppender:
             raise RuntimeError(f"{self.path.name}: rows carry column(s) {extra} the file does not have")
         if frame.is_empty():
             return
-        shaped = frame.select([pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
-                               for c, t in self.schema.items()])
-        table = shaped.to_arrow(compat_level=pl.CompatLevel.newest())
+        table = shaped(frame, self.schema).to_arrow(compat_level=pl.CompatLevel.newest())
         self._wait()
         self._pending = self._pool.submit(self._writer.write_table, table, row_group_size=self.row_group_size)
 

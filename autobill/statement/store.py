@@ -95,8 +95,7 @@ def materialize_run(settings: Settings, run_id: int) -> int:
         rated = (pl.scan_parquet(path).select([c for c in _RATED if c in present])
                  .filter(pl.col("cdr_key").is_in(billed["cdr_key"].implode())).collect())
         calls = billed.join(rated, on="cdr_key", how="left").join(_numbers(settings, rated), on="cdr_key", how="left")
-        calls = calls.select([pl.col(c).cast(t) if c in calls.columns else pl.lit(None, t).alias(c)
-                              for c, t in CALL_SCHEMA.items()])
+        calls = lake.shaped(calls, CALL_SCHEMA)
         for (day,), part in calls.partition_by("billing_date", as_dict=True).items():
             target = calls_root(settings) / f"day={day.isoformat()}" / f"run-{run_id}.parquet"
             lake.write_parquet_atomic(part.sort("client_id", "start_utc", "cdr_key"), target)
