@@ -417,8 +417,8 @@ def test_whmcs_flag(value, expected):
     assert whmcs_flag(value) is expected
 
 
-def test_requests_exceptions_are_not_kept_as_context(sandbox):
-    # The requests exception carries the request (the secret is in its body): never chained or kept.
+def test_transport_exceptions_are_not_kept_as_context(sandbox):
+    # A transport exception may carry the request (the secret is in its body): never chained or kept.
     for idempotent in (True, False):
         with WhmcsClient(sandbox.url, IDENT, SECRET, retries=0, timeout=0.3) as c:
             sandbox.fail_next(1, "timeout", delay=0.6)
