@@ -5,7 +5,7 @@ corrections, intraday usage, statements, data quality), over two stores:
 
 - **manifests** (since migration 0010): immutable parquet files in the lake,
   `<data>/billed/billing_date=YYYY-MM-DD/<uuid>.parquet`, one billing date each, rows sorted by
-  service then key. A file is written durably (tmp + fsync + rename + directory fsync) BEFORE the
+  service. A file is written durably (tmp + fsync + rename + directory fsync) BEFORE the
   ledger transaction commits, and is registered by a `billed_manifests` row in THAT transaction.
   Readers only read registered paths: a file whose transaction never committed does not exist
   for them (and is deleted by the next writer of its partition, see `sweep_orphans`).
@@ -131,7 +131,10 @@ def write_manifests(data_path: Path, rows: pl.DataFrame) -> list[Manifest]:
     out = []
     for (day,), part in sorted(rows.partition_by("billing_date", as_dict=True).items()):
         path = billed_root(data_path) / f"billing_date={day.isoformat()}" / f"{uuid.uuid4().hex}.parquet"
-        ordered = part.sort("service_id", "cdr_key", nulls_last=True)
+        # By service (the filter readers use, with ROW_GROUP statistics), keeping the rated order
+        # within a service: a second key (cdr_key, text) made the sort 13x dearer (0.14 s per
+        # 400 k rows) for an order no reader uses.
+        ordered = part.sort("service_id", nulls_last=True, maintain_order=True)
         # tmp + fsync + rename + directory fsync: the file is whole on disk before the commit
         lake.write_atomic(path, lambda tmp, f=ordered: f.write_parquet(
             tmp, compression="zstd", compression_level=lake.ZSTD_LEVEL, statistics=True, row_group_size=ROW_GROUP))
