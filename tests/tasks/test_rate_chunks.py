@@ -28,6 +28,7 @@ from tasks.aggregate import record_chunks
 from tasks.rate import (
     CHUNK_COLUMN,
     CHUNK_ENV,
+    _finish_gather,
     chunk_inputs,
     chunk_of,
     chunk_rows,
@@ -236,3 +237,19 @@ def test_a_bad_chunk_size_is_a_clear_error(monkeypatch, raw):
     monkeypatch.setenv(CHUNK_ENV, raw)
     with pytest.raises(ValueError, match=f"{CHUNK_ENV}=.*positive whole number"):
         chunk_rows()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.none(), st.sampled_from(["pbx:a", "pbx:b", "pbx:c", "pbx:d"])), max_size=8),
+                min_size=1, max_size=4))
+def test_gathered_inputs_keep_the_first_copy_of_each_key(frames):
+    """A key in two inputs (a released row also in a batch) is rated once, from the first input
+    that has it: the same rows, in the same order, as `unique(keep="first", maintain_order=True)`."""
+    start = datetime(2026, 11, 18, 12, tzinfo=UTC)
+    parts = [lake.shaped(pl.DataFrame({"cdr_key": keys}, schema={"cdr_key": pl.String}).with_columns(
+                 server=pl.lit("pbx"), start_utc=pl.lit(start), billsec=pl.int_range(pl.len())), CDR_SCHEMA)
+             .with_columns(pl.lit(f"s{i}").alias("source")) for i, keys in enumerate(frames)]
+    got = _finish_gather(parts, "America/Toronto")
+    expected = pl.concat(parts).unique("cdr_key", keep="first", maintain_order=True)
+    assert got.drop("billing_date").equals(expected)
+    assert got["billing_date"].to_list() == [date(2026, 11, 18)] * got.height
