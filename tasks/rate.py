@@ -104,7 +104,8 @@ def plan_chunks(server_rows: dict[str, int], limit: int) -> dict[str, tuple[int,
 
 def _lean(path: str) -> pl.DataFrame:
     """A validated parquet without `source_row` (the audit copy of the source row, the widest
-    column by far): only unrated rows need it, and `_source_rows` fetches it for them alone."""
+    column by far): only unrated rows need it, and `lake.source_rows` fetches it for them alone
+    (a validated batch does not even hold it: it points at the batch's raw lake files)."""
     return conform(pl.read_parquet(path, columns=_LEAN).with_columns(pl.lit(None, pl.String).alias("source_row")))
 
 
@@ -187,16 +188,6 @@ def chunk_inputs(inputs: list[Input], limit: int, parts_dir: Path) -> list[list[
     return loaders
 
 
-def _source_rows(paths: list[str], keys: pl.Series) -> pl.DataFrame:
-    """(cdr_key, source_row) of these keys, read back from the validated parquet files."""
-    if not paths or keys.is_empty():
-        return pl.DataFrame(schema={"cdr_key": pl.String, "source_row": pl.String})
-    return (
-        pl.scan_parquet(paths).select("cdr_key", "source_row")
-        .filter(pl.col("cdr_key").is_in(keys.implode())).unique("cdr_key").collect()
-    )
-
-
 def included_used(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int, date], int]:
     """Included seconds already consumed per (service, period start) for the periods these CDRs fall in.
 
@@ -249,7 +240,7 @@ def _with_source_rows(unrated: pl.DataFrame, inputs: list[str]) -> pl.DataFrame:
     """Parquet-backed unrated rows get their audit copy (`source_row`) back from the inputs."""
     if "source_row" not in unrated.columns:
         return unrated
-    found = _source_rows(inputs, unrated.filter(pl.col("source_row").is_null())["cdr_key"])
+    found = lake.source_rows(inputs, unrated.filter(pl.col("source_row").is_null())["cdr_key"])
     return unrated.join(found.rename({"source_row": "_src"}), on="cdr_key", how="left").with_columns(
         pl.coalesce("source_row", "_src").alias("source_row")).drop("_src")
 

@@ -3,7 +3,9 @@
 `validate_batch` reads one extraction batch, runs the row rules (`data_quality.rules`) and
 the batch suite (`data_quality.suites`, GX + volume), then:
 
-- writes the good rows to `<data>/validated/batch=<id>.parquet` (atomically), for rating;
+- writes the good rows to `<data>/validated/batch-<id>.parquet` (atomically), for rating,
+  without `source_row`: the file's footer points at the batch's raw lake files, which hold it
+  (`lake.write_without_source_rows`; the rate step fetches it for the few rows it cannot rate);
 - records every quarantined row in the ledger in ONE transaction (also when rejecting: the
   operator must see why);
 - writes the report (`<data>/reports/validation/batch-<id>.{json,md}`);
@@ -25,6 +27,7 @@ releasing an old row is the operator saying "bill it anyway".
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +40,7 @@ from prefect.cache_policies import NO_CACHE
 
 from autobill import lake
 from autobill.config import Settings
-from autobill.ledger.batches import read_batch, reject_batch
+from autobill.ledger.batches import reject_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ExtractionBatch
 from autobill.memory import release_free_memory
@@ -108,12 +111,16 @@ def _check_balance(rows_in: int, check: RowCheck) -> None:
 def _finish(
     settings: Settings, label: str, title: str, server: str | None, batch_id: int | None, cdrs: pl.DataFrame,
     check: RowCheck, report: BatchReport | None, decision: Decision, run_id: int | None,
-    seconds: dict[str, float],
+    seconds: dict[str, float], sources: list[str] | None = None,
 ) -> ValidationOutcome:
-    """Write the good rows (if accepted), the quarantine (always) and the report."""
+    """Write the good rows (if accepted), the quarantine (always) and the report. With `sources`
+    (the batch's raw lake files, which hold every row's `source_row`), the good rows are written
+    without `source_row`, pointing at them (`lake.write_without_source_rows`)."""
     t0 = time.perf_counter()
     path = validated_path(settings, label)
-    if decision.accepted:
+    if decision.accepted and sources:
+        lake.write_without_source_rows(check.good, path, sources)
+    elif decision.accepted:
         lake.write_parquet_atomic(check.good, path)
     else:
         path.unlink(missing_ok=True)  # a stale file from an earlier, accepted attempt must not be rated
@@ -144,9 +151,10 @@ def validate_batch(settings: Settings, batch_id: int, run_id: int | None = None,
         if batch is None:
             raise KeyError(f"no extraction batch {batch_id}")
         server, window = batch.server, (batch.window_start, batch.window_end)
+        sources = [str(p) for p in json.loads(batch.path or "[]")]
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    cdrs = read_batch(settings, batch_id)
+    cdrs = lake.read_paths(sources)
     seconds["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -170,7 +178,7 @@ def validate_batch(settings: Settings, batch_id: int, run_id: int | None = None,
     decision = decide(check, report, settings)
     title = f"{server} batch {batch_id}" + (" (rerun of a billed date: no new CDRs)" if rerun else "")
     outcome = _finish(settings, f"batch-{batch_id}", title, server, batch_id, cdrs, check, report, decision, run_id,
-                      seconds)
+                      seconds, sources)
     outcome.rerun = rerun
     if not decision.accepted:
         reject_batch(settings, batch_id, "validation: " + "; ".join(decision.reasons))

@@ -1,6 +1,9 @@
-"""autobill/lake.py: the parquet appender the rate step writes the night's rated file with."""
+"""autobill/lake.py: the parquet appender the rate step writes the night's rated file with, and
+lake files that point at the files holding their rows' `source_row`."""
 
 from __future__ import annotations
+
+import json
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -8,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autobill.lake import ParquetAppender
+from autobill.lake import SOURCE_ROWS_KEY, ParquetAppender, source_rows, write_without_source_rows
 
 SCHEMA = {"cdr_key": pl.String(), "cost": pl.String(), "chunk": pl.Int32(), "source_row": pl.String()}
 
@@ -62,3 +65,20 @@ def test_the_file_is_every_append_in_order(tmp_path_factory, frames, group):
     got = pl.read_parquet(path)
     assert got["cdr_key"].to_list() == [k for keys in frames for k in keys]
     assert got["chunk"].to_list() == [i for i, keys in enumerate(frames) for _ in keys]
+
+
+def test_a_file_without_source_rows_points_at_the_files_that_hold_them(tmp_path):
+    """`write_without_source_rows` leaves the column out and names its sources in the footer;
+    `source_rows` reads through such a file, and reads a file that holds the column directly.
+    The first copy of a key, in file order, wins; keys found nowhere are absent."""
+    raw1, raw2, kept = tmp_path / "raw1.parquet", tmp_path / "raw2.parquet", tmp_path / "requeued.parquet"
+    pl.DataFrame({"cdr_key": ["a", "b"], "source_row": ['{"n": 1}', '{"n": 2}']}).write_parquet(raw1)
+    pl.DataFrame({"cdr_key": ["b", "c"], "source_row": ['{"n": "2 again"}', '{"n": 3}']}).write_parquet(raw2)
+    pl.DataFrame({"cdr_key": ["r"], "source_row": ['{"n": "r"}']}).write_parquet(kept)
+    good = pl.DataFrame({"cdr_key": ["a", "b", "c"], "cost": ["1"] * 3, "source_row": ["x"] * 3})
+    lean = write_without_source_rows(good, tmp_path / "validated.parquet", [raw1, raw2])
+    assert pl.read_parquet(lean).columns == ["cdr_key", "cost"]
+    assert json.loads(pl.read_parquet_metadata(lean)[SOURCE_ROWS_KEY]) == [str(raw1), str(raw2)]
+    got = source_rows([lean, kept], pl.Series(["c", "b", "r", "zz"]))
+    assert sorted(got.rows()) == [("b", '{"n": 2}'), ("c", '{"n": 3}'), ("r", '{"n": "r"}')]
+    assert source_rows([lean], pl.Series([], dtype=pl.String)).is_empty()

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from autobill import lake
+from autobill.ledger.batches import read_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ExtractionBatch, QuarantinedRow, ServerWatermark
 from data_quality.quarantine import release
@@ -54,6 +55,13 @@ def test_accepted_batch(tmp_path, ledger_url):
     validated = pl.read_parquet(out.validated_path)
     assert out.validated_path == validated_path(settings, f"batch-{batch_id}")
     assert sorted(validated["cdr_key"]) == sorted(f"pbx:g{i}" for i in range(1, 21))
+    # no second copy of the source rows: the file points at the batch's raw files, which hold them
+    assert "source_row" not in validated.columns
+    found = lake.source_rows([str(out.validated_path)], validated["cdr_key"])
+    raw = read_batch(settings, batch_id).unique("cdr_key", keep="first", maintain_order=True)
+    assert found.sort("cdr_key").rows() == raw.filter(pl.col("cdr_key").is_in(validated["cdr_key"].implode())).select(
+        "cdr_key", "source_row").sort("cdr_key").rows()
+    assert found["source_row"].null_count() == 0
 
     held = _quarantine(settings)
     assert [(q.cdr_key, q.rule, q.status, q.server) for q in held] == [
