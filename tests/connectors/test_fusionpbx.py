@@ -168,3 +168,33 @@ def test_epoch_seconds_is_exact() -> None:
     assert str(epoch_seconds(moment)) == "1772953200.123456"
     with pytest.raises(ValueError):
         epoch_seconds(datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize("variant", ["5x", "44"])
+def test_source_row_is_the_json_object_postgresql_builds_for_the_row(pg_schema: str, variant: str) -> None:
+    """`source_row` is built with to_json of a sub-select (cheaper); it must be the very object
+    json_build_object gives for the same columns: same keys in the same order, same values
+    (numbers as PostgreSQL prints them, times as JSON text), nulls kept."""
+    from connectors.fusionpbx import SOURCE_COLUMNS
+
+    table = fx.create_cdr_table(pg_schema, variant)
+    rows = [fx.cdr_row(start=T0 + timedelta(seconds=i), billsec=i * 7, destination=f"61355501{i:02d}",
+                       caller_destination=None if i % 2 else 'odd "quoted", text\nwith a line break')
+            for i in range(5)]
+    for row in rows:
+        fx.insert_cdr(pg_schema, table.split(".")[1], row, variant)
+    got = connector(pg_schema).extract(None, UNTIL, None).cdrs
+    id_col = "xml_cdr_uuid" if variant == "5x" else "uuid"
+    with fx.connect(pg_schema) as conn, conn.cursor() as cur:
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                    (pg_schema, table.split(".")[1]))
+        present = {r[0] for r in cur.fetchall()}
+        pairs = sql.SQL(", ").join(sql.SQL("{}, {}").format(sql.Literal(c), sql.Identifier(c))
+                                   for c in SOURCE_COLUMNS if c in present)
+        cur.execute(sql.SQL("SELECT {}::text, json_build_object({})::text FROM {}").format(
+            sql.Identifier(id_col), pairs, sql.SQL(table)))
+        expected = {f"pbx1:{k}": v for k, v in cur.fetchall()}
+    assert got.height == len(rows)
+    for key, source in got.select("cdr_key", "source_row").iter_rows():
+        ours, theirs = json.loads(source), json.loads(expected[key])
+        assert list(ours.items()) == list(theirs.items())
