@@ -18,10 +18,11 @@ Secrets: identifier, secret and accesskey travel only in the POST body. They nev
 log record, an exception message or `repr(client)`; any text that could echo them is scrubbed,
 and the transport's exception is not chained (only its scrubbed text is kept).
 
-Transport: urllib3 directly (one pool, keep-alive, no retries or redirects of its own). Posting is
-bound by this client's CPU under the GIL, and `requests`' session layer added a quarter to every
-call's (AddBillableItem on loopback: 0.20 ms of CPU through urllib3, 0.25 ms through requests;
-issue #15); the failures it reported were urllib3's, classified the same way here (`_classify`). TLS is verified against certifi's bundle, as requests did.
+Transport: urllib3 directly (one pool, keep-alive, no retries or redirects of its own). Posting
+is bound by this client's CPU under the GIL, and `requests`' session layer added a quarter to
+every call's (AddBillableItem on loopback: 0.20 ms of CPU through urllib3, 0.25 ms through
+requests; issue #15). The failures it reported were urllib3's, classified the same way here
+(`_classify`). TLS is verified against certifi's bundle, as requests did.
 """
 
 from __future__ import annotations

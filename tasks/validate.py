@@ -27,7 +27,6 @@ releasing an old row is the operator saying "bill it anyway".
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ from prefect.cache_policies import NO_CACHE
 
 from autobill import lake
 from autobill.config import Settings
-from autobill.ledger.batches import reject_batch
+from autobill.ledger.batches import batch_paths, reject_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ExtractionBatch
 from autobill.memory import release_free_memory
@@ -151,7 +150,7 @@ def validate_batch(settings: Settings, batch_id: int, run_id: int | None = None,
         if batch is None:
             raise KeyError(f"no extraction batch {batch_id}")
         server, window = batch.server, (batch.window_start, batch.window_end)
-        sources = [str(p) for p in json.loads(batch.path or "[]")]
+        sources = batch_paths(batch)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     cdrs = lake.read_paths(sources)

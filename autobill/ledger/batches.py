@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -105,12 +104,17 @@ def commit_batch(settings: Settings, batch_id: int) -> CommitResult:
         return commit_batch_in(s, batch_id)
 
 
+def batch_paths(batch: ExtractionBatch) -> list[str]:
+    """The lake files of a batch, where they are now."""
+    return [str(p) for p in json.loads(batch.path or "[]")]
+
+
 def reject_pending(settings: Settings, batch_id: int, reason: str, allow: tuple[str, ...]) -> list[str]:
     with session_scope(settings.ledger) as s:
         batch = s.get(ExtractionBatch, batch_id)
         if batch is None:
             raise KeyError(f"no extraction batch {batch_id}")
-        server, status, paths = batch.server, batch.status, json.loads(batch.path or "[]")
+        server, status, paths = batch.server, batch.status, batch_paths(batch)
     if status == "rejected":
         return paths
     if status not in allow:
@@ -138,8 +142,8 @@ def read_batch(settings: Settings, batch_id: int) -> pl.DataFrame:
         batch = s.get(ExtractionBatch, batch_id)
         if batch is None:
             raise KeyError(f"no extraction batch {batch_id}")
-        paths = json.loads(batch.path or "[]")
-    return lake.read_paths(Path(p) for p in paths)
+        paths = batch_paths(batch)
+    return lake.read_paths(paths)
 
 
 def server_position(settings: Settings, server_id: str) -> tuple[datetime | None, Any]:
