@@ -28,7 +28,7 @@ Readings where RATING.md is silent (a telecom billing engineer's choices):
   of 2^63 or more, or a row that needed the exact Python path) those columns are text, as in CSV.
 
 How: a narrow per-call "core" (status code, E.164 text, matched tariff row, billable seconds,
-cost in micro-units) is computed first, then the output columns are streamed to the file.
+cost in micro-units) is computed first, then the output columns are written to the file.
 Speed (issue #15) comes from doing each step once, as integers, with a general path behind it
 for the rows the fast one does not take (the tests hold each pair equal):
 - numbers (fast.py): `+digits` / `digits` are normalised as integers (value, digit count), the
@@ -41,7 +41,9 @@ for the rows the fast one does not take (the tests hold each pair equal):
 - money: Int64 micro-units when the tariff and markup bound every product below 2^62
   (`narrow_ok`), else Int128 with the per-row guard of exact.py, else exact Python integers;
 - the independent steps (the per-call ones and the tariff's prefix index, then the match and the
-  E.164 text) run at once in threads; the parquet OUT is LZ4_RAW-compressed (io.py).
+  E.164 text) run at once in threads; the parquet OUT is LZ4_RAW-compressed (io.py);
+- a parquet input's columns go into a parquet OUT as the input's own column chunks, copied
+  byte for byte beside the output columns (passthrough.py), not decoded and encoded again.
 """
 
 from __future__ import annotations
@@ -56,8 +58,15 @@ from pathlib import Path
 
 import polars as pl
 
-from autobill.rating import exact, fast
-from autobill.rating.io import InputError, file_format, read_table, require_columns, write_table
+from autobill.rating import exact, fast, passthrough
+from autobill.rating.io import (
+    InputError,
+    file_format,
+    read_table,
+    require_columns,
+    write_beside_input,
+    write_table,
+)
 from autobill.rating.match import DirectIndex, direct_index, match_tids
 from autobill.rating.tariff import LoadedTariff, load_tariff
 from autobill.rating.timestamps import parse_starts
@@ -446,6 +455,34 @@ def _typed_fits(core: pl.DataFrame, tariff: LoadedTariff, patches: pl.DataFrame)
     return (money or 0) < _DECIMAL_LIMIT and (top[0] or 0) < 2**63 and (top[1] or 0) < _DECIMAL_LIMIT
 
 
+@dataclass(frozen=True)
+class _Rated:
+    """What the rating computed, before the output columns are built."""
+
+    kept: pl.DataFrame  # the input columns OUT repeats (those named like an output column dropped)
+    core: pl.DataFrame  # per call, narrow (`_core`)
+    tariff: LoadedTariff
+    patches: pl.DataFrame  # the rows computed in Python (`_patches`)
+    typed: bool  # billable_seconds an integer, money DECIMAL(18,6) (parquet, every value in range)
+    coded: bool  # status, matched_prefix, description as Enums (a parquet OUT)
+    counts: dict[str, int]  # rows per status
+
+    def appended(self) -> pl.LazyFrame:
+        """The RATING.md output columns alone."""
+        return _appended(self.core, self.tariff, self.patches, self.typed, coded=self.coded)
+
+    def whole(self) -> pl.LazyFrame:
+        """Every output row: the input columns kept, then the output columns."""
+        kept = self.kept
+        if set(kept.columns) & (set(self.core.columns) | {"_row", "_b_txt", "_cost_txt"}):
+            # an input column named like a working one: the two frames side by side instead
+            return pl.concat([kept.lazy(), self.appended()], how="horizontal")
+        # one frame, one projection: cheaper to stream than two frames joined side by side
+        return _appended(
+            kept.hstack(self.core), self.tariff, self.patches, self.typed, keep=kept.columns, coded=self.coded
+        )
+
+
 def _output(
     cdrs: pl.DataFrame,
     tariff: LoadedTariff,
@@ -454,8 +491,7 @@ def _output(
     source: str | Path,
     parquet: bool,
     steps: Steps | None = None,
-) -> tuple[pl.LazyFrame, dict[str, int]]:
-    """(the output rows, lazily; the count of rows per status)."""
+) -> _Rated:
     require_columns(cdrs, source, CDR_REQUIRED)
     a, d = exact.cost_fraction(markup)
     core = _core(cdrs, tariff, numbering, a, d, steps)
@@ -465,11 +501,7 @@ def _output(
     # one pass per status over a byte column: a hash group-by (value_counts) took 30x longer
     totals = core.select([(pl.col("_code") == code).sum().alias(name) for name, code in _CODES.items()])
     counts = {name: int(n) for name, n in totals.row(0, named=True).items()}
-    if set(kept.columns) & (set(core.columns) | {"_row", "_b_txt", "_cost_txt"}):
-        # an input column named like a working one: the two frames side by side instead
-        return pl.concat([kept.lazy(), _appended(core, tariff, patches, typed, coded=parquet)], how="horizontal"), counts
-    # one frame, one projection: cheaper to stream than two frames joined side by side
-    return _appended(kept.hstack(core), tariff, patches, typed, keep=kept.columns, coded=parquet), counts
+    return _Rated(kept, core, tariff, patches, typed, parquet, counts)
 
 
 def rate_cdrs(
@@ -481,7 +513,7 @@ def rate_cdrs(
     source: str | Path = "<cdrs>",
 ) -> pl.DataFrame:
     """Rate a CDR table (RATING.md "CDR columns") against a tariff; see the module docstring."""
-    return _output(cdrs, tariff, numbering, markup, source, parquet=False)[0].collect()
+    return _output(cdrs, tariff, numbering, markup, source, parquet=False).whole().collect()
 
 
 def summarise(out: pl.DataFrame) -> dict[str, int]:
@@ -502,13 +534,21 @@ def rate_files(
 
     `steps` (benchmarks only) collects the wall and CPU time of each step."""
     parquet = file_format(out_path) == ".parquet"  # refuse an unknown output type before any work
+    # which file CDRS is before it is read: its chunks are copied into OUT only if it stays that one
+    seen = passthrough.identity(cdrs_path) if parquet and file_format(cdrs_path) == ".parquet" else None
     tariff, cdrs = _concurrently(
         steps, {"load tariff": lambda: load_tariff(tariff_path), "read CDRs": lambda: read_table(cdrs_path)}
     )
-    out, counts = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet, steps)
+    rated = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet, steps)
     with _step(steps, "output columns + write"):
-        write_table(out, out_path, as_text=CODED_COLUMNS)
-    return counts
+        dropped = set(cdrs.columns) - set(rated.kept.columns)
+        source = passthrough.layout(cdrs_path, seen, cdrs.schema, dropped) if seen else None
+        copied = source is not None and write_beside_input(
+            source, rated.kept.schema, rated.appended().collect(), out_path, as_text=CODED_COLUMNS
+        )
+        if not copied:
+            write_table(rated.whole(), out_path, as_text=CODED_COLUMNS)
+    return rated.counts
 
 
 __all__ = ["InputError", "Numbering", "parse_markup", "rate_cdrs", "rate_files", "summarise"]

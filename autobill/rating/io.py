@@ -8,11 +8,14 @@ column, because that line is all an operator sees from `autobill rate`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
+
+from autobill.rating import passthrough
 
 FORMATS = (".csv", ".parquet")
 # LZ4_RAW (polars' "lz4"), as the nightly's lake files (tasks/rate.py): cheaper to compress than
@@ -100,6 +103,19 @@ def require_columns(df: pl.DataFrame, path: str | Path, columns: tuple[str, ...]
             raise header_error(path, column, f"missing required column (found: {', '.join(df.columns) or 'none'})")
 
 
+def _arrow_schema(schema: pl.Schema, as_text: Sequence[str]) -> str:
+    """The arrow schema (base64, as parquet's `ARROW:schema`) polars declares for a frame of
+    `schema`, with the Enum columns `as_text` as text."""
+    text = {
+        name: pl.String() if name in as_text and isinstance(dtype, pl.Enum) else dtype
+        for name, dtype in schema.items()
+    }
+    buffer = BytesIO()
+    pl.DataFrame(schema=text).write_parquet(buffer)
+    buffer.seek(0)
+    return pl.read_parquet_metadata(buffer)["ARROW:schema"]
+
+
 def _as_text_metadata(schema: pl.Schema, as_text: Sequence[str]) -> dict[str, str] | None:
     """The arrow schema polars declares for this frame with the Enum columns `as_text` as text,
     to be stored in the file in place of its own.
@@ -107,14 +123,9 @@ def _as_text_metadata(schema: pl.Schema, as_text: Sequence[str]) -> dict[str, st
     A parquet file holds an Enum column as a dictionary-encoded string column, exactly as it may
     hold a text column; only the arrow schema in the file's metadata tells polars, pyarrow and
     pandas to read it back as a category. Declared as text, every reader sees plain strings."""
-    names = [c for c in as_text if isinstance(schema.get(c), pl.Enum)]
-    if not names:
+    if not any(isinstance(schema.get(c), pl.Enum) for c in as_text):
         return None
-    text = {name: pl.String() if name in names else dtype for name, dtype in schema.items()}
-    buffer = BytesIO()
-    pl.DataFrame(schema=text).write_parquet(buffer)
-    buffer.seek(0)
-    return {"ARROW:schema": pl.read_parquet_metadata(buffer)["ARROW:schema"]}
+    return {"ARROW:schema": _arrow_schema(schema, as_text)}
 
 
 def _parquet_options(schema: pl.Schema, as_text: Sequence[str]) -> dict:
@@ -126,14 +137,31 @@ def _parquet_options(schema: pl.Schema, as_text: Sequence[str]) -> dict:
     }
 
 
-def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path, as_text: Sequence[str] = ()) -> None:
+def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write to a new hidden file beside OUT, then rename it into place: a failed run never leaves
     half an output, and leaves the previous OUT as it was.
 
     The old OUT is removed just before the rename (not replaced by it): on ext4, renaming over an
     existing file forces the new one to disk first (auto_da_alloc), about 0.3 s for a 5 M-row
     file; a crash in between leaves the complete new file under its hidden name. Nothing is
-    fsynced: OUT is a work file, rebuilt by rerunning the command.
+    fsynced: OUT is a work file, rebuilt by rerunning the command. Whatever `write` raises is
+    raised after the hidden file is removed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)  # a crashed run's leftover
+        # A new file (O_EXCL) written through our handle: given a path, polars opens it with
+        # O_TRUNC, and on ext4 a file truncated to zero is forced to disk on close (auto_da_alloc).
+        with tmp.open("xb") as fh:
+            write(fh)
+        path.unlink(missing_ok=True)
+        tmp.rename(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path, as_text: Sequence[str] = ()) -> None:
+    """Write OUT (atomically, `_write_atomically`).
 
     A LazyFrame is streamed to the file, so the output never has to sit in memory whole. Parquet
     is LZ4_RAW-compressed (`PARQUET_COMPRESSION`): it costs far less CPU than zstd and somewhat
@@ -144,23 +172,43 @@ def write_table(df: pl.DataFrame | pl.LazyFrame, path: str | Path, as_text: Sequ
     a parquet file (`_as_text_metadata`)."""
     path = Path(path)
     fmt = file_format(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.unlink(missing_ok=True)  # a crashed run's leftover
-        # A new file (O_EXCL) written through our handle: given a path, polars opens it with
-        # O_TRUNC, and on ext4 a file truncated to zero is forced to disk on close (auto_da_alloc).
-        with tmp.open("xb") as fh:
-            if isinstance(df, pl.LazyFrame):
-                if fmt == ".csv":
-                    df.sink_csv(fh, maintain_order=True)
-                else:
-                    df.sink_parquet(fh, maintain_order=True, **_parquet_options(df.collect_schema(), as_text))
-            elif fmt == ".csv":
-                df.write_csv(fh)
+
+    def write(fh: BinaryIO) -> None:
+        if isinstance(df, pl.LazyFrame):
+            if fmt == ".csv":
+                df.sink_csv(fh, maintain_order=True)
             else:
-                df.write_parquet(fh, **_parquet_options(df.schema, as_text))
-        path.unlink(missing_ok=True)
-        tmp.rename(path)
+                df.sink_parquet(fh, maintain_order=True, **_parquet_options(df.collect_schema(), as_text))
+        elif fmt == ".csv":
+            df.write_csv(fh)
+        else:
+            df.write_parquet(fh, **_parquet_options(df.schema, as_text))
+
+    try:
+        _write_atomically(path, write)
     except Exception as exc:  # noqa: BLE001
-        tmp.unlink(missing_ok=True)
         raise InputError(f"{path}: cannot write {fmt[1:]}: {_one_line(exc)}") from None
+
+
+def write_beside_input(
+    source: passthrough.Layout,
+    kept: pl.Schema,
+    appended: pl.DataFrame,
+    path: str | Path,
+    as_text: Sequence[str] = (),
+) -> bool:
+    """Write a parquet OUT as the input's columns `kept`, copied from its file (passthrough.py),
+    then the columns of `appended`, encoded as `write_table` would; atomically. False, with
+    nothing written, when the input's chunks turn out not to be copyable after all (the caller
+    then writes OUT with `write_table`)."""
+    path = Path(path)
+    options = _parquet_options(appended.schema, as_text)
+    del options["row_group_size"], options["metadata"]  # one group per input group; the footer is ours
+    arrow_schema = _arrow_schema(pl.Schema({**kept, **appended.schema}), as_text).encode()
+    try:
+        _write_atomically(path, lambda fh: passthrough.write(source, appended, fh, options, arrow_schema))
+    except passthrough.NotCopyable:
+        return False
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: cannot write parquet: {_one_line(exc)}") from None
+    return True

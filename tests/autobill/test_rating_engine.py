@@ -156,8 +156,8 @@ def test_input_columns_named_like_working_columns(extra, parquet):
     )
     tariff = tariff_from_frame(text_frame(TARIFF, TARIFF_COLUMNS))
     plain = cdrs.rename({extra: "note"})
-    got, _ = engine._output(cdrs, tariff, Numbering(), Decimal(0), "<cdrs>", parquet=parquet)
-    want, _ = engine._output(plain, tariff, Numbering(), Decimal(0), "<cdrs>", parquet=parquet)
+    got = engine._output(cdrs, tariff, Numbering(), Decimal(0), "<cdrs>", parquet=parquet).whole()
+    want = engine._output(plain, tariff, Numbering(), Decimal(0), "<cdrs>", parquet=parquet).whole()
     got, want = got.collect(), want.collect()
     assert got.columns == [extra, "dst", "billsec", "start", "cdr_id", *OUTPUT_COLUMNS]
     assert got[extra].to_list() == ["x", "y"]

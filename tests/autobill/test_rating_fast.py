@@ -198,7 +198,7 @@ CDR_COLUMNS = ("cdr_id", "start", "billsec", "dst", "note")
 def _parquet_and_text(tariff, cdrs, markup) -> tuple[pl.DataFrame, pl.DataFrame]:
     loaded = tariff_from_frame(text_frame(tariff, TARIFF_COLUMNS))
     frame = text_frame(cdrs, CDR_COLUMNS)
-    typed, _ = engine._output(frame, loaded, Numbering(), Decimal(markup), "<cdrs>", parquet=True)
+    typed = engine._output(frame, loaded, Numbering(), Decimal(markup), "<cdrs>", parquet=True).whole()
     return typed.collect(), rate_cdrs(frame, loaded, markup=Decimal(markup))
 
 
