@@ -11,8 +11,11 @@ subprocesses, alternately, `--repeat` times each:
     keeps the longest match in effect with arg_max, and writes the same parquet columns
     (DECIMAL(18,6) money, exact half-up cost). Its process imports nothing but DuckDB.
 
-Both outputs are compressed parquet: ours LZ4_RAW (autobill/rating/io.py), the baseline DuckDB's
-default (snappy); the codecs and sizes of the two files are printed.
+Both outputs are compressed parquet. Ours holds the input's columns as the input's own column
+chunks, copied (zstd, as polars wrote the generated file; autobill/rating/passthrough.py), and the
+output columns in LZ4_RAW (autobill/rating/io.py); the baseline's are DuckDB's default (snappy).
+The codecs and sizes of the two files are printed, and our input columns are checked equal to the
+input file's.
 
 It prints wall time, CPU time, CDR/s and peak RSS (ru_maxrss of each child, from os.wait4) of
 both, the ratio, whether the two outputs agree row by row (status, e164, matched_prefix,
@@ -167,6 +170,14 @@ def compare(a_out: Path, b_out: Path) -> str:
     return f"True ({got.height:,} rows x {len(COMPARED) + 1} columns)"
 
 
+def inputs_kept(a_out: Path, cdrs: Path) -> bool:
+    """Our OUT repeats the input file's columns exactly (RATING.md: every input column, unchanged)."""
+    import polars as pl
+
+    source = pl.read_parquet(cdrs)
+    return pl.read_parquet(a_out, columns=source.columns).equals(source)
+
+
 def codecs(path: Path) -> str:
     """The compression codecs of a parquet file's column chunks, and its size."""
     import duckdb
@@ -260,6 +271,7 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     if best_a[2] == 0 and best_b[2] == 0:
         print(f"outputs agree (every compared column, row by row): {compare(a_out, b_out)}")
+        print(f"our input columns equal the input file's: {inputs_kept(a_out, cdrs)}")
         print(f"output files: autobill {codecs(a_out)}; naive {codecs(b_out)}")
     if not args.no_steps:
         steps(tariff, cdrs, work / "out_steps.parquet")
