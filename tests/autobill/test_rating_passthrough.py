@@ -264,3 +264,15 @@ def test_a_footer_that_disagrees_with_what_was_read_is_not_copied(tmp_path):
     assert passthrough.layout(source, None, frame.schema, set()) is None
     (tmp_path / "bad.parquet").write_bytes(b"PAR1" + b"\x00" * 20 + b"PAR1")
     assert passthrough.layout(tmp_path / "bad.parquet", passthrough.identity(tmp_path / "bad.parquet"), frame.schema, set()) is None
+
+
+def test_rating_a_file_onto_itself_copies_from_the_original(tmp_path, tariff, monkeypatch):
+    """--out the same path as --cdrs: the chunks are read from the original while OUT is written
+    beside it, and OUT replaces it only when complete."""
+    source = write_input(cdrs(), tmp_path / "in.parquet", "pyarrow")
+    rate_whole(tariff, source, tmp_path / "whole.parquet", monkeypatch)
+    groups = group_rows(source)
+    engine.rate_files(tariff, source, source)
+    assert_same_file_content(source, tmp_path / "whole.parquet")
+    assert group_rows(source) == groups
+    assert not list(tmp_path.glob(".*tmp"))
