@@ -2,7 +2,7 @@
 
 RATING.md: OUT repeats every input column unchanged, then the output columns. Decoding the
 input's columns was needed to rate them, but encoding and compressing them again for OUT was
-about a quarter of `autobill rate`'s CPU (issue #15, benchmarks/rating.py). A parquet file is a
+about a sixth of `autobill rate`'s CPU (issue #15, benchmarks/rating.py). A parquet file is a
 run of column chunks, each one self-contained: its pages and their headers hold no file offset;
 only the footer says where each chunk starts. So OUT is written as, for each input row group:
 

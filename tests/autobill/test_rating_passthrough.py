@@ -50,6 +50,8 @@ def cdrs(n: int = ROWS) -> pl.DataFrame:
             "at": [dt.datetime(2024, 7, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i) for i in range(n)],
             "amount": pl.Series([Decimal(i) / 100 for i in range(n)], dtype=pl.Decimal(12, 2)),
             "raw": [bytes([i % 256]) * (i % 5) for i in range(n)],
+            "clock": [dt.time(i % 24, i % 60, i % 60) for i in range(n)],
+            "held": [dt.timedelta(seconds=i) for i in range(n)],
         }
     )
 
@@ -68,6 +70,7 @@ def write_input(frame: pl.DataFrame, path: Path, writer: str, group: int = 1000)
             data_page_size=4096,
         )
     else:  # DuckDB: each chunk's metadata written after it, inside the file
+        frame = frame.drop("held", strict=False)  # DuckDB writes a duration as an INTERVAL polars cannot read
         con = duckdb.connect()
         con.register("f", frame.to_arrow())
         con.execute(f"COPY f TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE {group})")
@@ -124,8 +127,8 @@ def group_rows(path: Path) -> list[int]:
 
 @pytest.mark.parametrize("writer", ["polars", "pyarrow", "duckdb"])
 def test_copied_columns_read_back_as_the_whole_file_does(tmp_path, tariff, monkeypatch, writer):
-    frame = cdrs()
-    source = write_input(frame, tmp_path / "in.parquet", writer)
+    source = write_input(cdrs(), tmp_path / "in.parquet", writer)
+    frame = pl.read_parquet(source)
     counts = engine.rate_files(tariff, source, tmp_path / "out.parquet")
     want = rate_whole(tariff, source, tmp_path / "whole.parquet", monkeypatch)
     assert counts == want
@@ -133,7 +136,7 @@ def test_copied_columns_read_back_as_the_whole_file_does(tmp_path, tariff, monke
     assert_same_file_content(tmp_path / "out.parquet", tmp_path / "whole.parquet")
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert out.columns == [*frame.columns, *OUTPUT_COLUMNS]
-    assert out.select(frame.columns).equals(pl.read_parquet(source))
+    assert out.select(frame.columns).equals(frame)
     # copied: OUT's row groups are the input's, and each input column keeps the input's codec
     assert group_rows(tmp_path / "out.parquet") == group_rows(source)
     got_codecs, input_codecs = codecs(tmp_path / "out.parquet"), codecs(source)
