@@ -541,8 +541,7 @@ def rate_files(
     )
     rated = _output(cdrs, tariff, numbering, markup, cdrs_path, parquet, steps)
     with _step(steps, "output columns + write"):
-        dropped = set(cdrs.columns) - set(rated.kept.columns)
-        source = passthrough.layout(cdrs_path, seen, cdrs.schema, dropped) if seen else None
+        source = passthrough.layout(cdrs_path, seen, cdrs.schema, rated.kept.columns)
         copied = source is not None and write_beside_input(
             source, rated.kept.schema, rated.appended().collect(), out_path, as_text=CODED_COLUMNS
         )

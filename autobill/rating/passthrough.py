@@ -31,7 +31,7 @@ import io
 import os
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,9 +107,11 @@ class Layout:
     keep: tuple[int, ...]  # the input columns (leaf indexes) OUT repeats
 
 
-def layout(path: str | Path, seen: Identity | None, schema: pl.Schema, drop: set[str]) -> Layout | None:
+def layout(
+    path: str | Path, seen: Identity | None, schema: pl.Schema, keep: Collection[str]
+) -> Layout | None:
     """The layout of the parquet file `path` (which polars read as a frame of `schema`, and which
-    was `seen` before it was read), keeping every column but `drop`; None when its chunks are not
+    was `seen` before it was read), for copying its columns `keep`; None when its chunks are not
     ones `write` copies."""
     if seen is None:
         return None
@@ -118,13 +120,13 @@ def layout(path: str | Path, seen: Identity | None, schema: pl.Schema, drop: set
             if Identity.of(os.fstat(fh.fileno())) != seen:
                 return None
             meta, footer_start = _footer(fh, seen.size)
-        keep = _kept_columns(meta, footer_start, schema, drop)
+        kept = _kept_columns(meta, footer_start, schema, set(keep))
     except Exception:  # noqa: BLE001 - a footer that surprises us in any way: OUT is written whole
         return None
-    return Layout(Path(path), seen, meta, keep) if keep else None
+    return Layout(Path(path), seen, meta, kept) if kept else None
 
 
-def _kept_columns(meta: Struct, footer_start: int, schema: pl.Schema, drop: set[str]) -> tuple[int, ...]:
+def _kept_columns(meta: Struct, footer_start: int, schema: pl.Schema, keep: set[str]) -> tuple[int, ...]:
     """The leaf indexes of the columns OUT keeps; () when the file is not one `write` copies."""
     if tc.get(meta, _FMD_ENCRYPTION) is not None:
         return ()
@@ -160,7 +162,7 @@ def _kept_columns(meta: Struct, footer_start: int, schema: pl.Schema, drop: set[
             start, length = _chunk_range(md)
             if start < len(MAGIC) or length <= 0 or start + length > footer_start:
                 return ()
-    return tuple(i for i, name in enumerate(names) if name not in drop)
+    return tuple(i for i, name in enumerate(names) if name in keep)
 
 
 def write(src: Layout, appended: pl.DataFrame, out: BinaryIO, options: dict, arrow_schema: bytes) -> None:
@@ -172,11 +174,9 @@ def write(src: Layout, appended: pl.DataFrame, out: BinaryIO, options: dict, arr
     input changed since it was read."""
     meta = src.meta
     groups = tc.get(meta, _FMD_GROUPS)[1]
-    elements = tc.get(meta, _FMD_SCHEMA)[1]
     out.write(MAGIC)
     position = len(MAGIC)
     new_groups: list[Struct] = []
-    new_elements: list[Struct] | None = None
     first_mini: Struct | None = None
     with open(src.path, "rb") as fh:
         fd = fh.fileno()
@@ -188,7 +188,7 @@ def write(src: Layout, appended: pl.DataFrame, out: BinaryIO, options: dict, arr
             rows = tc.get(group, _RG_ROWS)
             (mini_group,) = tc.get(mini_meta, _FMD_GROUPS)[1]  # one row group (`_encode_one`)
             if first_mini is None:
-                first_mini, new_elements = mini_meta, tc.get(mini_meta, _FMD_SCHEMA)[1][1:]
+                first_mini = mini_meta
             columns: list[Struct] = []
             input_chunks = tc.get(group, _RG_COLUMNS)[1]
             for i in src.keep:
@@ -208,9 +208,8 @@ def write(src: Layout, appended: pl.DataFrame, out: BinaryIO, options: dict, arr
             new_groups.append(_row_group(columns, rows, ordinal))
         if Identity.of(os.fstat(fd)) != src.identity:
             raise NotCopyable("the input changed while it was copied")
-    assert first_mini is not None and new_elements is not None  # at least one row group (layout)
-    kept = [elements[1 + i] for i in src.keep]
-    footer = _file_metadata(meta, first_mini, kept, new_elements, src.keep, new_groups, arrow_schema)
+    assert first_mini is not None  # at least one row group (layout)
+    footer = _file_metadata(meta, first_mini, src.keep, new_groups, arrow_schema)
     out.write(footer)
     out.write(struct.pack("<I", len(footer)))
     out.write(MAGIC)
@@ -296,15 +295,14 @@ def _row_group(columns: list[Struct], rows: int, ordinal: int) -> Struct:
 
 
 def _file_metadata(
-    source: Struct,
-    mini: Struct,
-    kept: list[Struct],
-    added: list[Struct],
-    keep: tuple[int, ...],
-    groups: list[Struct],
-    arrow_schema: bytes,
+    source: Struct, mini: Struct, keep: tuple[int, ...], groups: list[Struct], arrow_schema: bytes
 ) -> bytes:
-    root = tc.with_field(tc.get(source, _FMD_SCHEMA)[1][0], _SE_CHILDREN, tc.I32, len(kept) + len(added))
+    """OUT's footer: the input's root and kept schema elements, then the output columns' (from a
+    one-group file `mini` of them), the row groups, and `arrow_schema` as `ARROW:schema`."""
+    elements = tc.get(source, _FMD_SCHEMA)[1]
+    kept = [elements[1 + i] for i in keep]
+    added = tc.get(mini, _FMD_SCHEMA)[1][1:]
+    root = tc.with_field(elements[0], _SE_CHILDREN, tc.I32, len(kept) + len(added))
     fields: Struct = [
         (_FMD_VERSION, tc.I32, max(tc.get(source, _FMD_VERSION, 1), tc.get(mini, _FMD_VERSION, 1))),
         (_FMD_SCHEMA, tc.LIST, (tc.STRUCT, [root, *kept, *added])),

@@ -236,7 +236,7 @@ def test_the_page_walk_refuses_a_chunk_with_trailing_bytes(tmp_path):
     _rewrite_footer(source, _grow_last_chunk)
     frame = pl.read_parquet(source)
     seen = passthrough.identity(source)
-    src = passthrough.layout(source, seen, frame.schema, set())
+    src = passthrough.layout(source, seen, frame.schema, frame.columns)
     assert src is not None  # the footer alone looks fine
     with pytest.raises(passthrough.NotCopyable, match="not pages|do not match"), open(tmp_path / "o", "wb") as fh:
         passthrough.write(src, pl.DataFrame({"a": list(range(ROWS))}), fh, {}, b"")
@@ -246,27 +246,27 @@ def test_an_input_changed_after_it_was_read_is_not_copied(tmp_path, tariff, monk
     source = write_input(cdrs(), tmp_path / "in.parquet", "polars")
     frame = pl.read_parquet(source)
     seen = passthrough.identity(source)
-    assert passthrough.layout(source, seen, frame.schema, set()) is not None
-    src = passthrough.layout(source, seen, frame.schema, set())
+    src = passthrough.layout(source, seen, frame.schema, frame.columns)
+    assert src is not None
     os.utime(source, ns=(seen.mtime_ns + 10**9, seen.mtime_ns + 10**9))  # rewritten in place, say
-    assert passthrough.layout(source, seen, frame.schema, set()) is None
+    assert passthrough.layout(source, seen, frame.schema, frame.columns) is None
     with pytest.raises(passthrough.NotCopyable, match="changed"), open(tmp_path / "o", "wb") as fh:
         passthrough.write(src, pl.DataFrame({"a": list(range(ROWS))}), fh, {}, b"")
     # replaced by another file under the same name between the stat and the read
     other = write_input(cdrs().with_columns(pl.col("note").fill_null("x")), tmp_path / "other.parquet", "polars")
     other.replace(source)
-    assert passthrough.layout(source, seen, frame.schema, set()) is None
+    assert passthrough.layout(source, seen, frame.schema, frame.columns) is None
 
 
 def test_a_footer_that_disagrees_with_what_was_read_is_not_copied(tmp_path):
     source = write_input(cdrs(), tmp_path / "in.parquet", "polars")
     frame = pl.read_parquet(source)
     seen = passthrough.identity(source)
-    assert passthrough.layout(source, seen, frame.schema.copy() | {"extra": pl.String()}, set()) is None
-    assert passthrough.layout(source, seen, frame.schema, set(frame.columns)) is None  # nothing kept
-    assert passthrough.layout(source, None, frame.schema, set()) is None
+    assert passthrough.layout(source, seen, frame.schema.copy() | {"extra": pl.String()}, frame.columns) is None
+    assert passthrough.layout(source, seen, frame.schema, ()) is None  # nothing kept
+    assert passthrough.layout(source, None, frame.schema, frame.columns) is None
     (tmp_path / "bad.parquet").write_bytes(b"PAR1" + b"\x00" * 20 + b"PAR1")
-    assert passthrough.layout(tmp_path / "bad.parquet", passthrough.identity(tmp_path / "bad.parquet"), frame.schema, set()) is None
+    assert passthrough.layout(tmp_path / "bad.parquet", passthrough.identity(tmp_path / "bad.parquet"), frame.schema, frame.columns) is None
 
 
 def test_rating_a_file_onto_itself_copies_from_the_original(tmp_path, tariff, monkeypatch):
