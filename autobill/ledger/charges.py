@@ -102,13 +102,17 @@ def insert_charges(session: Session, lines: list[ChargeLine], run_id: int | None
          "pending" if ln.amount != 0 else "zero", 0, run_id, now)
         for ln in lines
     ))
-    keys = [ln.idempotency_key for ln in lines]
-    ids: dict[str, int] = {}
-    for i in range(0, len(keys), _CHUNK):
-        ids.update(session.execute(
-            select(Charge.idempotency_key, Charge.id).where(Charge.idempotency_key.in_(keys[i : i + _CHUNK]))
-        ).tuples().all())
-    return [ids[k] for k in keys]
+    by_day: dict[date, list[str]] = {}
+    for ln in lines:
+        by_day.setdefault(ln.billing_date, []).append(ln.idempotency_key)
+    ids: dict[tuple[date, str], int] = {}
+    for day, keys in by_day.items():  # (date, key): the order of the unique index (models.Charge)
+        for i in range(0, len(keys), _CHUNK):
+            ids.update(((day, k), cid) for k, cid in session.execute(
+                select(Charge.idempotency_key, Charge.id)
+                .where(Charge.billing_date == day, Charge.idempotency_key.in_(keys[i : i + _CHUNK]))
+            ).tuples())
+    return [ids[(ln.billing_date, ln.idempotency_key)] for ln in lines]
 
 
 @dataclass

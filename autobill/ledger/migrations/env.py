@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from sqlalchemy import event
 
 from autobill.ledger.db import make_engine
 from autobill.ledger.models import Base
@@ -34,12 +35,39 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _sqlite_transactional(engine) -> None:
+    """Make a SQLite migration one real transaction with foreign keys off, as SQLite's procedure for
+    rebuilding a table others point to asks (a batch migration copies, drops and renames it).
+
+    pysqlite on its own commits each DDL statement as it goes, so a failed migration would leave a
+    half-changed ledger: here the driver's implicit transactions are off and every transaction
+    SQLAlchemy begins emits BEGIN, so the whole upgrade commits or rolls back at once."""
+
+    @event.listens_for(engine, "connect")
+    def _off(dbapi_conn, _record) -> None:  # after make_engine's pragmas, before any transaction
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute("PRAGMA foreign_keys=OFF")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
 def run_migrations_online() -> None:
     engine = make_engine(_url())
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite:
+        _sqlite_transactional(engine)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                          transactional_ddl=True)
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"the migration would leave {len(broken)} broken foreign key(s), "
+                                       f"e.g. {broken[0]}: rolled back, the ledger is unchanged")
     engine.dispose()
 
 
