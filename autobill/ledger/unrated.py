@@ -20,6 +20,13 @@ _CHUNK = 5000
 
 
 def resolve_unrated(session: Session, keys: list[str], now: datetime) -> None:
+    """Mark the unrated rows of these (now final) keys resolved. Given more keys than one UPDATE
+    takes (rated rows without a `source` column: any final row may have been unrated), only the
+    keys still waiting are updated, found by one read of the waiting keys instead of an UPDATE per
+    5,000 keys (200 of them, 1.6-2 s, for a million final rows and an empty backlog)."""
+    if len(keys) > _CHUNK:
+        waiting = session.scalars(select(UnratedCDR.cdr_key).where(UnratedCDR.resolved_at.is_(None))).all()
+        keys = sorted(set(waiting).intersection(keys))
     for i in range(0, len(keys), _CHUNK):
         session.execute(
             update(UnratedCDR)
