@@ -107,6 +107,7 @@ def night_frame(rng: random.Random, night: int, rows: int, history: list[pl.Data
         .then(pl.format("0.{}", (pl.col("charged_seconds") * 167 % 1_000_000).cast(pl.String).str.zfill(6)))
         .otherwise(pl.lit("0.000000")).alias("cost"),
         pl.lit(None, pl.String).alias("unrated_reason"),
+        pl.lit("batch").alias("source"),  # as tasks/rate.py marks rows extracted this run
     ).drop("_roll", "_secs")
     new = frame
     if resent:
