@@ -1,5 +1,6 @@
-"""Migration 0011 (the charges indexes lead with the billing date) on a ledger that holds charges
-other tables point to, on SQLite (a table rebuild) and on the real PostgreSQL."""
+"""Migrations on ledgers that hold data: 0011 (the charges indexes lead with the billing date) on
+charges other tables point to, on SQLite (a table rebuild) and on the real PostgreSQL; a SQLite
+upgrade is one transaction with foreign keys checked before it commits."""
 
 from __future__ import annotations
 
@@ -130,3 +131,29 @@ def test_a_sqlite_migration_that_would_leave_a_broken_reference_is_rolled_back(t
     with engine_for(url).begin() as conn:
         names = {ix["name"] for ix in inspect(conn).get_indexes("charges")}
         assert "ix_charges_client_date" in names and "ux_charges_date_key" not in names
+
+
+def test_a_sqlite_ledger_with_billed_cdrs_upgrades_through_every_charges_rebuild(tmp_path):
+    """0007 and 0011 rebuild `charges` on SQLite. With foreign keys on, dropping the old table failed
+    ("FOREIGN KEY constraint failed") as soon as a `billed_cdrs` row pointed at a charge: a real
+    ledger from before 0007 could not be upgraded."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url, "0006")
+    with engine_for(url).begin() as conn:
+        conn.execute(text(
+            "INSERT INTO charges (idempotency_key, client_id, service_id, billing_date, charge_class, currency, amount,"
+            " exact_amount, billable_seconds, cdr_count, tariff_version, description, state, attempts, created_at)"
+            " VALUES ('ab-1-10-20261001-outbound-USD-v1-eeee', 1, 10, '2026-10-01', 'outbound', 'USD', '1.00',"
+            " '1.000000', 60, 1, 'v1', 'calls', 'posted', 1, '2026-10-02 00:00:00')"))
+        conn.execute(text(
+            "INSERT INTO billed_cdrs (cdr_key, server, client_id, service_id, billing_date, outcome, charge_id, cost,"
+            " billable_seconds, included_seconds, created_at) VALUES ('pbx:1', 'pbx', 1, 10, '2026-10-01', 'billed',"
+            " 1, '1.000000', 60, 0, '2026-10-02 00:00:00')"))
+    _reopen(url)
+    upgrade(url)
+    _reopen(url)
+    assert current_revision(url) == "0011"
+    with engine_for(url).begin() as conn:
+        assert conn.execute(text("SELECT b.cdr_key, c.idempotency_key FROM billed_cdrs b JOIN charges c"
+                                 " ON c.id = b.charge_id")).all() == [("pbx:1", "ab-1-10-20261001-outbound-USD-v1-eeee")]
+        assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
