@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from autobill import lake
 from autobill.config import Settings
-from autobill.ledger.bulk import insert_rows, keys_present
+from autobill.ledger.bulk import insert_rows, keys_present, stamp_waiting
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import BilledCDR, BilledManifest, BilledState, IntradayUsage
 
@@ -173,14 +173,7 @@ def record_final(session: Session, data_path: Path, rows: pl.DataFrame, run_id: 
 
 def mark_intraday_billed(session: Session, keys: pl.Series, now: datetime) -> int:
     """Set `billed_at` on the intraday rows of these keys (bounded: intraday rows are pruned)."""
-    waiting = session.scalars(select(IntradayUsage.cdr_key).where(IntradayUsage.billed_at.is_(None))).all()
-    if not waiting:
-        return 0
-    hit = sorted(set(waiting) & set(keys.to_list()))
-    for i in range(0, len(hit), _CHUNK):
-        session.execute(update(IntradayUsage).where(IntradayUsage.cdr_key.in_(hit[i : i + _CHUNK]))
-                        .values(billed_at=now))
-    return len(hit)
+    return stamp_waiting(session, IntradayUsage.cdr_key, IntradayUsage.billed_at, keys.to_list(), now)
 
 
 def sweep_orphans(session: Session, data_path: Path, days: Iterable[date],

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Column, Table, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -147,3 +147,19 @@ def keys_present(session: Session, table: Table, column: str, keys: Iterable[str
         return found
     finally:
         cur.close()
+
+
+def stamp_waiting(session: Session, key: Column, stamp: Column, keys: Iterable[str], now: datetime) -> int:
+    """Set `stamp` to `now` on the rows whose `key` is one of `keys` and whose `stamp` is still null;
+    returns how many rows it stamped. Given more keys than one UPDATE takes (a night's
+    million final keys), the waiting keys are read once and only those updated: one UPDATE per
+    5,000 keys instead was 200 statements, 1.6-2 s, for a million keys and nothing waiting."""
+    keys = list(keys)
+    if len(keys) > PAGE:
+        waiting = session.scalars(select(key).where(stamp.is_(None))).all()
+        keys = sorted(set(waiting).intersection(keys))
+    stamped = 0
+    for i in range(0, len(keys), PAGE):
+        stamped += session.execute(
+            update(key.table).where(key.in_(keys[i : i + PAGE]), stamp.is_(None)).values({stamp: now})).rowcount
+    return stamped

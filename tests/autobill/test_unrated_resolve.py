@@ -1,5 +1,6 @@
-"""Resolving unrated CDRs that became final: the same rows whether the caller names a few keys
-(rated rows with a `source` column) or every final key of the night (rows without one)."""
+"""Resolving unrated CDRs that became final (`bulk.stamp_waiting`, which also marks intraday calls
+billed): the same rows whether the caller names a few keys (rated rows with a `source` column) or
+every final key of the night (rows without one)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_only_the_named_waiting_rows_are_resolved_and_earlier_resolutions_kept(l
         final += [f"other:{i}" for i in range(2 * _CHUNK)]
         assert len(final) > _CHUNK
     with session_scope(ledger_url) as s:
-        resolve_unrated(s, final, NOW)
+        assert resolve_unrated(s, final, NOW) == 3
     got = _resolved(ledger_url)
     assert {k for k, at in got.items() if at == NOW} == {"pbx:1", "pbx:4", "pbx:9"}
     assert got["pbx:3"] == SEEN  # resolved before: its first resolution stands
