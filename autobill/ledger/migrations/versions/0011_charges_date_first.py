@@ -14,9 +14,9 @@ for 10 k clients landed all over both B-trees: the pages one commit dirtied grew
   (statements, corrections).
 
 SQLite keeps an unnamed table constraint in the table itself: dropping it rebuilds `charges`
-(copied whole, once: 7.1 s for a ledger of 1 M charges on a 2-core VM, the new indexes included). env.py turns foreign keys
-off around a SQLite migration and checks them before it commits, SQLite's documented procedure
-for a rebuild of a table others point to.
+(copied whole, once: 7.1 s for a ledger of 1 M charges on a 2-core VM, the new indexes
+included). env.py turns foreign keys off around a SQLite migration and checks them before it
+commits, SQLite's documented procedure for a rebuild of a table others point to.
 
 Revision ID: 0011
 Revises: 0010
