@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from autobill.config import Settings
 from autobill.corrections import Booked, Change, Correction, LineId, Price, line_of_change
-from autobill.ledger.billed import billed_frame
+from autobill.ledger.billed import billed_frame, included_used
 from autobill.ledger.bulk import insert_rows
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import Charge, CorrectionCDR, Rerate
@@ -137,33 +137,31 @@ def allowance_periods(settings: Settings, cdrs: pl.DataFrame) -> dict[tuple[int,
 def included_by_period(session: Session, wanted: dict[tuple[int, date], date]) -> dict[tuple[int, date], int]:
     """Included seconds consumed per (service, period start) over [start, end) (`wanted` maps
     (service, start) to end): what the nightly billed plus what re-rates added or took back.
-    One read of the billed state for all services (not one query per service). It runs every
-    night and every credit-control cycle over the month so far, so only the rows that used some
-    allowance (or whose allowance a re-rate changed) are read whole; the included-seconds column
-    of the others is still scanned, so the read grows with the month (docs/nightly-scale.md)."""
+    It runs every night and every credit-control cycle over the month so far, so the billed part
+    comes from each billing date's manifest summaries (`included_used`: one footer per file, not
+    a month of rows); only the calls a re-rate moved are read row by row, to find their service
+    and date."""
     out = dict.fromkeys(wanted, 0)
     if not wanted:
         return out
     first = min(start for _, start in wanted)
     last = max(wanted.values()) - timedelta(days=1)
+    services = {sid for sid, _ in wanted}
     periods = pl.DataFrame([(sid, start, end) for (sid, start), end in wanted.items()],
                            schema={"service_id": pl.Int64, "start": pl.Date, "end": pl.Date}, orient="row")
     deltas: dict[str, int] = {}
     for c, _ccy in session.execute(_corrections_of(first, last)):
         deltas[c.cdr_key] = deltas.get(c.cdr_key, 0) + int(c.new_included) - int(c.old_included)
-    used_some = pl.col("included_seconds") > 0
+    used = [included_used(session, first, last, services)]
     if deltas:
-        used_some = used_some | pl.col("cdr_key").is_in(list(deltas))
-    billed = billed_frame(session=session, first=first, last=last, service_ids={sid for sid, _ in wanted},
-                          columns=("cdr_key", "service_id", "billing_date", "included_seconds"), where=used_some)
-    if deltas:
-        delta = pl.DataFrame({"cdr_key": list(deltas), "_delta": list(deltas.values())},
-                             schema={"cdr_key": pl.String, "_delta": pl.Int64})
-        billed = billed.join(delta, on="cdr_key", how="left").with_columns(
-            (pl.col("included_seconds").fill_null(0) + pl.col("_delta").fill_null(0)).alias("included_seconds"))
-    sums = (billed.join(periods, on="service_id", how="inner")
+        delta = pl.DataFrame({"cdr_key": list(deltas), "included_seconds": list(deltas.values())},
+                             schema={"cdr_key": pl.String, "included_seconds": pl.Int64})
+        moved = billed_frame(session=session, keys=list(deltas), first=first, last=last, service_ids=services,
+                             columns=("cdr_key", "service_id", "billing_date"))
+        used.append(moved.join(delta, on="cdr_key").select(used[0].columns))
+    sums = (pl.concat(used, how="vertical").join(periods, on="service_id", how="inner")
             .filter((pl.col("billing_date") >= pl.col("start")) & (pl.col("billing_date") < pl.col("end")))
-            .group_by("service_id", "start").agg(pl.col("included_seconds").fill_null(0).sum()))
+            .group_by("service_id", "start").agg(pl.col("included_seconds").sum()))
     for sid, start, seconds in sums.iter_rows():
         out[(int(sid), start)] = int(seconds)
     return out

@@ -1,10 +1,11 @@
 """Included minutes already used (autobill/ledger/corrections.py), as the nightly and credit
 control read them before rating.
 
-`included_by_period` reads only the billed rows that used some allowance, or whose allowance a
-re-rate changed (issue #15: a month of billed calls is read every night and every credit-control
-cycle). The reference kept here sums `included_seconds` plus every correction's change over ALL
-billed rows of each period; on random nights and random re-rates the two must agree, and
+`included_by_period` reads each manifest's footer summary (included seconds per service), the
+rows of manifests written before footers existed, and only the calls a re-rate moved (issue #15:
+a month of billed calls was read every night and every credit-control cycle). The reference kept
+here sums `included_seconds` plus every correction's change over ALL billed rows of each period;
+on random nights, random re-rates and random manifests without a summary the two must agree, and
 `allowance_periods` must ask only for the plans that include minutes.
 """
 
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autobill.config import settings_from_dict
-from autobill.ledger.billed import billed_frame, empty_billed, record_final
+from autobill.ledger.billed import INCLUDED_KEY, billed_frame, empty_billed, manifest_paths, record_final
 from autobill.ledger.corrections import allowance_periods, included_by_period
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import CorrectionCDR, Rerate
@@ -73,6 +74,17 @@ def _write(cfg, rows: list[tuple[int, int, int, int]], corrections: list[tuple[i
             ) for key, old, new in corrections)
 
 
+def _strip_summaries(cfg, days: set[int]) -> None:
+    """Rewrite the manifests of these days of the month without their footer summary, as files
+    written before the summary existed look."""
+    with session_scope(cfg.ledger) as session:
+        paths = manifest_paths(session, days=[MONTH + timedelta(days=d) for d in days])
+    for path in paths:
+        assert INCLUDED_KEY in pl.read_parquet_metadata(path)
+        pl.read_parquet(path).write_parquet(path)
+        assert INCLUDED_KEY not in pl.read_parquet_metadata(path)
+
+
 def _reference(cfg, wanted: dict[tuple[int, date], date]) -> dict[tuple[int, date], int]:
     """Every billed row of each period, its included seconds plus all its corrections' changes."""
     with session_scope(cfg.ledger) as session:
@@ -93,15 +105,46 @@ def _reference(cfg, wanted: dict[tuple[int, date], date]) -> dict[tuple[int, dat
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(rows=st.lists(billed_row, max_size=40), corrections=st.lists(correction, max_size=8),
-       asked=st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique=True))
-def test_allowance_read_matches_a_sum_over_every_billed_row(tmp_path_factory, rows, corrections, asked):
+       asked=st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique=True),
+       unsummarised=st.sets(st.integers(0, 29), max_size=10))
+def test_allowance_read_matches_a_sum_over_every_billed_row(tmp_path_factory, rows, corrections, asked,
+                                                            unsummarised):
     tmp = tmp_path_factory.mktemp("included")
     cfg = _settings(tmp)
     _write(cfg, rows, corrections)
+    _strip_summaries(cfg, unsummarised)
     wanted = {(sid, MONTH): MONTH + timedelta(days=30) for sid in asked}
     with session_scope(cfg.ledger) as session:
         got = included_by_period(session, wanted)
     assert got == _reference(cfg, wanted)
+
+
+def test_the_allowance_read_opens_footers_not_rows(tmp_path, monkeypatch):
+    """Without re-rates and with every manifest summarised, no row of the month is read."""
+    cfg = _settings(tmp_path)
+    _write(cfg, [(k, SERVICES[k % 3], k % 30, (0, 30, 600)[k % 3]) for k in range(60)], [])
+    wanted = {(sid, MONTH): MONTH + timedelta(days=30) for sid in SERVICES}
+    expected = _reference(cfg, wanted)
+    assert expected == {(10, MONTH): 0, (20, MONTH): 600, (30, MONTH): 12000}
+
+    def no_rows(*args, **kwargs):
+        raise AssertionError("the allowance read scanned manifest rows")
+
+    monkeypatch.setattr(pl, "scan_parquet", no_rows)
+    with session_scope(cfg.ledger) as session:
+        assert included_by_period(session, wanted) == expected
+
+
+def test_manifests_without_a_summary_are_read_row_by_row(tmp_path):
+    """Files written before the footer summary existed (here: every other day) still count."""
+    cfg = _settings(tmp_path)
+    _write(cfg, [(k, SERVICES[k % 3], k % 30, (0, 30, 600)[k % 3]) for k in range(60)],
+           [(1, 30, 0), (5, 600, 60)])  # two re-rates: calls 1 (day 1) and 5 (day 5)
+    _strip_summaries(cfg, set(range(0, 30, 2)))
+    wanted = {(sid, MONTH): MONTH + timedelta(days=30) for sid in SERVICES}
+    with session_scope(cfg.ledger) as session:
+        got = included_by_period(session, wanted)
+    assert got == _reference(cfg, wanted) == {(10, MONTH): 0, (20, MONTH): 570, (30, MONTH): 11460}
 
 
 def test_only_plans_with_included_minutes_are_asked_for():
