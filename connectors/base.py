@@ -21,7 +21,8 @@ class Extracted:
     cdrs: pl.DataFrame  # canonical columns, conformed with autobill.cdr.conform
     watermark: datetime | None  # new high-water mark (UTC) to store once the batch is kept
     cursor: dict[str, Any] | None = None  # connector state to store with it (ETag, Last-Modified, ...)
-    files: list[tuple[str, str, int]] = field(default_factory=list)  # (name, content sha256, rows) consumed
+    # (name, content sha256, rows) consumed; drop folders add (size, mtime_ns) as the file was read
+    files: list[tuple] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # human-readable remarks for the run report
     # Files that cannot be read as a whole: (name, content sha256 or "", reason); quarantined whole.
     bad_files: list[tuple[str, str, str]] = field(default_factory=list)

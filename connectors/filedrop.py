@@ -33,6 +33,11 @@ Rules (DESIGN.md invariant 2, nothing disappears):
 - A file is identified by the sha256 of its bytes: a file whose hash is in `processed_files`
   (or seen earlier in the same pass, e.g. a renamed copy) is skipped. The hash is computed
   over the bytes that are then parsed, so a file changing under us cannot be half-recorded.
+  A folder keeps every file it was given, so a file that still has the name, size and
+  modification time (ns) it had when it was processed is skipped without being read (reading
+  and hashing every old file made each run dearer than the last); change any of the three and
+  it is read and hashed again. Its size and time are recorded only when they did not change
+  while it was read.
 - A file that cannot be used as a whole (empty, no header, a required column missing, not CSV
   or parquet, not UTF-8, a broken parquet) is QUARANTINED WHOLE: the extraction step records
   its name, sha256 and reason in the ledger (`quarantined_files`), the run summary counts it and
@@ -51,6 +56,7 @@ from __future__ import annotations
 import csv as _csv
 import hashlib
 import io
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,7 +66,7 @@ import polars as pl
 
 from autobill.cdr import conform, empty_cdrs
 from autobill.config import FileDropServer, Settings
-from autobill.ledger.batches import known_file_hashes
+from autobill.ledger.batches import known_file_hashes, known_file_stats
 from autobill.numbering import normalise_expr
 from connectors.base import Extracted, SourceError, merge_problems
 
@@ -73,6 +79,16 @@ FAST_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%:z"
 
 class BadFile(Exception):
     """A file that cannot be read as a whole; the message names the file and the reason."""
+
+
+def read_steady(path: Path) -> tuple[bytes, tuple[int, int] | None]:
+    """The file's bytes, and its (size, mtime_ns) if they did not change while it was read."""
+    with open(path, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        data = handle.read()
+        after = os.fstat(handle.fileno())
+    steady = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and after.st_size == len(data)
+    return data, (after.st_size, after.st_mtime_ns) if steady else None
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -291,6 +307,12 @@ class FileDropConnector:
             return set()
         return known_file_hashes(self.settings, self.server.id)
 
+    def processed_stats(self) -> set[tuple[str, int, int]]:
+        """(name, size, mtime_ns) of the files processed, as they were when read (from the ledger)."""
+        if self._processed is not None or self.settings is None:
+            return set()
+        return known_file_stats(self.settings, self.server.id)
+
     def candidates(self) -> tuple[list[Path], list[Path]]:
         """(settled files to read, files still being written), in name order."""
         folder = self.folder
@@ -317,6 +339,7 @@ class FileDropConnector:
         sid = self.server.id
         ready, waiting = self.candidates()
         seen = self.processed_hashes()
+        unchanged = self.processed_stats()
         tolerance = self.settings.validation.future_tolerance_seconds if self.settings else 300
         impossible = datetime.fromtimestamp(self._clock(), UTC) + timedelta(seconds=tolerance)
         frames, files, notes, bad, later = [], [], [], [], []
@@ -326,7 +349,10 @@ class FileDropConnector:
         for path in ready:
             name = path.relative_to(self.folder).as_posix()
             try:
-                data = path.read_bytes()
+                stat = path.stat()
+                if (name, stat.st_size, stat.st_mtime_ns) in unchanged:
+                    continue  # the file processed, as it was then: not read again
+                data, stat = read_steady(path)
             except OSError as exc:
                 bad.append((name, "", f"{name}: cannot read: {exc.strerror or exc}"))
                 continue
@@ -345,7 +371,7 @@ class FileDropConnector:
                 continue
             seen.add(digest)
             frames.append(frame)
-            files.append((name, digest, frame.height))
+            files.append((name, digest, frame.height, *stat) if stat else (name, digest, frame.height))
         notes.extend(f"{sid}: file quarantined whole: {reason}" for _, _, reason in bad)
         if later:
             notes.append(f"{sid}: file(s) with calls starting at or after {until.isoformat()} left for a later run: "

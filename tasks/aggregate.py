@@ -19,6 +19,7 @@ from autobill.cdr import CDR_SCHEMA
 from autobill.config import Settings
 from autobill.ledger.billing import REQUIRED, BillingRecord, record_rated
 from autobill.ledger.charges import ChargeLine, describe, idempotency_key
+from autobill.ledger.unrated import RATED_WITH
 from autobill.money import round_minor
 
 LINE_COLUMNS = {"client_id": pl.Int64, "service_id": pl.Int64, "billing_date": pl.Date, "charge_class": pl.String,
@@ -106,7 +107,7 @@ def record_chunks(settings: Settings, rated_path: str, run_id: int | None, batch
                   dry_run: bool = False) -> tuple[BillingRecord, int]:
     """`record_billing` of each chunk of the rated file in turn, the batches with the last one;
     returns the merged record and the number of chunks."""
-    wanted = {*REQUIRED, "source", "rate_number", "unrated_reason", *CDR_SCHEMA}
+    wanted = {*REQUIRED, "source", "rate_number", "unrated_reason", RATED_WITH, *CDR_SCHEMA}
     chunks = rated_chunks(rated_path)
     records = []
     for i, chunk in enumerate(chunks):

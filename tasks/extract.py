@@ -77,7 +77,7 @@ class ExtractResult:
     duplicate_rows: int = 0  # rows beyond the first of a key repeated inside this batch
     window_start: datetime | None = None
     window_end: datetime | None = None
-    files: list[tuple[str, str, int]] = field(default_factory=list)  # (name, sha256, rows) consumed
+    files: list[tuple] = field(default_factory=list)  # (name, sha256, rows[, size, mtime_ns]) consumed
     bad_files: list[tuple[str, str, str]] = field(default_factory=list)  # (name, sha256, reason) quarantined whole
 
 

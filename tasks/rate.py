@@ -41,7 +41,7 @@ from autobill.config import Settings
 from autobill.ledger.corrections import allowance_periods, included_by_period
 from autobill.ledger.db import session_scope
 from autobill.ledger.disputes import held_as_unrated, held_keys, split_held
-from autobill.ledger.unrated import unrated_rows
+from autobill.ledger.unrated import RATED_WITH, rating_inputs, unrated_rows
 from autobill.mapping import ISSUE_COLUMN, assign_services
 from autobill.memory import release_free_memory
 from autobill.rating.archive import archive as archive_tariffs
@@ -112,13 +112,15 @@ def _lean(path: str) -> pl.DataFrame:
 Input = tuple[str, str | pl.DataFrame]  # (source, a validated parquet's path or a frame in memory)
 
 
-def _inputs(settings: Settings, day: date, validated: list[str], requeued_path: str | None) -> list[Input]:
+def _inputs(settings: Settings, day: date, validated: list[str], requeued_path: str | None,
+            rated_with: str | None = None) -> list[Input]:
     """(source, path or frame) of every input, in the order that decides which copy of a key wins;
-    the unrated backlog (small) is read from the ledger here."""
+    the unrated backlog is read from the ledger here: the rows whose rating inputs changed since
+    their last attempt (`rated_with`: this run's `rating_inputs`; None: every waiting row)."""
     out: list[Input] = [("batch", p) for p in validated]
     if requeued_path:
         out.append(("requeued", requeued_path))
-    out.append(("unrated", unrated_rows(settings, day)))
+    out.append(("unrated", unrated_rows(settings, day, skip_rated_with=rated_with)))
     return out
 
 
@@ -137,10 +139,11 @@ def _finish_gather(frames: list[pl.DataFrame], timezone: str) -> pl.DataFrame:
     return with_billing_date(frame, timezone)
 
 
-def gather(settings: Settings, day: date, validated: list[str], requeued_path: str | None) -> pl.DataFrame:
+def gather(settings: Settings, day: date, validated: list[str], requeued_path: str | None,
+           rated_with: str | None = None) -> pl.DataFrame:
     """Canonical rows to rate, tagged with `source`, de-duplicated by key (first source wins).
     `source_row` is null for parquet-backed rows (see `_lean`)."""
-    parts = [_load(source, item) for source, item in _inputs(settings, day, validated, requeued_path)]
+    parts = [_load(source, item) for source, item in _inputs(settings, day, validated, requeued_path, rated_with)]
     return _finish_gather(parts, settings.timezone)
 
 
@@ -213,8 +216,10 @@ def with_service_issue(rated: pl.DataFrame, cdrs: pl.DataFrame) -> pl.DataFrame:
     ).drop(ISSUE_COLUMN)
 
 
-def _rate_frame(settings: Settings, cdrs: pl.DataFrame, tariffs) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Rate one frame of gathered rows: (rated rows, the canonical rows of the unrated ones)."""
+def _rate_frame(settings: Settings, cdrs: pl.DataFrame, tariffs, rated_with: str | None = None
+                ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rate one frame of gathered rows: (rated rows, the canonical rows of the unrated ones); each
+    row says what it was rated with (`rated_with`, kept on the unrated ones by the record step)."""
     cdrs = assign_services(cdrs, settings)
     settings = derived_plans(settings, cdrs["plan"].unique().to_list())  # per-service included minutes
     # Calls held by an open dispute are not rated: they stay unrated ("disputed") until it is resolved.
@@ -225,7 +230,7 @@ def _rate_frame(settings: Settings, cdrs: pl.DataFrame, tariffs) -> tuple[pl.Dat
     del to_rate
     if rated.height != cdrs.height:
         raise RuntimeError(f"rating returned {rated.height} rows for {cdrs.height} CDRs")
-    rated = with_service_issue(rated, cdrs)
+    rated = with_service_issue(rated, cdrs).with_columns(pl.lit(rated_with, pl.String).alias(RATED_WITH))
     extra = [c for c in ("server", "billing_date", "source", "rate_number", "start_utc") if c not in rated.columns]
     rated = rated.join(cdrs.select("cdr_key", *extra), on="cdr_key", how="left") if extra else rated
     # Only rows to rate again later keep their whole canonical row (unrated_cdrs.row); carrying
@@ -253,25 +258,28 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
     path = settings.data_path / "rated" / f"run-{run_id if run_id is not None else 'adhoc'}.parquet"
     tariffs = load_tariffs(settings)
     archive_tariffs(settings, tariffs)  # every version billed with can be named later (NAME@VERSION)
+    rated_with = rating_inputs(settings, {name: t.version for name, t in tariffs.items()})
     inputs = validated + ([requeued_path] if requeued_path else [])
     chunks = max(1, -(-_count_inputs(inputs) // chunk_rows()))
     if chunks == 1:
-        rated, unrated = _rate_frame(settings, gather(settings, day, validated, requeued_path), tariffs)
+        rated, unrated = _rate_frame(settings, gather(settings, day, validated, requeued_path, rated_with), tariffs,
+                                     rated_with)
         rated = pl.concat([rated, _with_source_rows(unrated, inputs)], how="diagonal_relaxed")
         lake.write_parquet_atomic(rated.with_columns(pl.lit(0, pl.Int32).alias(CHUNK_COLUMN)), path)
         return path
     parts_dir = path.parent / f".{path.stem}.parts"
     shutil.rmtree(parts_dir, ignore_errors=True)
     try:
-        loaders = chunk_inputs(_inputs(settings, day, validated, requeued_path), chunk_rows(), parts_dir)
-        lake.write_atomic(path, lambda tmp: _rate_chunks_into(tmp, settings, tariffs, loaders, parts_dir, inputs))
+        loaders = chunk_inputs(_inputs(settings, day, validated, requeued_path, rated_with), chunk_rows(), parts_dir)
+        lake.write_atomic(path, lambda tmp: _rate_chunks_into(tmp, settings, tariffs, loaders, parts_dir, inputs,
+                                                              rated_with))
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
     return path
 
 
 def _rate_chunks_into(tmp: Path, settings: Settings, tariffs, loaders: list[list[Callable[[], pl.DataFrame]]],
-                      parts_dir: Path, inputs: list[str]) -> None:
+                      parts_dir: Path, inputs: list[str], rated_with: str | None = None) -> None:
     """Rate chunk after chunk into one parquet file: each chunk's rated rows are appended to it as
     soon as they are rated (`lake.ParquetAppender`, written in the background while the next
     chunk is rated), then every chunk's unrated rows (normally ~1 %), whose audit copy
@@ -283,7 +291,7 @@ def _rate_chunks_into(tmp: Path, settings: Settings, tariffs, loaders: list[list
     with lake.ParquetAppender(tmp, statistics=[CHUNK_COLUMN], row_group_size=1 << 18) as night:
         for c, chunk in enumerate(loaders):
             frame = _finish_gather([load() for load in chunk], settings.timezone)
-            rated, unrated = _rate_frame(settings, frame, tariffs)
+            rated, unrated = _rate_frame(settings, frame, tariffs, rated_with)
             del frame
             if night.schema is None:
                 keep = {k: t for k, t in CDR_SCHEMA.items() if k not in rated.columns}
@@ -309,5 +317,7 @@ def rate_run_task(settings: Settings, day: date, validated: list[str], requeued:
     requeued_path = str(requeued.validated_path) if requeued is not None and requeued.validated_path else None
     release_free_memory()  # start from what the extraction threads left, not from their high-water mark
     path = rate_run(settings, day, validated, requeued_path, run_id)
-    get_run_logger().info("rated %s CDR(s) -> %s", pl.scan_parquet(path).select(pl.len()).collect().item(), path)
+    rows, backlog = pl.scan_parquet(path).select(pl.len(), (pl.col("source") == "unrated").sum()).collect().row(0)
+    get_run_logger().info("rated %s CDR(s) -> %s; %s of them from the unrated backlog (the waiting calls whose "
+                          "config, tariffs or services changed since their last attempt)", rows, path, backlog)
     return str(path)

@@ -87,9 +87,11 @@ def commit_batch_in(session: Session, batch_id: int) -> CommitResult:
         wm.cursor = batch.proposed_cursor
     recorded = 0
     known = set(session.scalars(select(ProcessedFile.content_hash).where(ProcessedFile.server == batch.server)))
-    for name, digest, rows in json.loads(batch.files or "[]"):
+    for name, digest, rows, *stat in json.loads(batch.files or "[]"):
         if digest not in known:
-            session.add(ProcessedFile(server=batch.server, content_hash=digest, name=name, rows=rows))
+            size, mtime_ns = stat if stat else (None, None)  # drop folders: as the file was when read
+            session.add(ProcessedFile(server=batch.server, content_hash=digest, name=name, rows=rows, size=size,
+                                      mtime_ns=mtime_ns))
             known.add(digest)
             recorded += 1
     batch.status = "committed"
@@ -167,7 +169,7 @@ def open_batch(settings: Settings, server_id: str, run_id: int | None, window_st
 
 
 def close_batch(settings: Settings, batch_id: int, rows: int, paths: list[str], proposed: datetime | None,
-                cursor: Any, files: list[tuple[str, str, int]], notes: list[str]) -> None:
+                cursor: Any, files: list[tuple], notes: list[str]) -> None:
     """The batch's files are durable: record what it holds and what committing it would move."""
     with session_scope(settings.ledger) as s:
         batch = s.get(ExtractionBatch, batch_id)
@@ -189,6 +191,16 @@ def known_file_hashes(settings: Settings, server_id: str) -> set[str]:
         done = s.scalars(select(ProcessedFile.content_hash).where(ProcessedFile.server == server_id))
         held = s.scalars(select(QuarantinedFile.content_hash).where(QuarantinedFile.server == server_id))
         return set(done) | set(held)
+
+
+def known_file_stats(settings: Settings, server_id: str) -> set[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of this server's processed files, as they were when read: a file that
+    still has all three is the file processed, and is not read again (connectors/filedrop.py)."""
+    with session_scope(settings.ledger) as s:
+        return {tuple(r) for r in s.execute(
+            select(ProcessedFile.name, ProcessedFile.size, ProcessedFile.mtime_ns).where(
+                ProcessedFile.server == server_id, ProcessedFile.size.is_not(None),
+                ProcessedFile.mtime_ns.is_not(None)))}
 
 
 def quarantine_files(settings: Settings, server_id: str, bad_files: list[tuple[str, str, str]],

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from autobill.ledger.types import ExactDecimal, UTCDateTime
@@ -61,6 +61,9 @@ class ProcessedFile(Base):
     name: Mapped[str] = mapped_column(Text)
     rows: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    # as the file was when read (drop folders): the same name, size and mtime is skipped unread
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ExtractionBatch(Base):
@@ -181,6 +184,7 @@ class UnratedCDR(Base):
     """A CDR with no tariff row (or no service): reported, and rated again on every later run."""
 
     __tablename__ = "unrated_cdrs"
+    __table_args__ = (Index("ix_unrated_waiting", "resolved_at", "rated_with", "billing_date"),)
     cdr_key: Mapped[str] = mapped_column(String(200), primary_key=True)
     server: Mapped[str] = mapped_column(String(64))
     billing_date: Mapped[date] = mapped_column(Date)
@@ -191,6 +195,8 @@ class UnratedCDR(Base):
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # the fingerprint of the rating inputs of its last attempt (unrated.rating_inputs); NULL: retry
+    rated_with: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class QuarantinedRow(Base):

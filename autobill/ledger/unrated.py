@@ -1,22 +1,52 @@
-"""Unrated CDRs in the ledger: kept with their canonical row, rated again every run (a tariff fix
-bills them), resolved when they finally become final."""
+"""Unrated CDRs in the ledger: kept with their canonical row, rated again by later runs (a tariff
+fix bills them), resolved when they finally become final.
+
+A row is rated again only when something it was rated with has changed (issue #15, target 3: a
+backlog nobody fixes grows every night, and rating all of it every night made each night
+dearer than the last). `rating_inputs` is the fingerprint of everything that decides whether a
+call can be rated: the whole config (plans, services, numbering, currencies, timezone, the
+tariffs' paths), the tariffs' content versions, the last services sync that changed a claim
+(who owns which number), and autobill's own version. Each row keeps the fingerprint of its last
+attempt (`rated_with`); `unrated_rows` hands back the rows whose fingerprint differs (or is
+unknown), plus the calls held by a dispute, which a resolution releases without changing any
+of those inputs. Change any input and the whole backlog is rated again on the next run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import date, datetime
+from importlib.metadata import PackageNotFoundError, version
 
 import polars as pl
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from autobill.cdr import CDR_SCHEMA, conform, empty_cdrs
 from autobill.config import Settings
 from autobill.ledger.bulk import insert_rows, keys_present, stamp_waiting
 from autobill.ledger.db import session_scope
-from autobill.ledger.models import UnratedCDR
+from autobill.ledger.disputes import HELD_REASON  # a call held by an open dispute: always retried
+from autobill.ledger.models import ServiceSync, UnratedCDR
 
 _CHUNK = 5000
+RATED_WITH = "rated_with"  # the rate step's column: the `rating_inputs` of each row
+
+
+def rating_inputs(settings: Settings, tariff_versions: dict[str, str]) -> str:
+    """The fingerprint of what decides whether a call can be rated (see the module docstring)."""
+    with session_scope(settings.ledger) as session:
+        claims = session.scalar(select(func.max(ServiceSync.id)).where(ServiceSync.ok.is_(True),
+                                                                        ServiceSync.changes > 0))
+    try:
+        ours = version("autobill")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ours = "source"
+    digest = hashlib.sha256()
+    for part in (settings.model_dump_json(), json.dumps(sorted(tariff_versions.items())), str(claims), ours):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def resolve_unrated(session: Session, keys: list[str], now: datetime) -> int:
@@ -26,14 +56,18 @@ def resolve_unrated(session: Session, keys: list[str], now: datetime) -> int:
 
 
 def upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> None:
-    """New unrated CDRs are inserted with their canonical row; known ones count another attempt."""
+    """New unrated CDRs are inserted with their canonical row; known ones count another attempt.
+    Both keep the `rated_with` fingerprint of the rows (a column of the rate step's output; NULL
+    without it: retried next run)."""
     if unrated.height == 0:
         return
+    rated_with = unrated[RATED_WITH].unique() if RATED_WITH in unrated.columns else None
+    rated_with = rated_with[0] if rated_with is not None and rated_with.len() == 1 else None
     known = sorted(keys_present(session, UnratedCDR.__table__, "cdr_key", iter(unrated["cdr_key"])))
     for i in range(0, len(known), _CHUNK):
         session.execute(
             update(UnratedCDR).where(UnratedCDR.cdr_key.in_(known[i : i + _CHUNK]))
-            .values(attempts=UnratedCDR.attempts + 1, last_seen=now)
+            .values(attempts=UnratedCDR.attempts + 1, last_seen=now, rated_with=rated_with)
         )
     new = unrated.filter(~pl.col("cdr_key").is_in(list(known)))
     if new.height == 0:
@@ -42,10 +76,10 @@ def upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> No
     reason = pl.col("unrated_reason").fill_null("no_rate") if "unrated_reason" in new.columns else pl.lit("no_rate")
     insert_rows(session, UnratedCDR.__table__,
                 ("cdr_key", "server", "billing_date", "rate_number", "reason", "row", "attempts", "first_seen",
-                 "last_seen"),
+                 "last_seen", "rated_with"),
                 (
                     (r["cdr_key"], r["server"], r["billing_date"], r.get("rate_number"), r["_reason"],
-                     _row_json(r, row_cols), 1, now, now)
+                     _row_json(r, row_cols), 1, now, now, rated_with)
                     for r in new.with_columns(reason.alias("_reason")).iter_rows(named=True)
                 ))
 
@@ -54,15 +88,17 @@ def _row_json(row: dict, columns: list[str]) -> str:
     return json.dumps({c: row[c].isoformat() if isinstance(row[c], datetime) else row[c] for c in columns})
 
 
-def unrated_rows(settings: Settings, billing_date: date) -> pl.DataFrame:
-    """Canonical rows of still-unrated CDRs up to `billing_date`, to rate again (a tariff fix bills them)."""
+def unrated_rows(settings: Settings, billing_date: date, skip_rated_with: str | None = None) -> pl.DataFrame:
+    """Canonical rows of still-unrated CDRs up to `billing_date`, to rate again (a tariff fix bills
+    them). `skip_rated_with`: leave out the rows last rated with these inputs (`rating_inputs`):
+    they would stay unrated (calls held by a dispute are always returned)."""
+    waiting = [UnratedCDR.resolved_at.is_(None), UnratedCDR.billing_date <= billing_date,
+               UnratedCDR.row.is_not(None)]
+    if skip_rated_with is not None:
+        waiting.append(or_(UnratedCDR.rated_with.is_(None), UnratedCDR.rated_with != skip_rated_with,
+                           UnratedCDR.reason == HELD_REASON))
     with session_scope(settings.ledger) as session:
-        rows = session.scalars(
-            select(UnratedCDR.row).where(
-                UnratedCDR.resolved_at.is_(None), UnratedCDR.billing_date <= billing_date,
-                UnratedCDR.row.is_not(None),
-            )
-        ).all()
+        rows = session.scalars(select(UnratedCDR.row).where(*waiting)).all()
     if not rows:
         return empty_cdrs()
     frame = pl.DataFrame([json.loads(r) for r in rows], schema={c: pl.String for c in CDR_SCHEMA})

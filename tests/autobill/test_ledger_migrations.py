@@ -57,7 +57,7 @@ def test_0011_keeps_every_charge_and_reference_and_swaps_the_indexes(url_0010):
     _reopen(url_0010)
     upgrade(url_0010)
     _reopen(url_0010)
-    assert current_revision(url_0010) == "0011"
+    assert current_revision(url_0010) == "0013"
 
     engine = engine_for(url_0010)
     with engine.begin() as conn:
@@ -152,7 +152,7 @@ def test_a_sqlite_ledger_with_billed_cdrs_upgrades_through_every_charges_rebuild
     _reopen(url)
     upgrade(url)
     _reopen(url)
-    assert current_revision(url) == "0011"
+    assert current_revision(url) == "0013"
     with engine_for(url).begin() as conn:
         assert conn.execute(text("SELECT b.cdr_key, c.idempotency_key FROM billed_cdrs b JOIN charges c"
                                  " ON c.id = b.charge_id")).all() == [("pbx:1", "ab-1-10-20261001-outbound-USD-v1-eeee")]

@@ -16,6 +16,7 @@ from autobill.config import FileDropServer
 from autobill.ledger.batches import commit_batch, quarantined_files, read_batch
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import ProcessedFile
+from connectors import filedrop
 from connectors.base import SourceError
 from connectors.filedrop import FileDropConnector
 from tasks.extract import extract_server
@@ -65,6 +66,45 @@ def test_file_is_processed_once_by_content_even_renamed(tmp_path: Path, sqlite_u
     assert rows["drop:c1"]["rate_number"] == "16135550123" and rows["drop:c1"]["extension"] == "1001"
     assert rows["drop:c2"]["rate_number"] == "442079460000" and rows["drop:c2"]["src"] is None
     assert json.loads(rows["drop:c2"]["source_row"])["_file"] == "a.csv"
+
+
+def test_a_processed_file_unchanged_on_disk_is_not_read_again(tmp_path: Path, sqlite_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder keeps every file: the ones processed, with the name, size and mtime they had when
+    read, are skipped unread; a change to any of the three reads the file again, and its hash decides."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = make_settings(tmp_path, sqlite_url, [drop_server(drop)])
+    a = csv(drop / "a.csv", "c1,2026-06-01T09:00:00-04:00,61,6135550123,outbound,acme,6135550100,1001", age=600)
+    commit_batch(settings, extract_server(settings, "drop", until=UNTIL).batch_id)
+    with session_scope(settings.ledger) as s:
+        (row,) = s.scalars(select(ProcessedFile)).all()
+        assert (row.size, row.mtime_ns) == (a.stat().st_size, a.stat().st_mtime_ns)
+
+    read: list[str] = []
+    real = filedrop.read_steady
+    monkeypatch.setattr(filedrop, "read_steady", lambda path: read.append(path.name) or real(path))
+    csv(drop / "b.csv", "c2,2026-06-01T10:00:00Z,30,6135550199,outbound,acme,,1001", age=600)
+    second = extract_server(settings, "drop", until=UNTIL)
+    assert read == ["b.csv"] and [f[0] for f in second.files] == ["b.csv"]  # a.csv: not even opened
+    commit_batch(settings, second.batch_id)
+
+    read.clear()
+    processed_at = a.stat().st_mtime_ns
+    os.utime(a, ns=(processed_at, processed_at - 10**9))  # touched: read, same hash, skipped
+    third = extract_server(settings, "drop", until=UNTIL)
+    assert read == ["a.csv"] and third.files == [] and third.rows == 0
+    read.clear()
+    # New content of the same size with the mtime put back is the documented limit: a writer that
+    # keeps the mtime must change the size or the name.
+    a.write_text(a.read_text().replace("c1,", "c9,"))
+    os.utime(a, ns=(processed_at, processed_at))
+    assert extract_server(settings, "drop", until=UNTIL).files == [] and read == []
+    csv(drop / "a.csv", "c1,2026-06-01T09:00:00-04:00,61,6135550123,outbound,acme,6135550100,1001",
+        "c3,2026-06-01T12:00:00Z,5,6135550123,outbound,acme,,1001", age=60)  # appended to: read again
+    fourth = extract_server(settings, "drop", until=UNTIL)
+    assert read == ["a.csv"] and [f[:3] for f in fourth.files] == [("a.csv", fourth.files[0][1], 2)]
+    assert fourth.rows == 1  # c1 is already stored: only c3 is new
 
 
 def test_half_written_files_are_not_read(tmp_path: Path) -> None:
