@@ -16,6 +16,17 @@ and its peak RSS are the denominators of the ratios printed (the flow's and each
     .venv/bin/python benchmarks/nightly.py                      # 1 M CDRs, 20 servers
     .venv/bin/python benchmarks/nightly.py --cdrs 100000 --servers 4
     .venv/bin/python benchmarks/nightly.py --cdrs 10000000 --servers 50 --fusionpbx 10 --clients 10000
+    .venv/bin/python benchmarks/nightly.py --nights 31 --no-statements   # growth (issue #15, target 3)
+
+`--nights N` (drop folders only): N billing dates in a row, each night a fresh process running the
+nightly flow for its date, as a scheduled deployment would, on one ledger, lake, Prefect database
+and WHMCS sandbox that keep everything earlier nights wrote. Each night's folder gets its date's
+calls; from night 2 it also gets 1 % of the previous date's calls held back until then (late
+CDRs, billed on the night they arrive) and 2 % of the previous night's calls delivered again (an
+export window that overlaps; already billed, must not be billed twice). Printed: each night's
+wall time and record step, night N against night 1 and the means of the first and last three
+nights (the target: at most 1.2x after 30 nights of 1 M), and the exactly-once check (every
+final call in the billed state once, as many as the nights reported billed, included or free).
 """
 
 from __future__ import annotations
@@ -31,13 +42,20 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from sandboxes.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = date(2026, 11, 18)
+LATE, RESENT = 0.01, 0.02  # --nights: share of a date's calls held back to the next night / sent again
+
+
+def first_day(nights: int) -> date:
+    """DAY, or early enough that every night's calls are in the past (calls far in the future
+    are quarantined, not billed)."""
+    return min(DAY, date.today() - timedelta(days=nights + 2))
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -61,7 +79,9 @@ def bench_world(clients: int, servers: int, fusionpbx: int, seed: int = 11):
 
 
 def prepare(workdir: Path, cdrs: int, servers: int, port: int, clients: int | None, fusionpbx: int,
-            pg_url: str, tag: str, statements: bool = True) -> dict:
+            pg_url: str, tag: str, statements: bool = True, nights: int = 1) -> dict:
+    """Calls, sources, tariff and config. Drop-folder files are staged per night
+    (`staged/night-<i>/<server>/`) and moved into the drop folders by that night's run."""
     import polars as pl
     import psycopg2
     import yaml
@@ -75,34 +95,57 @@ def prepare(workdir: Path, cdrs: int, servers: int, port: int, clients: int | No
         write_fusionpbx,
     )
 
+    def stage(night: int, sid: str, part: pl.DataFrame, suffix: str) -> None:
+        if night >= nights or part.is_empty():
+            return  # held back past the last night: never delivered
+        folder = workdir / "staged" / f"night-{night}" / sid
+        for path in write_drop_folder(folder / suffix, part, world.timezone):
+            path.rename(folder / f"{path.stem}-{suffix}{path.suffix}")
+        (folder / suffix).rmdir()
+
     clients = clients or max(servers, cdrs // 1000)
     world = bench_world(clients, servers, fusionpbx)
     overrides: dict[str, dict] = {}
-    answered = total = pg_rows = 0
+    answered = total = pg_rows = late = resent = 0
     # One slice of clients at a time: 10 M calls are not held in memory at once.
     per_slice = max(1, 2_000_000 * clients // max(cdrs, 1))
-    for lo in range(0, clients, per_slice):
-        part_world = type(world)(world.servers, world.clients.slice(lo, per_slice), world.timezone, world.seed + lo)
-        calls = generate_calls(part_world, DAY, DAY, calls_per_client_day=cdrs / clients)
-        total += calls.height
-        answered += calls.filter(pl.col("billsec") > 0).height
-        for (sid,), part in calls.partition_by("server", as_dict=True).items():
-            if sid.startswith("fusionpbx-"):
-                schema = f"{tag}_{sid.replace('-', '_')}"
-                if sid not in overrides:
-                    with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
-                        cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                    conn.close()
-                    overrides[sid] = fusionpbx_server_fields(pg_url, f"{schema}.v_xml_cdr")
-                pg_rows += write_fusionpbx(pg_url, f"{schema}.v_xml_cdr", part, world.timezone, seed=world.seed + lo)
-            else:
+    for night in range(nights):
+        day = first_day(nights) + timedelta(days=night)
+        for lo in range(0, clients, per_slice):
+            seed = world.seed + lo + night * 1_000_003  # call ids differ from night to night
+            part_world = type(world)(world.servers, world.clients.slice(lo, per_slice), world.timezone, seed)
+            # the generator draws 0.4x the calls on weekends: every night of --nights gets --cdrs
+            per_day = cdrs / clients / (0.4 if nights > 1 and day.weekday() >= 5 else 1.0)
+            calls = generate_calls(part_world, day, day, calls_per_client_day=per_day)
+            total += calls.height
+            answered += calls.filter(pl.col("billsec") > 0).height
+            for (sid,), part in calls.partition_by("server", as_dict=True).items():
+                if sid.startswith("fusionpbx-"):
+                    schema = f"{tag}_{sid.replace('-', '_')}"
+                    if sid not in overrides:
+                        with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
+                            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                        conn.close()
+                        overrides[sid] = fusionpbx_server_fields(pg_url, f"{schema}.v_xml_cdr")
+                    pg_rows += write_fusionpbx(pg_url, f"{schema}.v_xml_cdr", part, world.timezone, seed=seed)
+                    continue
                 # a slice is a file of its own: a drop folder may hold several files a day
-                folder = workdir / "drop" / sid
-                for path in write_drop_folder(folder / f"s{lo}", part, world.timezone):
-                    path.rename(folder / f"{path.stem}-s{lo}{path.suffix}")
-                (folder / f"s{lo}").rmdir()
-        del calls
+                held = pl.col("call_id").hash(night) % 100 < round(LATE * 100) if nights > 1 else pl.lit(False)
+                on_time = part.filter(~held)
+                stage(night, sid, on_time, f"s{lo}")
+                stage(night + 1, sid, part.filter(held), f"s{lo}-late")
+                again = on_time.sample(fraction=RESENT, seed=seed) if nights > 1 else on_time.clear()
+                stage(night + 1, sid, again, f"s{lo}-resent")
+                if night + 1 < nights:
+                    late += part.height - on_time.height
+                    resent += again.height
+            del calls
     config = generate_config(world, overrides)
+    if nights > 1:  # an allowance no night runs out of: every night does the same work (night 1
+        # would otherwise be the only one with unused minutes); the allowance read still runs
+        for plan in config["plans"]:
+            if plan.get("included_minutes"):
+                plan["included_minutes"] = 10_000_000
     for s in config["servers"]:
         if s["kind"] == "file":
             s["settle_seconds"] = 0
@@ -113,10 +156,11 @@ def prepare(workdir: Path, cdrs: int, servers: int, port: int, clients: int | No
     if not statements:
         config["statements"] = {"nightly": False}
     (workdir / "autobill.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    csvs = list((workdir / "drop").rglob("*.csv"))
+    csvs = list((workdir / "staged" / "night-0").rglob("*.csv"))
     return {"cdrs": total, "clients": clients, "servers": world.servers.height, "fusionpbx": len(overrides),
             "schemas": [f["table"].split(".")[0] for f in overrides.values()], "pg_rows": pg_rows,
-            "files": len(csvs), "bytes": sum(p.stat().st_size for p in csvs), "answered": answered}
+            "files": len(csvs), "bytes": sum(p.stat().st_size for p in csvs), "answered": answered,
+            "late": late, "resent": resent}
 
 
 def drop_schemas(pg_url: str, schemas: list[str]) -> None:
@@ -141,7 +185,7 @@ def baseline(workdir: Path, pg_url: str, schemas: list[str]) -> dict:
     import psycopg2
 
     t0 = time.perf_counter()
-    total = sum(pl.read_csv(p, infer_schema=False).height for p in (workdir / "drop").rglob("*.csv"))
+    total = sum(pl.read_csv(p, infer_schema=False).height for p in (workdir / "staged" / "night-0").rglob("*.csv"))
     if schemas:
         conn = psycopg2.connect(pg_url)
         try:
@@ -159,7 +203,18 @@ def baseline(workdir: Path, pg_url: str, schemas: list[str]) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run(workdir: Path) -> dict:
+def deliver(workdir: Path, night: int) -> None:
+    """Night `night`'s staged files into the drop folders, as the PBXs' exports would arrive."""
+    staged = workdir / "staged" / f"night-{night}"
+    if not staged.is_dir():
+        return
+    for path in sorted(staged.rglob("*.csv")):
+        target = workdir / "drop" / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+
+
+def run(workdir: Path, night: int = 0, nights: int = 1) -> dict:
     """Runs inside its own process: the flow, then its task runs' timings from the Prefect API."""
     from prefect import flow
     from prefect.client.orchestration import get_client
@@ -187,8 +242,9 @@ def run(workdir: Path) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    deliver(workdir, night)
     t0, started = time.perf_counter(), time.time()
-    state = nightly(billing_date=DAY, config_path=str(workdir / "autobill.yaml"), return_state=True)
+    state = nightly(billing_date=first_day(nights) + timedelta(days=night), config_path=str(workdir / "autobill.yaml"), return_state=True)
     wall = time.perf_counter() - t0
     stop.set()
     sampler.join()
@@ -217,6 +273,16 @@ def run(workdir: Path) -> dict:
             "summary": summary if isinstance(summary, dict) else None}
 
 
+def check(workdir: Path) -> dict:
+    """Runs inside its own process after the last night: the billed state's final calls, and
+    how many distinct ones (each must be there once)."""
+    from autobill.config import load_settings
+    from autobill.ledger.billed import billed_frame
+
+    keys = billed_frame(load_settings(workdir / "autobill.yaml"), columns=("cdr_key",))["cdr_key"]
+    return {"final": keys.len(), "distinct": keys.n_unique()}
+
+
 def _phase(env: dict, *args: str) -> dict:
     """Run this script's `--phase ...` in a child process; its last stdout line is JSON."""
     out = subprocess.run([sys.executable, __file__, *args], env=env, cwd=ROOT, capture_output=True, text=True,
@@ -237,8 +303,11 @@ def main() -> None:
                     help=f"PostgreSQL for the FusionPBX tables (default {PG_URL}; one schema per server)")
     ap.add_argument("--no-statements", action="store_true",
                     help="statements.nightly: false (measure billing without the statements step)")
+    ap.add_argument("--nights", type=int, default=1,
+                    help="N billing dates in a row, one process a night (drop folders only; see above)")
+    ap.add_argument("--night", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (the PostgreSQL schemas are dropped)")
-    ap.add_argument("--phase", choices=["all", "prepare", "baseline", "run"], default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--phase", choices=["all", "prepare", "baseline", "run", "check"], default="all", help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--tag", help=argparse.SUPPRESS)
@@ -246,16 +315,21 @@ def main() -> None:
     args = ap.parse_args()
     if args.cdrs < 1 or args.servers < 1 or (args.clients is not None and args.clients < args.servers):
         sys.exit("need --cdrs >= 1, --servers >= 1 and --clients >= --servers")
+    if args.nights < 1 or (args.nights > 1 and args.fusionpbx):
+        sys.exit("--nights: at least 1, and more than 1 only with drop folders (--fusionpbx 0)")
     schemas = [x for x in args.schemas.split(",") if x]
     if args.phase == "prepare":
         print(json.dumps(prepare(args.dir, args.cdrs, args.servers, args.port, args.clients, args.fusionpbx,
-                                 args.pg_url, args.tag, not args.no_statements)))
+                                 args.pg_url, args.tag, not args.no_statements, args.nights)))
         return
     if args.phase == "baseline":
         print(json.dumps(baseline(args.dir, args.pg_url, schemas)))
         return
     if args.phase == "run":
-        print(json.dumps(run(args.dir), default=str))
+        print(json.dumps(run(args.dir, args.night, args.nights), default=str))
+        return
+    if args.phase == "check":
+        print(json.dumps(check(args.dir)))
         return
     workdir = Path(tempfile.mkdtemp(prefix="autobill-bench-nightly-"))
     tag = f"bench_{uuid.uuid4().hex[:8]}"
@@ -274,6 +348,7 @@ def main() -> None:
             common += ["--clients", str(args.clients)]
         if args.no_statements:
             common.append("--no-statements")
+        common += ["--nights", str(args.nights)]
         try:
             info = _phase(env, "--phase", "prepare", *common, "--port", str(port), "--tag", tag)
         except SystemExit:  # a half-prepared run may have created some schemas
@@ -299,7 +374,13 @@ def main() -> None:
             except OSError:
                 time.sleep(0.2)
         print(f"load average before the flow: {_load()}")
-        result = _phase(env, "--phase", "run", *common)
+        results = []
+        for night in range(args.nights):
+            results.append(_phase(env, "--phase", "run", *common, "--night", str(night)))
+            if args.nights > 1:
+                report_night(night, results[-1])
+        result = results[0]
+        final = _phase(env, "--phase", "check", *common) if args.nights > 1 else None
     finally:
         if sandbox is not None:
             sandbox.terminate()
@@ -308,10 +389,47 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     report(info, base, result)
+    if args.nights > 1:
+        sys.exit(report_growth(info, results, final))
 
 
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _record_s(result: dict) -> float:
+    return sum(s["span"] for name, s in result["steps"].items() if "record" in name)
+
+
+def report_night(night: int, result: dict) -> None:
+    summary = result.get("summary") or {}
+    print(f"  night {night + 1:>3}: {result['wall']:7.2f} s  record {_record_s(result):5.2f} s  "
+          f"peak RSS {result['peak_rss_mb']:5.0f} MB  {result['state']}  extracted {summary.get('extracted', 0):,}  "
+          f"billed {summary.get('billed', 0):,}  already billed {summary.get('already_billed', 0):,}  "
+          f"duplicates {summary.get('duplicates', 0):,}  charges posted {summary.get('charges_posted', 0):,}  "
+          f"balanced={summary.get('balanced')}", flush=True)
+    steps = sorted(result["steps"].items(), key=lambda kv: -kv[1]["span"])[:7]
+    print("             " + ", ".join(f"{name} {s['span']:.1f}" for name, s in steps), flush=True)
+
+
+def report_growth(info: dict, results: list[dict], final: dict) -> int:
+    """Night N against night 1 (issue #15, target 3), and the exactly-once check; the exit code."""
+    walls = [r["wall"] for r in results]
+    records = [_record_s(r) for r in results]
+    n = len(walls)
+    first3, last3 = sum(walls[:3]) / min(3, n), sum(walls[-3:]) / min(3, n)
+    print(f"\ngrowth over {n} nights ({info['late']:,} late and {info['resent']:,} re-sent calls delivered):")
+    print(f"  night 1 {walls[0]:.2f} s, night {n} {walls[-1]:.2f} s: ratio {walls[-1] / walls[0]:.2f} "
+          f"(target <= 1.20); means of the first and last three nights {first3:.2f} s / {last3:.2f} s: "
+          f"ratio {last3 / first3:.2f}")
+    print(f"  record step: night 1 {records[0]:.2f} s, night {n} {records[-1]:.2f} s")
+    summaries = [r.get("summary") or {} for r in results]
+    made_final = sum(s.get("billed", 0) + s.get("included", 0) + s.get("zero_cost", 0) for s in summaries)
+    ok = (all(r["state"] == "COMPLETED" and (r.get("summary") or {}).get("balanced") for r in results)
+          and final["final"] == final["distinct"] == made_final)
+    print(f"  exactly once: {final['final']:,} final calls in the billed state, {final['distinct']:,} distinct; "
+          f"the nights made {made_final:,} final: {'ok' if ok else 'FAILED'}")
+    return 0 if ok else 1
 
 
 def report(info: dict, base: dict, result: dict) -> None:
