@@ -181,7 +181,8 @@ class BilledState(Base):
 
 
 class UnratedCDR(Base):
-    """A CDR with no tariff row (or no service): reported, and rated again on every later run."""
+    """A CDR with no tariff row (or no service): reported, and rated again by the first run after
+    anything it was rated with changed (`rated_with`, autobill/ledger/unrated.py)."""
 
     __tablename__ = "unrated_cdrs"
     __table_args__ = (Index("ix_unrated_waiting", "resolved_at", "rated_with", "billing_date"),)
