@@ -51,9 +51,11 @@ def load_known_keys(
     include_quarantine: bool = True,
     include_requeued: bool = True,
     starts: pl.Series | Sequence[datetime | None] | None = None,
+    servers: pl.Series | Sequence[str | None] | None = None,
 ) -> pl.DataFrame:
     """(cdr_key, state) for those of `keys` the ledger knows; one row per key. `starts`: the calls'
-    `start_utc` (any order), which tells which billed partitions to read."""
+    `start_utc` (any order), which tells which billed partitions to read; `servers`: their servers
+    (any order), which tells which rows of them (`billed_keys`)."""
     schema = {"cdr_key": pl.String(), "state": pl.String()}
     wanted = _probe_keys(keys)
     if not wanted:
@@ -70,7 +72,7 @@ def load_known_keys(
             billed = billed_frame(session=session, keys=wanted, columns=("cdr_key",))["cdr_key"].to_list()
         else:
             days = pl.Series("s", starts, dtype=pl.Datetime("us", "UTC")).drop_nulls().dt.date().unique().to_list()
-            billed = billed_keys(session, wanted, days)
+            billed = billed_keys(session, wanted, days, servers=servers)
     found.extend((k, "billed") for k in billed)
     frame = pl.DataFrame(found, schema=schema, orient="row")
     return (

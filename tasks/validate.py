@@ -157,7 +157,7 @@ def validate_batch(settings: Settings, batch_id: int, run_id: int | None = None,
     seconds["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    known = load_known_keys(settings.ledger, cdrs["cdr_key"], starts=cdrs["start_utc"])
+    known = load_known_keys(settings.ledger, cdrs["cdr_key"], starts=cdrs["start_utc"], servers=cdrs["server"])
     seconds["known_keys"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -192,7 +192,8 @@ def validate_requeued(settings: Settings, run_id: int | None = None, now: dateti
     label = f"requeue-run-{run_id}" if run_id is not None else f"requeue-{now:%Y%m%dT%H%M%S}"
     t0 = time.perf_counter()
     cdrs = requeue_released(settings, run_id)
-    known = load_known_keys(settings.ledger, cdrs["cdr_key"], include_requeued=False, starts=cdrs["start_utc"])
+    known = load_known_keys(settings.ledger, cdrs["cdr_key"], include_requeued=False, starts=cdrs["start_utc"],
+                            servers=cdrs["server"])
     check = check_rows(cdrs, settings, now, known, skip_rules=("before_lookback",))
     _check_balance(cdrs.height, check)
     seconds = {"rules": time.perf_counter() - t0}

@@ -119,7 +119,7 @@ def _record_once(
     with session_scope(settings.ledger) as session:
         lock_billed_state(session)  # first: every read below sees all earlier writers' commits
         days = rated["billing_date"].unique().to_list()
-        already = billed_keys(session, rated["cdr_key"], days)
+        already = billed_keys(session, rated["cdr_key"], days, servers=rated["server"])
         todo = rated.filter(~pl.col("cdr_key").is_in(list(already))) if already else rated
         counts = {o: 0 for o in OUTCOMES}
         counts.update(dict(todo.group_by("outcome").len().iter_rows()))

@@ -147,6 +147,22 @@ def test_a_key_billed_under_a_neighbouring_date_is_still_found(tmp_path):
     assert again.already_final == 1 and again.lines == []
 
 
+def test_the_already_billed_check_of_some_servers_reads_their_rows_only(tmp_path):
+    """Manifests hold their rows by server, then service: a check given the keys' servers finds
+    every billed key of those servers; a null among the servers reads every row."""
+    s = _settings(tmp_path)
+    record_billing(s, frame([(k, 0, "billed", 1000) for k in range(30)]))
+    with session_scope(s.ledger) as session:
+        (path,) = session.scalars(select(BilledManifest.path)).all()
+        on_disk = pl.read_parquet(path).select("server", "service_id")
+        assert on_disk.equals(on_disk.sort("server", "service_id"))
+        keys = [f"pbx{k % 3}:{k}" for k in range(30)] + ["pbx1:99"]
+        assert billed_keys(session, keys, [DAY], servers=["pbx1"]) == {f"pbx1:{k}" for k in range(1, 30, 3)}
+        assert billed_keys(session, keys, [DAY], servers=["pbx0", "pbx2", "pbx1"]) == set(keys[:30])
+        assert billed_keys(session, keys, [DAY], servers=["pbx1", None]) == set(keys[:30])
+        assert billed_keys(session, keys, [DAY]) == set(keys[:30])
+
+
 def test_the_billed_state_lock_counts_its_writers(tmp_path):
     s = _settings(tmp_path)
     with session_scope(s.ledger) as session:
