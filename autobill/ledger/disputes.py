@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import polars as pl
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from autobill.config import Settings
 from autobill.ledger.billed import billed_rows, lock_billed_state, record_final, without_charge
@@ -163,6 +163,9 @@ def resolve_dispute(settings: Settings, dispute_id: int, credit: bool, who: str,
         else:
             for item in items:
                 item.status = "released"
+            # released calls still waiting unrated are rated again by the next run, whatever it rates with
+            session.execute(update(UnratedCDR).where(UnratedCDR.cdr_key.in_([i.cdr_key for i in items]),
+                                                     UnratedCDR.resolved_at.is_(None)).values(rated_with=None))
         dispute.status = "credited" if credit else "rejected"
         dispute.resolution = "credit" if credit else "reject"
         dispute.resolved_by, dispute.resolved_at, dispute.resolution_note = who, now, note or None

@@ -7,9 +7,10 @@ dearer than the last). `rating_inputs` is the fingerprint of everything that dec
 call can be rated: the whole config (plans, services, numbering, currencies, timezone, the
 tariffs' paths), the tariffs' content versions, the last services sync that changed a claim
 (who owns which number), and autobill's own version. Each row keeps the fingerprint of its last
-attempt (`rated_with`); `unrated_rows` hands back the rows whose fingerprint differs (or is
-unknown), plus the calls held by a dispute, which a resolution releases without changing any
-of those inputs. Change any input and the whole backlog is rated again on the next run."""
+attempt (`rated_with`); `unrated_rows` hands back the rows whose fingerprint differs or is
+unknown (NULL). Calls held by a dispute are kept without one, and a dispute's release clears it,
+since neither changes any of those inputs. Change any input and the whole backlog is rated again
+on the next run."""
 
 from __future__ import annotations
 
@@ -58,17 +59,24 @@ def resolve_unrated(session: Session, keys: list[str], now: datetime) -> int:
 def upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> None:
     """New unrated CDRs are inserted with their canonical row; known ones count another attempt.
     Both keep the `rated_with` fingerprint of the rows (a column of the rate step's output; NULL
-    without it: retried next run)."""
+    without it: retried next run), except calls held by a dispute: NULL, so they are rated again
+    every run until the dispute is resolved (a resolution changes none of the rating inputs)."""
     if unrated.height == 0:
         return
     rated_with = unrated[RATED_WITH].unique() if RATED_WITH in unrated.columns else None
     rated_with = rated_with[0] if rated_with is not None and rated_with.len() == 1 else None
-    known = sorted(keys_present(session, UnratedCDR.__table__, "cdr_key", iter(unrated["cdr_key"])))
-    for i in range(0, len(known), _CHUNK):
-        session.execute(
-            update(UnratedCDR).where(UnratedCDR.cdr_key.in_(known[i : i + _CHUNK]))
-            .values(attempts=UnratedCDR.attempts + 1, last_seen=now, rated_with=rated_with)
-        )
+    held = (pl.col("unrated_reason") == HELD_REASON).fill_null(False) if "unrated_reason" in unrated.columns \
+        else pl.lit(False)
+    unrated = unrated.with_columns(pl.when(held).then(None).otherwise(pl.lit(rated_with, pl.String)).alias("_with"))
+    known = keys_present(session, UnratedCDR.__table__, "cdr_key", iter(unrated["cdr_key"]))
+    for (stamp,), part in unrated.filter(pl.col("cdr_key").is_in(list(known))).partition_by(
+            "_with", as_dict=True).items():
+        keys = sorted(part["cdr_key"].to_list())
+        for i in range(0, len(keys), _CHUNK):
+            session.execute(
+                update(UnratedCDR).where(UnratedCDR.cdr_key.in_(keys[i : i + _CHUNK]))
+                .values(attempts=UnratedCDR.attempts + 1, last_seen=now, rated_with=stamp)
+            )
     new = unrated.filter(~pl.col("cdr_key").is_in(list(known)))
     if new.height == 0:
         return
@@ -79,7 +87,7 @@ def upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> No
                  "last_seen", "rated_with"),
                 (
                     (r["cdr_key"], r["server"], r["billing_date"], r.get("rate_number"), r["_reason"],
-                     _row_json(r, row_cols), 1, now, now, rated_with)
+                     _row_json(r, row_cols), 1, now, now, r["_with"])
                     for r in new.with_columns(reason.alias("_reason")).iter_rows(named=True)
                 ))
 
@@ -91,12 +99,11 @@ def _row_json(row: dict, columns: list[str]) -> str:
 def unrated_rows(settings: Settings, billing_date: date, skip_rated_with: str | None = None) -> pl.DataFrame:
     """Canonical rows of still-unrated CDRs up to `billing_date`, to rate again (a tariff fix bills
     them). `skip_rated_with`: leave out the rows last rated with these inputs (`rating_inputs`):
-    they would stay unrated (calls held by a dispute are always returned)."""
+    they would stay unrated (calls held by a dispute have no fingerprint: always returned)."""
     waiting = [UnratedCDR.resolved_at.is_(None), UnratedCDR.billing_date <= billing_date,
                UnratedCDR.row.is_not(None)]
     if skip_rated_with is not None:
-        waiting.append(or_(UnratedCDR.rated_with.is_(None), UnratedCDR.rated_with != skip_rated_with,
-                           UnratedCDR.reason == HELD_REASON))
+        waiting.append(or_(UnratedCDR.rated_with.is_(None), UnratedCDR.rated_with != skip_rated_with))
     with session_scope(settings.ledger) as session:
         rows = session.scalars(select(UnratedCDR.row).where(*waiting)).all()
     if not rows:

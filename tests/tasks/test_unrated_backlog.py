@@ -25,7 +25,7 @@ from autobill.ledger.billed import billed_frame
 from autobill.ledger.db import session_scope, upgrade
 from autobill.ledger.models import ServiceSync, UnratedCDR
 from autobill.ledger.runs import start_run
-from autobill.ledger.unrated import rating_inputs, unrated_rows
+from autobill.ledger.unrated import rating_inputs, unrated_rows, upsert_unrated
 from autobill.timeutil import utc_now
 from sandboxes.generate import MISSING, generate_calls, generate_config, make_world, tariff_frame
 from tasks.aggregate import record_chunks
@@ -116,12 +116,23 @@ def _stamp(s, key_rows: dict[str, str | None], reason: str = "no_rate") -> None:
 def test_which_waiting_rows_are_rated_again(tmp_path):
     _, s = _setup(tmp_path)
     now_fp = "a" * 64
-    _stamp(s, {"pbx:same": now_fp, "pbx:older": "b" * 64, "pbx:never": None})
-    _stamp(s, {"pbx:held": now_fp}, reason="disputed")  # released by a dispute's resolution: always retried
+    _stamp(s, {"pbx:same": now_fp, "pbx:older": "b" * 64, "pbx:never": None, "pbx:held": now_fp})
     again = set(unrated_rows(s, DAY, skip_rated_with=now_fp)["cdr_key"].to_list())
-    assert again == {"pbx:older", "pbx:never", "pbx:held"}
-    assert set(unrated_rows(s, DAY)["cdr_key"].to_list()) == again | {"pbx:same"}  # no fingerprint: every row
+    assert again == {"pbx:older", "pbx:never"}
+    assert set(unrated_rows(s, DAY)["cdr_key"].to_list()) == again | {"pbx:same", "pbx:held"}  # no fingerprint
     assert unrated_rows(s, DAY - timedelta(days=1), skip_rated_with=now_fp).is_empty()  # later dates wait
+
+    # Rated again with the same inputs: a call held by a dispute is kept without a fingerprint
+    # (its release changes no input), the others with it; known rows count another attempt.
+    rated = pl.DataFrame({"cdr_key": ["pbx:held", "pbx:same", "pbx:new"], "server": ["pbx"] * 3,
+                          "billing_date": [DAY] * 3, "unrated_reason": ["disputed", "no_rate", "disputed"],
+                          "rated_with": [now_fp] * 3})
+    with session_scope(s.ledger) as session:
+        upsert_unrated(session, rated, utc_now())
+    with session_scope(s.ledger) as session:
+        stored = {u.cdr_key: (u.rated_with, u.attempts) for u in session.scalars(select(UnratedCDR))}
+    assert stored["pbx:held"] == (None, 2) and stored["pbx:same"] == (now_fp, 2) and stored["pbx:new"] == (None, 1)
+    assert set(unrated_rows(s, DAY, skip_rated_with=now_fp)["cdr_key"].to_list()) == again | {"pbx:held", "pbx:new"}
 
 
 def test_the_fingerprint_follows_every_rating_input(tmp_path, monkeypatch):
