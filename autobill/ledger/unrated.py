@@ -8,9 +8,9 @@ call can be rated: the whole config (plans, services, numbering, currencies, tim
 tariffs' paths), the tariffs' content versions, the last services sync that changed a claim
 (who owns which number), and autobill's own version. Each row keeps the fingerprint of its last
 attempt (`rated_with`); `unrated_rows` hands back the rows whose fingerprint differs or is
-unknown (NULL). Calls held by a dispute are kept without one, and a dispute's release clears it,
-since neither changes any of those inputs. Change any input and the whole backlog is rated again
-on the next run."""
+unknown (NULL). Calls held by a dispute, or waiting for a services sync to confirm who owned
+their number, are kept without one (time alone lifts those: EVERY_RUN), and a dispute's release
+clears it. Change any input and the whole backlog is rated again on the next run."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ from autobill.ledger.models import ServiceSync, UnratedCDR
 
 _CHUNK = 5000
 RATED_WITH = "rated_with"  # the rate step's column: the `rating_inputs` of each row
+# Reasons that time alone can lift, with no rating input changed: a dispute's release; the next
+# successful services sync, even one that changed nothing, confirming who owned the number
+# (autobill/mapping.py). Rows unrated for these keep no fingerprint: rated again every run.
+EVERY_RUN = (HELD_REASON, "service_unconfirmed")
 
 
 def rating_inputs(settings: Settings, tariff_versions: dict[str, str]) -> str:
@@ -59,13 +63,13 @@ def resolve_unrated(session: Session, keys: list[str], now: datetime) -> int:
 def upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> None:
     """New unrated CDRs are inserted with their canonical row; known ones count another attempt.
     Both keep the `rated_with` fingerprint of the rows (a column of the rate step's output; NULL
-    without it: retried next run), except calls held by a dispute: NULL, so they are rated again
-    every run until the dispute is resolved (a resolution changes none of the rating inputs)."""
+    without it: retried next run), except the rows unrated for a reason in EVERY_RUN: NULL, so
+    they are rated again every run."""
     if unrated.height == 0:
         return
     rated_with = unrated[RATED_WITH].unique() if RATED_WITH in unrated.columns else None
     rated_with = rated_with[0] if rated_with is not None and rated_with.len() == 1 else None
-    held = (pl.col("unrated_reason") == HELD_REASON).fill_null(False) if "unrated_reason" in unrated.columns \
+    held = pl.col("unrated_reason").is_in(EVERY_RUN).fill_null(False) if "unrated_reason" in unrated.columns \
         else pl.lit(False)
     unrated = unrated.with_columns(pl.when(held).then(None).otherwise(pl.lit(rated_with, pl.String)).alias("_with"))
     known = keys_present(session, UnratedCDR.__table__, "cdr_key", iter(unrated["cdr_key"]))

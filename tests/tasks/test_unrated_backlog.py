@@ -124,15 +124,20 @@ def test_which_waiting_rows_are_rated_again(tmp_path):
 
     # Rated again with the same inputs: a call held by a dispute is kept without a fingerprint
     # (its release changes no input), the others with it; known rows count another attempt.
-    rated = pl.DataFrame({"cdr_key": ["pbx:held", "pbx:same", "pbx:new"], "server": ["pbx"] * 3,
-                          "billing_date": [DAY] * 3, "unrated_reason": ["disputed", "no_rate", "disputed"],
-                          "rated_with": [now_fp] * 3})
+    # The same for a call that started after the last services sync: the next sync confirms who
+    # owned its number even when it changes nothing.
+    rated = pl.DataFrame({"cdr_key": ["pbx:held", "pbx:same", "pbx:new", "pbx:late"], "server": ["pbx"] * 4,
+                          "billing_date": [DAY] * 4,
+                          "unrated_reason": ["disputed", "no_rate", "disputed", "service_unconfirmed"],
+                          "rated_with": [now_fp] * 4})
     with session_scope(s.ledger) as session:
         upsert_unrated(session, rated, utc_now())
     with session_scope(s.ledger) as session:
         stored = {u.cdr_key: (u.rated_with, u.attempts) for u in session.scalars(select(UnratedCDR))}
-    assert stored["pbx:held"] == (None, 2) and stored["pbx:same"] == (now_fp, 2) and stored["pbx:new"] == (None, 1)
-    assert set(unrated_rows(s, DAY, skip_rated_with=now_fp)["cdr_key"].to_list()) == again | {"pbx:held", "pbx:new"}
+    assert stored["pbx:held"] == (None, 2) and stored["pbx:same"] == (now_fp, 2)
+    assert stored["pbx:new"] == (None, 1) and stored["pbx:late"] == (None, 1)
+    assert set(unrated_rows(s, DAY, skip_rated_with=now_fp)["cdr_key"].to_list()) == \
+        again | {"pbx:held", "pbx:new", "pbx:late"}
 
 
 def test_the_fingerprint_follows_every_rating_input(tmp_path, monkeypatch):
