@@ -69,9 +69,10 @@ def upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> No
         return
     rated_with = unrated[RATED_WITH].unique() if RATED_WITH in unrated.columns else None
     rated_with = rated_with[0] if rated_with is not None and rated_with.len() == 1 else None
-    held = pl.col("unrated_reason").is_in(EVERY_RUN).fill_null(False) if "unrated_reason" in unrated.columns \
+    every_run = pl.col("unrated_reason").is_in(EVERY_RUN).fill_null(False) if "unrated_reason" in unrated.columns \
         else pl.lit(False)
-    unrated = unrated.with_columns(pl.when(held).then(None).otherwise(pl.lit(rated_with, pl.String)).alias("_with"))
+    unrated = unrated.with_columns(
+        pl.when(every_run).then(None).otherwise(pl.lit(rated_with, pl.String)).alias("_with"))
     known = keys_present(session, UnratedCDR.__table__, "cdr_key", iter(unrated["cdr_key"]))
     for (stamp,), part in unrated.filter(pl.col("cdr_key").is_in(list(known))).partition_by(
             "_with", as_dict=True).items():
