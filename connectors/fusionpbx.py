@@ -17,6 +17,9 @@ What is read, and why:
   is not used: on outbound calls it is usually the DID shown to the callee, not the extension.
 - Incremental on `end_epoch` ([since - overlap, until)): a call is written when it ends, so the
   end is what grows; the overlap re-reads late rows and the extraction step drops keys it stored.
+  The window is written so that an index on `end_epoch` serves it (`window_condition`); a table
+  without one is read whole on every run, and the run's notes say so, with the statement that
+  adds one (autobill never writes to the PBX's database).
 
 The connection is read-only (`default_transaction_read_only` and a READ ONLY session), every SQL
 is parameterised (identifiers through `psycopg2.sql`), and every network step has a timeout:
@@ -108,6 +111,30 @@ def epoch_seconds(moment: datetime) -> Decimal:
     return Decimal(delta.days * 86_400 + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
 
 
+def window_condition(end: sql.Composable, start: sql.Composable) -> sql.Composed:
+    """Which rows a run reads (`%(low)s`/`%(high)s`: epoch seconds, `low` NULL on a first run).
+
+    Incremental on end_epoch; a row whose end_epoch is NULL/NaN/Infinity is windowed on its
+    start_epoch instead, and a row with neither usable is read on every run (the lake then skips
+    it as already stored): no row is filtered out before it is counted. Written as plain ranges
+    on the columns, not as a CASE over them, so that PostgreSQL can answer it from an index on
+    `end_epoch` and read only the window: v_xml_cdr keeps years of calls (730 days by default),
+    and a CASE made every run read the whole table (issue #15). "Usable" is `abs(x) < MAX_EPOCH`;
+    NaN sorts above every number and NULL compares to nothing, so the ranges below keep the same
+    rows (tests/connectors/test_fusionpbx_window.py holds the CASE as the reference)."""
+    bound = sql.Literal(MAX_EPOCH)
+
+    def in_window(col: sql.Composable) -> sql.Composed:  # usable, and in [low, high)
+        return sql.SQL("({c} > -{b} AND {c} < {b} AND ({c} >= %(low)s OR %(low)s IS NULL) AND {c} < %(high)s)").format(
+            c=col, b=bound)
+
+    def unusable(col: sql.Composable) -> sql.Composed:
+        return sql.SQL("({c} IS NULL OR {c} >= {b} OR {c} <= -{b})").format(c=col, b=bound)
+
+    return sql.SQL("({end_in} OR ({end_bad} AND ({start_in} OR {start_bad})))").format(
+        end_in=in_window(end), end_bad=unusable(end), start_in=in_window(start), start_bad=unusable(start))
+
+
 def split_table(name: str) -> tuple[str | None, str]:
     schema, _, table = name.rpartition(".")
     return (schema or None), table
@@ -158,6 +185,7 @@ class FusionPBXConnector:
                 schema, table = self._resolve(cur)
                 columns = self._columns(cur, schema, table)
                 query, count_query = self._queries(cur, schema, table, columns)
+                unindexed = not self._window_indexed(cur, schema, table)
                 extensions = self._extensions(cur, schema) if "extension_uuid" in columns else None
             params = {
                 "low": epoch_seconds(low) if low is not None else None,
@@ -176,6 +204,9 @@ class FusionPBXConnector:
         finally:
             conn.close()
         notes = []
+        if unindexed:
+            notes.append(f"{srv.id}: {schema}.{table} has no index on end_epoch, so every run reads the whole table; "
+                         f"with one (CREATE INDEX CONCURRENTLY ON {schema}.{table} (end_epoch)) a run reads its window only")
         labels = ("B-leg rows", "LOSE_RACE rows", "rows with an originating_leg_uuid")
         for label, n in zip(labels, excluded, strict=True):
             if n:
@@ -251,6 +282,21 @@ class FusionPBXConnector:
         )
         return {r[0] for r in cur.fetchall()}
 
+    @staticmethod
+    def _window_indexed(cur, schema: str, table: str) -> bool:
+        """Whether the run's window can be read from an index: the table has a valid index whose
+        first column is end_epoch (a view, or a table we cannot see, is taken as indexed: nothing
+        to advise)."""
+        cur.execute(
+            "SELECT t.relkind IN ('r', 'p') AND NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = t.oid AND i.indisvalid AND a.attname = 'end_epoch') "
+            "FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = %s AND t.relname = %s",
+            (schema, table),
+        )
+        row = cur.fetchone()
+        return not (row and row[0])
+
     def _extensions(self, cur, schema: str) -> pl.DataFrame | None:
         """extension_uuid -> extension number from `v_extensions` in the same schema, when readable."""
         cur.execute(
@@ -316,15 +362,7 @@ class FusionPBXConnector:
             )
         )
         table_ref = sql.SQL("{}.{} AS c").format(sql.Identifier(schema), sql.Identifier(table))
-        # Incremental on end_epoch; a row whose end_epoch is NULL/NaN/Infinity is windowed on its
-        # start_epoch instead, and a row with neither usable is read on every run (the lake then
-        # skips it as already stored): no row is filtered out before it is counted.
-        window = sql.SQL(
-            "CASE WHEN {end_ok} THEN ({end} >= %(low)s OR %(low)s IS NULL) AND {end} < %(high)s "
-            "WHEN {start_ok} THEN ({start} >= %(low)s OR %(low)s IS NULL) AND {start} < %(high)s "
-            "ELSE TRUE END"
-        ).format(end=c("end_epoch"), start=c("start_epoch"), end_ok=usable("end_epoch", MAX_EPOCH),
-                 start_ok=usable("start_epoch", MAX_EPOCH))
+        window = window_condition(c("end_epoch"), c("start_epoch"))
         keep = [sql.SQL("{} IS DISTINCT FROM {}").format(c("hangup_cause"), sql.Literal(LOSE_RACE))]
         if "leg" in columns:
             keep.append(sql.SQL("{} = 'a'").format(c("leg")))
