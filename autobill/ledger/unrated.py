@@ -6,7 +6,9 @@ backlog nobody fixes grows every night, and rating all of it every night made ea
 dearer than the last). `rating_inputs` is the fingerprint of everything that decides whether a
 call can be rated: the whole config (plans, services, numbering, currencies, timezone, the
 tariffs' paths), the tariffs' content versions, the last services sync that changed a claim
-(who owns which number), and autobill's own version. Each row keeps the fingerprint of its last
+(who owns which number), and autobill's own version and code (the digest of the `autobill`
+package's source, where the rating rules live: a fix to them retries the backlog without a
+release). Each row keeps the fingerprint of its last
 attempt (`rated_with`); `unrated_rows` hands back the rows whose fingerprint differs or is
 unknown (NULL). Calls held by a dispute, or waiting for a services sync to confirm who owned
 their number, are kept without one (time alone lifts those: EVERY_RUN), and a dispute's release
@@ -17,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import date, datetime
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import polars as pl
 from sqlalchemy import func, or_, select, update
@@ -38,6 +42,20 @@ RATED_WITH = "rated_with"  # the rate step's column: the `rating_inputs` of each
 EVERY_RUN = (HELD_REASON, "service_unconfirmed")
 
 
+def source_digest(root: Path) -> str:
+    """sha256 over the `.py` files under `root` (their paths relative to it, and their bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@cache
+def code_digest() -> str:
+    """`source_digest` of the installed `autobill` package (once a process)."""
+    return source_digest(Path(__file__).resolve().parents[1])
+
+
 def rating_inputs(settings: Settings, tariff_versions: dict[str, str]) -> str:
     """The fingerprint of what decides whether a call can be rated (see the module docstring)."""
     with session_scope(settings.ledger) as session:
@@ -48,7 +66,8 @@ def rating_inputs(settings: Settings, tariff_versions: dict[str, str]) -> str:
     except PackageNotFoundError:  # run from a source tree that was never installed
         ours = "source"
     digest = hashlib.sha256()
-    for part in (settings.model_dump_json(), json.dumps(sorted(tariff_versions.items())), str(claims), ours):
+    for part in (settings.model_dump_json(), json.dumps(sorted(tariff_versions.items())), str(claims), ours,
+                 code_digest()):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()

@@ -10,6 +10,7 @@ change, a new autobill version and a dispute's held calls all retry.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from autobill.ledger.billed import billed_frame
 from autobill.ledger.db import session_scope, upgrade
 from autobill.ledger.models import ServiceSync, UnratedCDR
 from autobill.ledger.runs import start_run
-from autobill.ledger.unrated import rating_inputs, unrated_rows, upsert_unrated
+from autobill.ledger.unrated import code_digest, rating_inputs, source_digest, unrated_rows, upsert_unrated
 from autobill.timeutil import utc_now
 from sandboxes.generate import MISSING, generate_calls, generate_config, make_world, tariff_frame
 from tasks.aggregate import record_chunks
@@ -158,4 +159,26 @@ def test_the_fingerprint_follows_every_rating_input(tmp_path, monkeypatch):
     moved = rating_inputs(s, versions)
     assert moved != base  # who owns which number changed
     monkeypatch.setattr("autobill.ledger.unrated.version", lambda name: "99.0")
-    assert rating_inputs(s, versions) != moved  # another autobill
+    released = rating_inputs(s, versions)
+    assert released != moved  # another autobill
+    monkeypatch.setattr("autobill.ledger.unrated.code_digest", lambda: "a fix to the rater")
+    assert rating_inputs(s, versions) != released  # autobill's code changed without a release
+
+
+def test_the_code_digest_follows_the_source_text_only(tmp_path):
+    root = tmp_path / "pkg"
+    (root / "rating").mkdir(parents=True)
+    (root / "rating" / "engine.py").write_text("RATE = 1\n")
+    (root / "notes.txt").write_text("not code")
+    base = source_digest(root)
+    assert len(base) == 64 and source_digest(root) == base
+    (root / "notes.txt").write_text("still not code")
+    os.utime(root / "rating" / "engine.py", (1, 1))
+    assert source_digest(root) == base  # other files, and times, are not the code
+    (root / "rating" / "engine.py").write_text("RATE = 2\n")
+    assert source_digest(root) != base
+    (root / "rating" / "engine.py").write_text("RATE = 1\n")
+    assert source_digest(root) == base
+    (root / "rating" / "match.py").write_text("")
+    assert source_digest(root) != base  # a new module
+    assert code_digest() == source_digest(Path(lake.__file__).parent)  # the autobill package
