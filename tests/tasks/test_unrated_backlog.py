@@ -28,7 +28,15 @@ from autobill.ledger.models import ServiceSync, UnratedCDR
 from autobill.ledger.runs import start_run
 from autobill.ledger.unrated import code_digest, rating_inputs, source_digest, unrated_rows, upsert_unrated
 from autobill.timeutil import utc_now
-from sandboxes.generate import MISSING, generate_calls, generate_config, make_world, tariff_frame
+from sandboxes.generate import (
+    MISSING,
+    generate_calls,
+    generate_config,
+    make_world,
+    seed_whmcs_services,
+    service_sync_section,
+    tariff_frame,
+)
 from tasks.aggregate import record_chunks
 from tasks.rate import rate_run
 
@@ -182,3 +190,59 @@ def test_the_code_digest_follows_the_source_text_only(tmp_path):
     (root / "rating" / "match.py").write_text("")
     assert source_digest(root) != base  # a new module
     assert code_digest() == source_digest(Path(lake.__file__).parent)  # the autobill package
+
+
+def test_a_call_after_the_last_sync_waits_and_is_billed_once_after_a_sync_that_changed_nothing(tmp_path, monkeypatch):
+    """service_unconfirmed end to end: the rate and record steps, and the services step over loopback
+    HTTP against the WHMCS sandbox. The second sync changes no claim, so no rating input moves:
+    only the rule that keeps these calls without a fingerprint brings them back."""
+    from tasks.services import sync_services
+    from tests.support.whmcs import IDENT, SECRET, new_sandbox
+
+    monkeypatch.setenv("T_WHMCS_ID", IDENT)
+    monkeypatch.setenv("T_WHMCS_SECRET", SECRET)
+    world = make_world(clients=12, servers_per_kind=2, kinds=("file",), seed=5)
+    (tmp_path / "tariffs").mkdir()
+    tariff_frame().write_csv(tmp_path / "tariffs" / "retail.csv")
+    with new_sandbox() as sandbox:
+        for _ in range(world.clients.height):
+            sandbox.add_client()
+        seed_whmcs_services(sandbox, world)
+        config = generate_config(world)
+        config.pop("services")
+        config.update(service_sync=service_sync_section(),
+                      whmcs={"url": sandbox.url, "identifier": {"env": "T_WHMCS_ID"},
+                             "secret": {"env": "T_WHMCS_SECRET"}, "retries": 1, "timeout_seconds": 5})
+        (tmp_path / "autobill.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        s = load_settings(tmp_path / "autobill.yaml")
+        upgrade(s.ledger)
+        noon = datetime(DAY.year, DAY.month, DAY.day, 12, tzinfo=UTC)
+        assert sync_services(s, now=noon).ok
+
+        first, _ = _night(s, world, DAY, seed=1)
+        late = first.filter(pl.col("unrated_reason") == "service_unconfirmed")
+        assert late.height >= 5 and (late["start_utc"] > noon).all()
+        after = first.filter(pl.col("start_utc") > noon)  # answered: waiting for an owner; unanswered: free
+        assert after.filter((pl.col("billsec") > 0) != (pl.col("outcome") == "unrated")).is_empty()
+        waiting = set(late["cdr_key"].to_list())
+        with session_scope(s.ledger) as session:
+            stored = {u.cdr_key: u.rated_with for u in session.scalars(select(UnratedCDR))}
+        assert all(stored[k] is None for k in waiting)  # no fingerprint: rated again every run
+        billed = _billed_once(s)
+        assert not billed & waiting
+
+        fingerprint = rating_inputs(s, {"retail": first["tariff_version"].drop_nulls()[0]})
+        result = sync_services(s, now=noon + timedelta(days=1))
+        assert result.ok and result.changes == 0
+        assert rating_inputs(s, {"retail": first["tariff_version"].drop_nulls()[0]}) == fingerprint
+
+        second, _ = _night(s, world, DAY + timedelta(days=1), seed=0)  # no new calls
+    again = second.filter(pl.col("cdr_key").is_in(list(waiting)))
+    assert again.height == len(waiting) and (again["source"] == "unrated").all()
+    # Every waiting call now has its owner: billed, or unrated only for what the tariff lacks.
+    assert again.filter(pl.col("unrated_reason") == "service_unconfirmed").is_empty()
+    still = set(again.filter(pl.col("outcome") == "unrated")["cdr_key"].to_list())
+    assert set(again.filter(pl.col("outcome") == "unrated")["unrated_reason"].to_list()) <= {"no_rate"}
+    assert len(still) < len(waiting) / 10
+    assert _billed_once(s) == billed | (waiting - still)
+    assert {k for k in waiting if _backlog(s)[k][1]} == waiting - still  # resolved
