@@ -206,7 +206,7 @@ class FusionPBXConnector:
         notes = []
         if unindexed:
             notes.append(f"{srv.id}: {schema}.{table} has no index on end_epoch, so every run reads the whole table; "
-                         f"with one (CREATE INDEX CONCURRENTLY ON {schema}.{table} (end_epoch)) a run reads its window only")
+                         f"with one (CREATE INDEX CONCURRENTLY ON {schema}.{table} (end_epoch)) PostgreSQL can read the window only")
         labels = ("B-leg rows", "LOSE_RACE rows", "rows with an originating_leg_uuid")
         for label, n in zip(labels, excluded, strict=True):
             if n:
