@@ -8,9 +8,8 @@ call can be rated: the whole config (plans, services, numbering, currencies, tim
 tariffs' paths), the tariffs' content versions, the last services sync that changed a claim
 (who owns which number), and autobill's own version and code (the digest of the `autobill`
 package's source, where the rating rules live: a fix to them retries the backlog without a
-release). Each row keeps the fingerprint of its last
-attempt (`rated_with`); `unrated_rows` hands back the rows whose fingerprint differs or is
-unknown (NULL). Calls held by a dispute, or waiting for a services sync to confirm who owned
+release). Each row keeps the fingerprint of its last attempt (`rated_with`); `unrated_rows`
+hands back the rows whose fingerprint differs or is unknown (NULL). Calls held by a dispute, or waiting for a services sync to confirm who owned
 their number, are kept without one (time alone lifts those: EVERY_RUN), and a dispute's release
 clears it. Change any input and the whole backlog is rated again on the next run."""
 
@@ -29,12 +28,11 @@ from sqlalchemy.orm import Session
 
 from autobill.cdr import CDR_SCHEMA, conform, empty_cdrs
 from autobill.config import Settings
-from autobill.ledger.bulk import insert_rows, keys_present, stamp_waiting
+from autobill.ledger.bulk import PAGE, insert_rows, keys_present, stamp_waiting
 from autobill.ledger.db import session_scope
 from autobill.ledger.disputes import HELD_REASON  # a call held by an open dispute: always retried
 from autobill.ledger.models import ServiceSync, UnratedCDR
 
-_CHUNK = 5000
 RATED_WITH = "rated_with"  # the rate step's column: the `rating_inputs` of each row
 # Reasons that time alone can lift, with no rating input changed: a dispute's release; the next
 # successful services sync, even one that changed nothing, confirming who owned the number
@@ -96,9 +94,9 @@ def upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> No
     for (stamp,), part in unrated.filter(pl.col("cdr_key").is_in(list(known))).partition_by(
             "_with", as_dict=True).items():
         keys = sorted(part["cdr_key"].to_list())
-        for i in range(0, len(keys), _CHUNK):
+        for i in range(0, len(keys), PAGE):
             session.execute(
-                update(UnratedCDR).where(UnratedCDR.cdr_key.in_(keys[i : i + _CHUNK]))
+                update(UnratedCDR).where(UnratedCDR.cdr_key.in_(keys[i : i + PAGE]))
                 .values(attempts=UnratedCDR.attempts + 1, last_seen=now, rated_with=stamp)
             )
     new = unrated.filter(~pl.col("cdr_key").is_in(list(known)))
