@@ -9,10 +9,10 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from autobill.ledger.bulk import insert_rows
+from autobill.ledger.bulk import PAGE, insert_rows
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import UnratedCDR
-from autobill.ledger.unrated import _CHUNK, resolve_unrated
+from autobill.ledger.unrated import resolve_unrated
 
 SEEN = datetime(2026, 11, 20, 5, 0, tzinfo=UTC)
 NOW = SEEN + timedelta(days=1)
@@ -36,8 +36,8 @@ def test_only_the_named_waiting_rows_are_resolved_and_earlier_resolutions_kept(l
     _unrated(ledger_url, [f"pbx:{i}" for i in range(10)], resolved={"pbx:3"})
     final = ["pbx:1", "pbx:3", "pbx:4", "pbx:9"]
     if many:  # every final key of a night: thousands never unrated
-        final += [f"other:{i}" for i in range(2 * _CHUNK)]
-        assert len(final) > _CHUNK
+        final += [f"other:{i}" for i in range(2 * PAGE)]
+        assert len(final) > PAGE
     with session_scope(ledger_url) as s:
         assert resolve_unrated(s, final, NOW) == 3
     got = _resolved(ledger_url)
