@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -56,6 +57,14 @@ SOURCE_COLUMNS = (
     "end_stamp", "duration", "billsec", "leg", "originating_leg_uuid", "hangup_cause", "hangup_cause_q850",
     "status", "missed_call", "sip_call_id", "cc_side",
 )  # fmt: skip
+# How `source_row` writes each column's value, by its PostgreSQL type (information_schema's
+# data_type): exactly as to_json would. Text-like values are fetched as text and JSON-encoded here;
+# numbers and booleans are fetched as text and written as they are (NaN and +-Infinity quoted, as
+# to_json quotes them); any other type (timestamps, char(n) with its padding, json, arrays, ...)
+# is fetched as PostgreSQL's own to_json text. Building the object in PostgreSQL (to_json of a
+# sub-select) cost 4 of the 5.2 s a 211k-row COPY took (issue #15).
+STRING_TYPES = frozenset({"text", "character varying", "uuid"})
+LITERAL_TYPES = frozenset({"numeric", "integer", "bigint", "smallint", "real", "double precision", "boolean"})
 REQUIRED = ("domain_name", "direction", "destination_number", "start_epoch", "end_epoch", "billsec")
 OPTIONAL_TEXT = ("accountcode", "caller_id_number", "caller_destination", "hangup_cause")
 
@@ -73,9 +82,8 @@ _FETCH_SCHEMA = {
     "billsec": pl.Int64(),
     "hangup_cause": pl.String(),
     "extension_uuid": pl.String(),
-    "source_row": pl.String(),
     "problem": pl.String(),
-}
+}  # then one text column per source column (`source_columns`), `_source_<i>`
 # The largest |epoch| (seconds) whose microseconds fit a bigint, and the largest |billsec| that
 # fits one: a NaN, an Infinity or a bigger value is read as NULL plus a problem text (the row is
 # quarantined as `unreadable_row`), never cast in SQL, where it would fail the whole extraction.
@@ -83,7 +91,34 @@ MAX_EPOCH = 9_200_000_000_000
 MAX_BILLSEC = 9_200_000_000_000_000_000
 
 
-def _scan_copy(path: str) -> pl.LazyFrame:
+def source_columns(columns: dict[str, str]) -> list[tuple[str, str]]:
+    """(column, how `source_row` writes it: "string" | "literal" | "json") for each of
+    SOURCE_COLUMNS the table has, in that order (`columns`: name -> PostgreSQL data_type)."""
+    def kind(data_type: str) -> str:
+        return "string" if data_type in STRING_TYPES else "literal" if data_type in LITERAL_TYPES else "json"
+
+    return [(name, kind(columns[name])) for name in SOURCE_COLUMNS if name in columns]
+
+
+def source_row_expr(sources: Sequence[tuple[str, str]]) -> pl.Expr:
+    """`source_row` from the fetched `_source_<i>` columns: the JSON object PostgreSQL's to_json
+    gives for these columns of the row (same keys in the same order, same values, nulls kept)."""
+    def value(i: int, name: str, kind: str) -> pl.Expr:
+        col = pl.col(f"_source_{i}")
+        if kind == "string":  # polars escapes the text as JSON does; keep what follows the key
+            return (pl.struct(col.alias(name)).struct.json_encode()
+                    .str.strip_prefix(f'{{"{name}":').str.strip_suffix("}"))
+        if kind == "literal":
+            return pl.when(col.is_in(["NaN", "Infinity", "-Infinity"])).then('"' + col + '"').otherwise(col)
+        return col
+
+    parts: list[pl.Expr] = []
+    for i, (name, kind) in enumerate(sources):
+        parts += [pl.lit(("{" if i == 0 else ",") + f'"{name}":'), value(i, name, kind).fill_null("null")]
+    return pl.concat_str([*parts, pl.lit("}")]) if parts else pl.lit("{}")
+
+
+def _scan_copy(path: str, sources: Sequence[tuple[str, str]]) -> pl.LazyFrame:
     """The rows `COPY (...) TO STDOUT WITH (FORMAT csv)` wrote to `path`, typed as the SELECT.
 
     Why COPY into a file: one stream the server writes and polars reads, instead of a Python
@@ -91,7 +126,8 @@ def _scan_copy(path: str) -> pl.LazyFrame:
     lazy scan that the streaming engine turns into canonical rows without holding the fetched
     rows as well. CSV keeps NULL (an empty field) apart from an empty string (`""`), and quotes
     whatever holds a comma, a quote or a line break."""
-    return pl.scan_csv(path, has_header=False, schema=_FETCH_SCHEMA, encoding="utf8")
+    schema = {**_FETCH_SCHEMA, **{f"_source_{i}": pl.String() for i in range(len(sources))}}
+    return pl.scan_csv(path, has_header=False, schema=schema, encoding="utf8")
 
 
 def _collect(server_id: str, frame: pl.LazyFrame) -> pl.DataFrame:
@@ -198,7 +234,8 @@ class FusionPBXConnector:
                 cur.execute(count_query, params)
                 excluded = cur.fetchone()
                 conn.rollback()
-                read = _collect(srv.id, self.canonical(_scan_copy(spool.name), extensions))
+                sources = source_columns(columns)
+                read = _collect(srv.id, self.canonical(_scan_copy(spool.name, sources), extensions, sources))
         except psycopg2.Error as exc:
             raise SourceError(f"{srv.id}: reading {srv.table} failed: {_first_line(exc)}") from None
         finally:
@@ -217,9 +254,10 @@ class FusionPBXConnector:
         cdrs = conform(merge_problems(read, "_problem"))
         return Extracted(cdrs=cdrs, watermark=cdrs["end_utc"].max(), cursor=None, notes=notes)
 
-    def canonical(self, raw: pl.LazyFrame, extensions: pl.DataFrame | None = None) -> pl.LazyFrame:
+    def canonical(self, raw: pl.LazyFrame, extensions: pl.DataFrame | None = None,
+                  sources: Sequence[tuple[str, str]] = ()) -> pl.LazyFrame:
         """Fetched rows (+ the extension_uuid -> extension map) -> canonical CDRs (lazy; `_problem`
-        still apart from `source_row`, see `merge_problems`).
+        still apart from `source_row`, see `merge_problems`; `sources`: `source_columns`).
 
         The extension map is joined here rather than in SQL: `v_extensions` is small, and a
         join in the PBX database is at the mercy of its planner statistics (a freshly loaded,
@@ -227,8 +265,11 @@ class FusionPBXConnector:
         num = self.server.numbering
         if extensions is None:
             extensions = pl.DataFrame(schema={"extension_uuid": pl.String(), "ext_number": pl.String()})
+        # The lake's row order: end, then call id (nulls last; strings by their bytes). Sorted
+        # here, not in the query: PostgreSQL's sort took a quarter of the COPY (issue #15).
+        raw = raw.sort(["end_us", "call_id"], nulls_last=True, maintain_order=True)
         raw = raw.join(extensions.unique("extension_uuid").lazy(), on="extension_uuid", how="left",
-                       maintain_order="left")  # the rows come sorted from the query
+                       maintain_order="left")
 
         def text(col: str) -> pl.Expr:
             stripped = pl.col(col).str.strip_chars()
@@ -260,7 +301,7 @@ class FusionPBXConnector:
                 ts("end_us").alias("end_utc"),
                 pl.col("billsec"),
                 pl.col("hangup_cause"),
-                pl.col("source_row"),
+                source_row_expr(sources).alias("source_row"),
                 pl.col("problem").alias("_problem"),
             )
         )
@@ -275,12 +316,13 @@ class FusionPBXConnector:
         return schema, table
 
     @staticmethod
-    def _columns(cur, schema: str, table: str) -> set[str]:
+    def _columns(cur, schema: str, table: str) -> dict[str, str]:
+        """The table's columns: name -> data_type (information_schema's spelling)."""
         cur.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
             (schema, table),
         )
-        return {r[0] for r in cur.fetchall()}
+        return dict(cur.fetchall())
 
     @staticmethod
     def _window_indexed(cur, schema: str, table: str) -> bool:
@@ -305,7 +347,7 @@ class FusionPBXConnector:
             (schema,),
         )
         row = cur.fetchone()
-        if not (row and row[0]) or not {"extension_uuid", "extension"} <= self._columns(cur, schema, "v_extensions"):
+        if not (row and row[0]) or not {"extension_uuid", "extension"} <= self._columns(cur, schema, "v_extensions").keys():
             return None
         cur.execute(
             sql.SQL("SELECT extension_uuid::text, extension::text FROM {}.v_extensions WHERE extension_uuid IS NOT NULL")
@@ -313,7 +355,7 @@ class FusionPBXConnector:
         )
         return pl.DataFrame(cur.fetchall(), schema={"extension_uuid": pl.String(), "ext_number": pl.String()}, orient="row")
 
-    def _queries(self, cur, schema: str, table: str, columns: set[str]):
+    def _queries(self, cur, schema: str, table: str, columns: dict[str, str]):
         srv = self.server
         if not columns:
             raise SourceError(f"{srv.id}: table {schema}.{table} not found (or not readable)")
@@ -352,14 +394,10 @@ class FusionPBXConnector:
             checked.append(("answer_epoch", MAX_EPOCH))
         problem = sql.SQL("NULLIF(concat_ws('; ', {}), '')").format(
             sql.SQL(", ").join(unusable(name, bound) for name, bound in checked))
-        # The row of these columns as a JSON object: to_json of a one-row sub-select gives the same
-        # object as json_build_object (keys in this order, each value rendered alike; compared on
-        # 200 k generated rows) without the spaces around `:` and `,`, in 17 % less time per
-        # COPY (1.51 -> 1.25 s per 200 k rows; issue #15).
-        source = sql.SQL("to_json((SELECT x FROM (SELECT {}) AS x))::text").format(
-            sql.SQL(", ").join(
-                sql.SQL("{} AS {}").format(c(name), sql.Identifier(name)) for name in SOURCE_COLUMNS if name in columns
-            )
+        # The source columns, one text field each, for `source_row_expr` (see STRING_TYPES).
+        source = sql.SQL(", ").join(
+            sql.SQL("to_json({})::text" if kind == "json" else "{}::text").format(c(name))
+            for name, kind in source_columns(columns)
         )
         table_ref = sql.SQL("{}.{} AS c").format(sql.Identifier(schema), sql.Identifier(table))
         window = window_condition(c("end_epoch"), c("start_epoch"))
@@ -374,10 +412,8 @@ class FusionPBXConnector:
             "SELECT {id}::text AS call_id, {domain}, {acct}, {direction}, {cid}, {cdest}, {dest}, "
             "{start} AS start_us, {answer} AS answer_us, {end} AS end_us, "
             "CASE WHEN {billsec_ok} THEN round({billsec})::bigint END AS billsec, "
-            "{cause}, {ext} AS extension_uuid, {source} AS source_row, {problem} AS problem "
-            "FROM {table} WHERE {window} AND {keep} "
-            # the lake's row order (end, then key; polars' order: nulls last, bytes, not a collation)
-            'ORDER BY {end} NULLS LAST, {id}::text COLLATE "C" NULLS LAST'
+            "{cause}, {ext} AS extension_uuid, {problem} AS problem, {source} "
+            "FROM {table} WHERE {window} AND {keep}"  # no ORDER BY: `canonical` sorts
         ).format(
             id=c(id_col),
             domain=sql.SQL("{}::text").format(c("domain_name")),

@@ -76,6 +76,72 @@ def test_a_legs_only_billsec_and_numbers(pg_schema: str, variant: str) -> None:
         assert "1 rows with an originating_leg_uuid" in note
 
 
+# Every source column, each of a type family the connector writes differently (text-like,
+# number or boolean, anything else), so that `source_row` meets all three ways and their edges.
+ODD_TYPES_TABLE = """
+CREATE TABLE v_xml_cdr (
+    xml_cdr_uuid uuid PRIMARY KEY, domain_uuid uuid, domain_name text, extension_uuid uuid,
+    accountcode varchar(40), direction text, context char(40), caller_id_name text, caller_id_number varchar,
+    caller_destination text, source_number text, destination_number text, start_epoch numeric,
+    answer_epoch numeric, end_epoch numeric, start_stamp timestamptz, answer_stamp timestamp,
+    end_stamp timestamptz, duration double precision, billsec numeric, leg char(1), originating_leg_uuid uuid,
+    hangup_cause text, hangup_cause_q850 integer, status varchar(60), missed_call boolean, sip_call_id text,
+    cc_side jsonb
+)
+"""
+ODD_TEXTS = ['quote " backslash \\ slash /', "tab\tcr\rlf\nbs\bff\f", "".join(map(chr, range(1, 32))) + "\x7f",
+             "accents é ß, emoji 😀, CJK 電話", "", "  padded  ", None]
+ODD_DURATIONS = [float("nan"), float("inf"), float("-inf"), 1.5e-07, 1e20, -0.0, None]
+
+
+def test_source_row_is_the_very_text_to_json_gives_for_every_type_and_odd_value(pg_schema: str) -> None:
+    """`source_row` is assembled from the columns' text, not built by PostgreSQL (issue #15): it
+    must be byte for byte what `to_json` of the row's source columns gives, for text with
+    quotes, backslashes, every control character and non-ASCII, NaN and +-Infinity in numbers,
+    booleans, padded char(n), timestamps with and without a zone, jsonb, and NULL in each."""
+    from connectors.fusionpbx import SOURCE_COLUMNS
+
+    n = len(ODD_TEXTS)
+    with fx.connect(pg_schema) as conn, conn.cursor() as cur:
+        cur.execute(ODD_TYPES_TABLE)
+        for i in range(n):
+            text, duration = ODD_TEXTS[i], ODD_DURATIONS[i]
+            start = fx.epoch(T0) + i
+            cur.execute(
+                "INSERT INTO v_xml_cdr VALUES (%s, %s, 'acme.example.com', %s, %s, 'outbound', %s, %s, %s, %s, %s, "
+                "'6135550123', %s, %s, %s, to_timestamp(%s), to_timestamp(%s), to_timestamp(%s), %s, %s, 'a', NULL, "
+                "%s, %s, %s, %s, %s, %s)",
+                (str(uuid.uuid4()), None if i % 3 else str(uuid.uuid4()), None if i == 1 else str(uuid.uuid4()),
+                 text, text, text, text, text, text, start, None if i == 2 else start + 0.5, start + 61.25, start,
+                 start, start + 61.25, duration, 61, text, None if i == 3 else 16 + i, text,
+                 None if i == 4 else bool(i % 2), text, None if i == 5 else json.dumps({"side": text, "n": i})))
+        cur.execute(sql.SQL("SELECT xml_cdr_uuid::text, to_json((SELECT x FROM (SELECT {}) AS x))::text "
+                            "FROM v_xml_cdr AS c").format(sql.SQL(", ").join(
+                                sql.SQL("c.{} AS {}").format(sql.Identifier(c), sql.Identifier(c))
+                                for c in SOURCE_COLUMNS if c != "uuid")))
+        expected = {f"pbx1:{k}": v for k, v in cur.fetchall()}
+    got = connector(pg_schema).extract(None, UNTIL, None).cdrs
+    assert got.height == n == len(expected)
+    assert dict(got.select("cdr_key", "source_row").iter_rows()) == expected
+    assert {json.loads(v)["duration"] for v in expected.values() if v} >= {"NaN", "Infinity", "-Infinity"}
+
+
+def test_rows_come_in_the_lake_order_end_then_call_id_with_unusable_ends_last(pg_schema: str) -> None:
+    """The query has no ORDER BY (PostgreSQL's sort was a quarter of the COPY); the connector
+    sorts: by end, then call id by its bytes, a row without a usable end last."""
+    table = fx.create_cdr_table(pg_schema).split(".")[1]
+    ids = [f"{i:08x}-0000-4000-8000-000000000000" for i in (5, 3, 9, 1, 7, 2)]
+    ends = [30, 10, None, 30, 10, 20]  # seconds of billsec, so ties in the end; None: end_epoch NaN
+    for call_id, billsec in zip(ids, ends, strict=True):
+        fx.insert_cdr(pg_schema, table, fx.cdr_row(start=T0, billsec=billsec or 40, call_uuid=call_id))
+        if billsec is None:
+            with fx.connect(pg_schema) as conn, conn.cursor() as cur:
+                cur.execute("UPDATE v_xml_cdr SET end_epoch = 'NaN' WHERE xml_cdr_uuid = %s", (call_id,))
+    got = connector(pg_schema).extract(None, UNTIL, None).cdrs
+    order = [k.split(":", 1)[1][:8] for k in got["cdr_key"]]
+    assert order == ["00000003", "00000007", "00000002", "00000001", "00000005", "00000009"]
+
+
 def test_extension_via_v_extensions_else_numeric_accountcode(pg_schema: str) -> None:
     table = fx.create_cdr_table(pg_schema).split(".")[1]
     ext_uuid = str(uuid.uuid4())
