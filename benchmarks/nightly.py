@@ -336,6 +336,9 @@ def main() -> None:
     env = {**os.environ, "BENCH_WHMCS_ID": "bench", "BENCH_WHMCS_SECRET": "bench",
            "PREFECT_HOME": str(workdir / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_LOGGING_LEVEL": "WARNING"}
+    # A new PREFECT_HOME migrates its database on the first start; on a slow VM that took more
+    # than Prefect's default 20 s to answer, and the warm-up flow failed (session 14).
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     env.pop("PREFECT_API_URL", None)
     port = free_port()
     sandbox = None
