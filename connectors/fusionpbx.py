@@ -115,7 +115,7 @@ def source_row_expr(sources: Sequence[tuple[str, str]]) -> pl.Expr:
     parts: list[pl.Expr] = []
     for i, (name, kind) in enumerate(sources):
         parts += [pl.lit(("{" if i == 0 else ",") + f'"{name}":'), value(i, name, kind).fill_null("null")]
-    return pl.concat_str([*parts, pl.lit("}")]) if parts else pl.lit("{}")
+    return pl.concat_str([*parts, pl.lit("}")])
 
 
 def _scan_copy(path: str, sources: Sequence[tuple[str, str]]) -> pl.LazyFrame:
@@ -254,8 +254,8 @@ class FusionPBXConnector:
         cdrs = conform(merge_problems(read, "_problem"))
         return Extracted(cdrs=cdrs, watermark=cdrs["end_utc"].max(), cursor=None, notes=notes)
 
-    def canonical(self, raw: pl.LazyFrame, extensions: pl.DataFrame | None = None,
-                  sources: Sequence[tuple[str, str]] = ()) -> pl.LazyFrame:
+    def canonical(self, raw: pl.LazyFrame, extensions: pl.DataFrame | None,
+                  sources: Sequence[tuple[str, str]]) -> pl.LazyFrame:
         """Fetched rows (+ the extension_uuid -> extension map) -> canonical CDRs (lazy; `_problem`
         still apart from `source_row`, see `merge_problems`; `sources`: `source_columns`).
 
