@@ -30,7 +30,7 @@ from tasks.report import RunSummary, ServerLine, report_task
 from tasks.runs import finish_run_task, start_run_task
 from tasks.services import sync_services_task
 from tasks.statements import statements_task
-from tasks.validate import BatchRejected, validate_batch_task, validate_requeued_task
+from tasks.validate import BatchRejected, validate_batch_task, validate_requeued_task, warm_up
 
 
 def run_name() -> str:
@@ -81,6 +81,8 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
     if not dry_run:
         surface_interrupted_task(settings)
     until = billing_cutoff(settings, day)
+    if chosen:
+        warm_up(settings)  # GX's import and the batch suite, built while the servers are read
 
     lines: dict[str, ServerLine] = {sid: ServerLine(sid) for sid in chosen}
     extracting = {sid: extract_task_for(settings, sid).submit(settings, sid, until, run_id) for sid in lines}

@@ -49,12 +49,12 @@ from data_quality.policy import Decision, decide
 from data_quality.quarantine import record_quarantine, requeue_released
 from data_quality.report import render_markdown, write_report
 from data_quality.rules import DUPLICATE_COLUMN, RowCheck, check_rows
-from data_quality.suites import BatchReport, batch_report
+from data_quality.suites import BatchReport, batch_report, warm_up
 from data_quality.volume import Sample, is_rerun, volume_check, volume_history
 
 __all__ = [
     "BatchRejected", "ValidationOutcome", "validate_batch", "validate_requeued", "requeue_released",
-    "validated_path", "validate_batch_task", "validate_requeued_task",
+    "validated_path", "validate_batch_task", "validate_requeued_task", "warm_up",
 ]
 
 

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from data_quality import suites
 from data_quality.policy import decide
 from data_quality.rules import RowCheck, check_rows
 from data_quality.suites import BatchReport, CheckResult, batch_report, run_suite, run_suite_pandas, to_pandas
@@ -68,6 +69,31 @@ def test_threshold_follows_config(tmp_path):
     assert _failed(run_suite(batch, dq_settings(tmp_path, max_bad_row_fraction=0.5))[0]) == set()
     assert _failed(run_suite(batch, dq_settings(tmp_path, max_bad_row_fraction=0.1))[0]) == {
         ("expect_column_values_to_be_between(billsec)", "critical")}
+
+
+def test_warm_up_builds_the_suite_the_batches_then_use(tmp_path):
+    settings = dq_settings(tmp_path, max_bad_row_fraction=0.37)  # a threshold no other test builds
+    name = "cdr_batch_0_37"
+    assert name not in suites._context
+    thread = suites.warm_up(settings)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    built = suites._context[name]
+    batch = _spoil(100, 3, billsec=-1)  # 34 of 100 bad: within 37 %
+    assert _failed(run_suite(batch, settings)[0]) == set()
+    assert suites._context[name] is built  # the batch used the warm suite, not a second one
+
+
+def test_warm_up_that_fails_leaves_the_error_to_the_batch(tmp_path, monkeypatch):
+    def broken(settings):
+        raise RuntimeError("GX could not start")
+
+    monkeypatch.setattr(suites, "_validation_definition", broken)
+    thread = suites.warm_up(dq_settings(tmp_path))
+    thread.join(timeout=10)
+    assert not thread.is_alive()  # nothing raised in the thread's owner; the batch reports it
+    with pytest.raises(RuntimeError, match="GX could not start"):
+        run_suite(frame(good_rows(3)), dq_settings(tmp_path))
 
 
 def test_missing_column_and_wrong_type_are_critical(tmp_path):
