@@ -84,6 +84,7 @@ _FETCH_SCHEMA = {
     "extension_uuid": pl.String(),
     "problem": pl.String(),
 }  # then one text column per source column (`source_columns`), `_source_<i>`
+SPOOL_BUFFER = 1 << 20  # bytes buffered before the COPY spool is written to disk
 # The largest |epoch| (seconds) whose microseconds fit a bigint, and the largest |billsec| that
 # fits one: a NaN, an Infinity or a bigger value is read as NULL plus a problem text (the row is
 # quarantined as `unreadable_row`), never cast in SQL, where it would fail the whole extraction.
@@ -229,8 +230,10 @@ class FusionPBXConnector:
             }
             with conn.cursor() as cur, tempfile.NamedTemporaryFile(prefix="autobill-copy-", suffix=".csv") as spool:
                 copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(sql.SQL(cur.mogrify(query, params).decode()))
-                cur.copy_expert(copy, spool)
-                spool.flush()
+                # psycopg2 writes each row with its own write(): a plain buffered writer with a big
+                # buffer takes them at half the cost of the temporary file's wrapper.
+                with open(spool.name, "wb", buffering=SPOOL_BUFFER) as out:
+                    cur.copy_expert(copy, out)
                 cur.execute(count_query, params)
                 excluded = cur.fetchone()
                 conn.rollback()
