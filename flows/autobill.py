@@ -77,12 +77,12 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
         finish_run_task(settings, run_id, "failed", data)
         logger.error("%s", exc)
         return Failed(message=str(exc), data=data)
+    if chosen:
+        warm_up(settings)  # GX's import and the batch suite, built while services sync and servers are read
     services = sync_services_task(settings, "nightly")  # who owns which number, before anything is rated
     if not dry_run:
         surface_interrupted_task(settings)
     until = billing_cutoff(settings, day)
-    if chosen:
-        warm_up(settings)  # GX's import and the batch suite, built while the servers are read
 
     lines: dict[str, ServerLine] = {sid: ServerLine(sid) for sid in chosen}
     extracting = {sid: extract_task_for(settings, sid).submit(settings, sid, until, run_id) for sid in lines}
