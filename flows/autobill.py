@@ -19,7 +19,7 @@ from prefect.utilities.annotations import opaque
 from autobill.billing_day import billing_cutoff, choose_servers, default_billing_date
 from autobill.config import load_settings
 from autobill.ledger.lock import ledger_lock
-from flows.runners import nightly_task_runner
+from flows.runners import nightly_task_runner, tasks_run_here
 from tasks.aggregate import record_billing_task
 from tasks.extract import extract_task_for
 from tasks.post import outstanding_uncertain_task, post_pending_task, surface_interrupted_task
@@ -77,7 +77,7 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
         finish_run_task(settings, run_id, "failed", data)
         logger.error("%s", exc)
         return Failed(message=str(exc), data=data)
-    if chosen:
+    if chosen and tasks_run_here():  # on a Dask cluster the batches are validated in other processes
         warm_up(settings)  # GX's import and the batch suite, built while services sync and servers are read
     services = sync_services_task(settings, "nightly")  # who owns which number, before anything is rated
     if not dry_run:

@@ -77,6 +77,16 @@ def nightly_task_runner() -> TaskRunner:
     return task_runner_for(configured_address(), int(raw))
 
 
+def tasks_run_here() -> bool:
+    """True when the current flow run's tasks run in this process's threads (the default
+    `ThreadPoolTaskRunner`): then work done here ahead of them (the GX warm-up) is work they need
+    not do. False on a Dask cluster, whose workers are other processes, and outside a flow run."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx is not None and isinstance(ctx.task_runner, ThreadPoolTaskRunner)
+
+
 def with_runner(flow: Any, settings: Any) -> Any:
     """`flow` with the task runner `settings.dask_address` asks for (env override first)."""
     env = os.environ.get(ENV_ADDRESS)

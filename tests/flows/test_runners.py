@@ -7,7 +7,7 @@ import os
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.runners import DEFAULT_THREADS, nightly_task_runner
+from flows.runners import DEFAULT_THREADS, nightly_task_runner, tasks_run_here
 
 
 @pytest.fixture(autouse=True)
@@ -29,3 +29,20 @@ def test_a_bad_thread_count_is_a_clear_error(monkeypatch, raw):
     monkeypatch.setenv("AUTOBILL_NIGHTLY_THREADS", raw)
     with pytest.raises(ValueError, match="AUTOBILL_NIGHTLY_THREADS=.*positive whole number"):
         nightly_task_runner()
+
+
+def test_tasks_run_here_only_with_the_thread_runner(prefect_harness):
+    from prefect import flow
+    from prefect.task_runners import PrefectTaskRunner
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def threads() -> bool:
+        return tasks_run_here()
+
+    @flow(task_runner=PrefectTaskRunner())  # tasks handed to other processes, as Dask's are
+    def elsewhere() -> bool:
+        return tasks_run_here()
+
+    assert threads() is True
+    assert elsewhere() is False
+    assert tasks_run_here() is False  # outside a flow run
