@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from autobill import lake
 from autobill.config import Settings
-from autobill.ledger.bulk import insert_rows, keys_present, stamp_waiting
+from autobill.ledger.bulk import PAGE, insert_rows, keys_present, stamp_waiting
 from autobill.ledger.db import session_scope
 from autobill.ledger.models import BilledCDR, BilledManifest, BilledState, IntradayUsage
 
@@ -55,7 +55,6 @@ ROW_GROUP = 50_000  # rows per parquet row group: service filters skip groups by
 # are. The allowance read sums these instead of scanning a month of rows (`included_used`).
 INCLUDED_KEY = "autobill.included_seconds_by_service"
 _EPOCH = date(1970, 1, 1)
-_CHUNK = 5000
 ORPHAN_AGE = timedelta(hours=1)
 
 
@@ -384,7 +383,7 @@ def _legacy_frame(session: Session, keys, first, last, days, client_id, services
     if charges is not None:
         q = q.where(BilledCDR.charge_id.in_(charges))
     if keys is not None:
-        queries = [q.where(BilledCDR.cdr_key.in_(keys[i : i + _CHUNK])) for i in range(0, len(keys), _CHUNK)]
+        queries = [q.where(BilledCDR.cdr_key.in_(keys[i : i + PAGE])) for i in range(0, len(keys), PAGE)]
     else:
         queries = [q]
     rows = [

@@ -43,7 +43,6 @@ REQUIRED = (
     "cdr_key", "server", "client_id", "service_id", "outcome", "charge_class", "cost", "currency",
     "tariff_version", "charged_seconds", "billable_seconds", "included_seconds", "billing_date",
 )
-_CHUNK = 5000
 
 # The billed rows -> (their charge lines, each row's position in that list).
 LinesOf = Callable[[pl.DataFrame], tuple[list[ChargeLine], pl.Series]]

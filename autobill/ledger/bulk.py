@@ -19,7 +19,7 @@ from sqlalchemy import Column, Table, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-PAGE = 5000
+PAGE = 5000  # rows per executemany page, and keys per `IN (...)` list
 COPY_PAGE = 200_000  # rows per COPY stream on PostgreSQL (a few tens of MB of text)
 
 

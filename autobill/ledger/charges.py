@@ -29,14 +29,12 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from autobill.config import Settings
-from autobill.ledger.bulk import insert_rows
+from autobill.ledger.bulk import PAGE, insert_rows
 from autobill.ledger.db import engine_for, session_scope
 from autobill.ledger.models import Charge
 from autobill.ledger.reconciliation import is_credit, record_decision, uncertain_of
 from autobill.reconcile import PENDING, POSTED, Decision, Line
 from autobill.timeutil import utc_now
-
-_CHUNK = 5000
 
 
 @dataclass(frozen=True)
@@ -107,10 +105,10 @@ def insert_charges(session: Session, lines: list[ChargeLine], run_id: int | None
         by_day.setdefault(ln.billing_date, []).append(ln.idempotency_key)
     ids: dict[tuple[date, str], int] = {}
     for day, keys in by_day.items():  # (date, key): the order of the unique index (models.Charge)
-        for i in range(0, len(keys), _CHUNK):
+        for i in range(0, len(keys), PAGE):
             ids.update(((day, k), cid) for k, cid in session.execute(
                 select(Charge.idempotency_key, Charge.id)
-                .where(Charge.billing_date == day, Charge.idempotency_key.in_(keys[i : i + _CHUNK]))
+                .where(Charge.billing_date == day, Charge.idempotency_key.in_(keys[i : i + PAGE]))
             ).tuples())
     return [ids[(ln.billing_date, ln.idempotency_key)] for ln in lines]
 
