@@ -15,7 +15,16 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import ConfigOption, check_servers, fail, not_after_today, parse_day, settings_or_exit, usage
+from cli.common import (
+    ConfigOption,
+    check_servers,
+    fail,
+    not_after_today,
+    parse_day,
+    settings_or_exit,
+    tracebacks_to_log_file,
+    usage,
+)
 
 
 def print_backfill(summary: dict[str, Any]) -> None:
@@ -62,6 +71,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise usage(str(exc)) from None
         config_path = str(Path(config or os.environ.get("AUTOBILL_CONFIG") or "autobill.yaml").absolute())
+        tracebacks_to_log_file()  # a failed task's traceback: to the log file, not the terminal
         state = backfill(start_date=first, end_date=last, dry_run=dry_run, servers=server or None,
                          config_path=config_path, deployment="" if in_process else NIGHTLY_DEPLOYMENT,
                          return_state=True)

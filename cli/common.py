@@ -112,6 +112,42 @@ def _known(exc: BaseException) -> bool:
     return False
 
 
+class _TracebackToFile(logging.Formatter):
+    """A console formatter that writes a record's traceback nowhere but says where it is: the
+    record still reaches the log file's handler (and Prefect's API) whole."""
+
+    def __init__(self, inner: logging.Formatter, where: Path) -> None:
+        super().__init__()
+        self.inner, self.where = inner, where
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return f"{self.inner.format(record)} (traceback in {self.where})"
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def tracebacks_to_log_file() -> Path:
+    """For a command that runs a flow in this process: what its tasks log goes to the log file
+    too, and a task's traceback (a PBX down is logged with one by Prefect) goes there only; the
+    terminal gets its one line and the file's path. Returns the log file."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from autobill.logging_setup import use_file_logging
+
+    where = use_file_logging()
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    for handler in {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}:
+        if not isinstance(handler.formatter, _TracebackToFile):
+            handler.setFormatter(_TracebackToFile(handler.formatter or logging.Formatter(), where))
+    return where
+
+
 def log_traceback(exc: BaseException) -> Path | None:
     """Append the traceback to the run log file; its path (None when even that failed)."""
     try:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import ConfigOption, fail, settings_or_exit
+from cli.common import ConfigOption, fail, settings_or_exit, tracebacks_to_log_file
 
 
 def _day(value: str, option: str) -> date:
@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
         from autobill.ledger.runs import run_summary
 
         upgrade(settings.ledger)
+        tracebacks_to_log_file()  # a failed task's traceback: to the log file, not the terminal
         state = rerate(start_date=first, end_date=last, reason=reason, client_id=client, tariff=tariff or None,
                        dry_run=dry_run, requested_by=by, config_path=config_path, return_state=True)
         summary = run_summary(settings, str(state.state_details.flow_run_id))

@@ -9,7 +9,15 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import ConfigOption, check_servers, fail, not_after_today, parse_day, settings_or_exit
+from cli.common import (
+    ConfigOption,
+    check_servers,
+    fail,
+    not_after_today,
+    parse_day,
+    settings_or_exit,
+    tracebacks_to_log_file,
+)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -49,7 +57,7 @@ def register(app: typer.Typer) -> None:
         config_path = str(Path(config or os.environ.get("AUTOBILL_CONFIG") or "autobill.yaml").absolute())
         from autobill.ledger.runs import run_summary
         from flows.autobill import nightly
-
+        tracebacks_to_log_file()  # a failed task's traceback: to the log file, not the terminal
         state = nightly(billing_date=day, servers=server or None, dry_run=dry_run, config_path=config_path,
                         return_state=True)
         summary = run_summary(settings, str(state.state_details.flow_run_id))
