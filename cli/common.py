@@ -143,7 +143,9 @@ def tracebacks_to_log_file() -> Path:
     loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
                                       if isinstance(v, logging.Logger))]
     for handler in {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}:
-        if not isinstance(handler.formatter, _TracebackToFile):
+        if isinstance(handler.formatter, _TracebackToFile):
+            handler.formatter.where = where  # a second command in this process may log elsewhere
+        else:
             handler.setFormatter(_TracebackToFile(handler.formatter or logging.Formatter(), where))
     return where
 
