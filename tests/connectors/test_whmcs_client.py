@@ -17,6 +17,7 @@ from connectors.whmcs import (
     WhmcsAuthError,
     WhmcsClient,
     WhmcsError,
+    WhmcsTransportError,
     charge_description,
     format_amount,
     parse_charge_key,
@@ -425,3 +426,93 @@ def test_transport_exceptions_are_not_kept_as_context(sandbox):
             with pytest.raises(WhmcsError) as err:
                 c.call("GetClients", idempotent=idempotent)
         assert err.value.__context__ is None and err.value.__cause__ is None
+
+
+# -- transport: TLS and the URL -------------------------------------------------------------------
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 signed by itself (no CA in certifi's bundle knows it)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture
+def https_whmcs(tmp_path):
+    """A WHMCS answering AddBillableItem over HTTPS (self-signed) at /whmcs/includes/api.php;
+    yields (url, the paths of the requests it received)."""
+    import http.server
+    import json
+    import ssl
+    import threading
+
+    received: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(self.path)
+            body = json.dumps({"result": "success", "billableid": 4242}).encode()
+            self.send_response(200 if self.path == "/whmcs/includes/api.php" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*_self_signed(tmp_path))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/whmcs/includes/api.php", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_posts_to_the_urls_path_when_tls_is_not_verified(https_whmcs):
+    url, received = https_whmcs
+    with WhmcsClient(url, IDENT, SECRET, verify_tls=False, retries=0) as c:
+        assert c.add_billable_item(7, "Calls [k1]", Decimal("1.50"), Decimal(1)) == 4242
+        assert c.add_billable_item(7, "Calls [k2]", Decimal("1.50"), Decimal(1)) == 4242
+    assert received == ["/whmcs/includes/api.php"] * 2
+
+
+def test_https_with_an_unknown_certificate_is_a_tls_failure_and_sends_nothing(https_whmcs):
+    url, received = https_whmcs
+    with WhmcsClient(url, IDENT, SECRET, verify_tls=True, retries=3) as c:
+        with pytest.raises(WhmcsTransportError, match="TLS failure") as err:
+            c.add_billable_item(7, "Calls [k1]", Decimal("1.50"), Decimal(1))
+    assert received == [] and SECRET not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/includes/api.php", "http://[::1/includes/api.php"])
+def test_an_unusable_url_fails_the_post_as_certainly_not_sent(url):
+    with WhmcsClient(url, IDENT, SECRET, retries=3) as c:
+        with pytest.raises(WhmcsTransportError, match="unusable URL"):
+            c.add_billable_item(7, "Calls [k1]", Decimal("1.50"), Decimal(1))
