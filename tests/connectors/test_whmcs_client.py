@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 from datetime import date
 from decimal import Decimal
@@ -456,23 +457,23 @@ def _self_signed(tmp_path):
     return cert_file, key_file
 
 
-@pytest.fixture
-def https_whmcs(tmp_path):
-    """A WHMCS answering AddBillableItem over HTTPS (self-signed) at /whmcs/includes/api.php;
-    yields (url, the paths of the requests it received)."""
+@contextlib.contextmanager
+def _tiny_whmcs(tmp_path, tls: bool):
+    """A WHMCS answering AddBillableItem at /whmcs/includes/api.php (keep-alive; over HTTPS with
+    a self-signed certificate when `tls`); yields (url, [(path, the client's port)] received)."""
     import http.server
     import json
     import ssl
     import threading
 
-    received: list[str] = []
+    received: list[tuple[str, int]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(self.path)
+            received.append((self.path, self.client_address[1]))
             body = json.dumps({"result": "success", "billableid": 4242}).encode()
             self.send_response(200 if self.path == "/whmcs/includes/api.php" else 404)
             self.send_header("Content-Type", "application/json")
@@ -484,15 +485,22 @@ def https_whmcs(tmp_path):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*_self_signed(tmp_path))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*_self_signed(tmp_path))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"https://127.0.0.1:{server.server_address[1]}/whmcs/includes/api.php", received
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/whmcs/includes/api.php", received
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def https_whmcs(tmp_path):
+    with _tiny_whmcs(tmp_path, tls=True) as served:
+        yield served
 
 
 def test_https_posts_to_the_urls_path_when_tls_is_not_verified(https_whmcs):
@@ -500,7 +508,7 @@ def test_https_posts_to_the_urls_path_when_tls_is_not_verified(https_whmcs):
     with WhmcsClient(url, IDENT, SECRET, verify_tls=False, retries=0) as c:
         assert c.add_billable_item(7, "Calls [k1]", Decimal("1.50"), Decimal(1)) == 4242
         assert c.add_billable_item(7, "Calls [k2]", Decimal("1.50"), Decimal(1)) == 4242
-    assert received == ["/whmcs/includes/api.php"] * 2
+    assert [path for path, _ in received] == ["/whmcs/includes/api.php"] * 2
 
 
 def test_https_with_an_unknown_certificate_is_a_tls_failure_and_sends_nothing(https_whmcs):
@@ -516,3 +524,21 @@ def test_an_unusable_url_fails_the_post_as_certainly_not_sent(url):
     with WhmcsClient(url, IDENT, SECRET, retries=3) as c:
         with pytest.raises(WhmcsTransportError, match="unusable URL"):
             c.add_billable_item(7, "Calls [k1]", Decimal("1.50"), Decimal(1))
+
+
+def test_a_post_after_an_idle_spell_goes_out_on_a_new_connection(tmp_path, monkeypatch):
+    """A keep-alive connection the server may be closing right now is not used for a post (its
+    loss would make the post uncertain for nothing): after `_IDLE_RESET_SECONDS` without an
+    answer, the next post opens a new connection; posts in a row share one."""
+    import time
+
+    import connectors.whmcs as whmcs
+
+    monkeypatch.setattr(whmcs, "_IDLE_RESET_SECONDS", 0.3)
+    with _tiny_whmcs(tmp_path, tls=False) as (url, received), WhmcsClient(url, IDENT, SECRET, retries=0) as c:
+        for key in ("k1", "k2"):
+            c.add_billable_item(7, f"Calls [{key}]", Decimal("1.50"), Decimal(1))
+        time.sleep(0.5)
+        c.add_billable_item(7, "Calls [k3]", Decimal("1.50"), Decimal(1))
+    ports = [port for _, port in received]
+    assert len(ports) == 3 and ports[0] == ports[1] != ports[2]
