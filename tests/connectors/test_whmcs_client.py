@@ -503,6 +503,7 @@ def https_whmcs(tmp_path):
         yield served
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # what this test asks for
 def test_https_posts_to_the_urls_path_when_tls_is_not_verified(https_whmcs):
     url, received = https_whmcs
     with WhmcsClient(url, IDENT, SECRET, verify_tls=False, retries=0) as c:
