@@ -25,6 +25,7 @@ from connectors.whmcs import (
     php_serialize,
     whmcs_flag,
 )
+from sandboxes.loopback import Served
 from sandboxes.whmcs import WhmcsSandbox
 from sandboxes.whmcs.phpser import php_unserialize
 from tests.support.whmcs import IDENT, SECRET, make_client, new_sandbox
@@ -464,7 +465,6 @@ def _tiny_whmcs(tmp_path, tls: bool):
     import http.server
     import json
     import ssl
-    import threading
 
     received: list[tuple[str, int]] = []
 
@@ -489,12 +489,11 @@ def _tiny_whmcs(tmp_path, tls: bool):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*_self_signed(tmp_path))
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    served = Served(server, "tiny-whmcs")
     try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/whmcs/includes/api.php", received
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{served.port}/whmcs/includes/api.php", received
     finally:
-        server.shutdown()
-        server.server_close()
+        served.stop()
 
 
 @pytest.fixture
