@@ -102,20 +102,36 @@ def upsert_unrated(session: Session, unrated: pl.DataFrame, now: datetime) -> No
     new = unrated.filter(~pl.col("cdr_key").is_in(list(known)))
     if new.height == 0:
         return
-    row_cols = [c for c in CDR_SCHEMA if c in new.columns]
     reason = pl.col("unrated_reason").fill_null("no_rate") if "unrated_reason" in new.columns else pl.lit("no_rate")
+    rate_number = pl.col("rate_number") if "rate_number" in new.columns else pl.lit(None, pl.String)
     insert_rows(session, UnratedCDR.__table__,
                 ("cdr_key", "server", "billing_date", "rate_number", "reason", "row", "attempts", "first_seen",
                  "last_seen", "rated_with"),
                 (
-                    (r["cdr_key"], r["server"], r["billing_date"], r.get("rate_number"), r["_reason"],
-                     _row_json(r, row_cols), 1, now, now, r["_with"])
-                    for r in new.with_columns(reason.alias("_reason")).iter_rows(named=True)
+                    (*r, 1, now, now, w)
+                    for *r, w in new.select("cdr_key", "server", "billing_date", rate_number.alias("_number"),
+                                            reason.alias("_reason"), row_json(new), "_with").iter_rows()
                 ))
 
 
-def _row_json(row: dict, columns: list[str]) -> str:
-    return json.dumps({c: row[c].isoformat() if isinstance(row[c], datetime) else row[c] for c in columns})
+def _iso(column: str, dtype: pl.Datetime) -> pl.Expr:
+    """A datetime column as `datetime.isoformat()` writes it: microseconds only when not zero,
+    the offset of its zone (UTC: `+00:00`; a naive one: none)."""
+    value, offset = pl.col(column), ""
+    if dtype.time_zone is not None:
+        value, offset = value.dt.convert_time_zone("UTC"), "+00:00"
+    return (pl.when(value.dt.microsecond() == 0).then(value.dt.strftime(f"%Y-%m-%dT%H:%M:%S{offset}"))
+            .otherwise(value.dt.strftime(f"%Y-%m-%dT%H:%M:%S%.6f{offset}")))
+
+
+def row_json(frame: pl.DataFrame) -> pl.Expr:
+    """The canonical row kept for rating again (`unrated_cdrs.row`): a JSON object of the CDR
+    columns the frame has, times in ISO 8601 (what `unrated_rows` reads back). Built by polars:
+    one `json.dumps` per row cost ~30 us, a tenth of a second per 3,000 unrated rows."""
+    columns = [c for c in CDR_SCHEMA if c in frame.columns]
+    return pl.struct([
+        _iso(c, frame.schema[c]).alias(c) if isinstance(frame.schema[c], pl.Datetime) else pl.col(c) for c in columns
+    ]).struct.json_encode().alias("row")
 
 
 def unrated_rows(settings: Settings, billing_date: date, skip_rated_with: str | None = None) -> pl.DataFrame:
