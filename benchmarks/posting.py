@@ -18,6 +18,7 @@ file; by default a SQLite file in a temporary directory.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import sqlite3
@@ -105,12 +106,14 @@ def run(variant: str, ledger: str | None, n: int, workers: int, batch: int, tmp:
         def factory() -> WhmcsClient:
             return WhmcsClient(api_url, "demo", "demo", timeout=30, retries=2)
 
+        sb0, cpu0 = _cpu_of(proc.pid), time.process_time()
         t0 = time.perf_counter()
         if variant == "baseline":
             report = batched_baseline(settings, factory, workers, batch)
         else:
             report = post_pending(settings, factory, workers=workers)
         elapsed = time.perf_counter() - t0
+        cpu, sandbox_cpu = time.process_time() - cpu0, _cpu_of(proc.pid) - sb0
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -125,8 +128,15 @@ def run(variant: str, ledger: str | None, n: int, workers: int, batch: int, tmp:
 
         with create_engine(ledger).begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    print(f"{variant:>9}: {n} charges in {elapsed:.2f} s ({n / elapsed:.0f} charges/s)")
+    print(f"{variant:>9}: {n} charges in {elapsed:.2f} s ({n / elapsed:.0f} charges/s); CPU a charge: "
+          f"{1000 * cpu / n:.2f} ms here, {1000 * sandbox_cpu / n:.2f} ms in the sandbox")
     return elapsed
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
