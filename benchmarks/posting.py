@@ -6,8 +6,9 @@ and settled them in one commit; a crash then left the whole batch `posting` (unc
 (`tasks.post.post_pending`) claims one charge per worker and settles it with the claim of the
 next in one commit, so a crash leaves at most `workers` uncertain charges. Each variant gets a
 fresh ledger and a fresh sandbox, served by `autobill sandbox serve` in its own process (WHMCS
-is another machine: its work must not share this process's GIL). Prints both times, throughput, the ratio (target <= 1.2x) and
-peak RSS; every charge is checked posted exactly once.
+is another machine: its work must not share this process's GIL). Prints both times, throughput, the CPU
+a charge took in this process and in the sandbox, the ratio (target <= 1.2x) and peak RSS; every charge is
+checked posted exactly once.
 
     .venv/bin/python benchmarks/posting.py [--charges 10000] [--workers 4] [--batch 20] [--ledger URL]
 
