@@ -19,7 +19,6 @@ file; by default a SQLite file in a temporary directory.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import sqlite3
@@ -33,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+
+import psutil
 
 from autobill.config import settings_from_dict
 from autobill.ledger.bulk import insert_rows
@@ -135,9 +136,9 @@ def run(variant: str, ledger: str | None, n: int, workers: int, batch: int, tmp:
 
 
 def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process `pid` so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def main() -> None:
