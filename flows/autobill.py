@@ -20,7 +20,7 @@ from autobill.billing_day import billing_cutoff, choose_servers, default_billing
 from autobill.config import load_settings
 from autobill.ledger.lock import ledger_lock
 from flows.runners import nightly_task_runner, tasks_run_here
-from tasks.aggregate import record_billing_task
+from tasks.aggregate import ChunkRecorder, record_billing_task
 from tasks.extract import extract_task_for
 from tasks.post import outstanding_uncertain_task, post_pending_task, surface_interrupted_task
 from tasks.preflight import PreflightFailed, preflight_task
@@ -116,8 +116,15 @@ def _bill(settings, day: date, servers: list[str] | None, dry_run: bool):
         batch_ids.append(batch_id)
     requeued = None if dry_run else validate_requeued_task(settings, run_id)
 
-    rated_path = rate_run_task(settings, day, good_paths, requeued, run_id)
-    record = record_billing_task(settings, rated_path, run_id, batch_ids, dry_run)
+    # A night rated in chunks is recorded chunk by chunk while the next chunk is rated (in this
+    # process's threads only: a Dask worker records the whole file in the record step).
+    recorder = ChunkRecorder(settings, run_id, dry_run) if tasks_run_here() else None
+    try:
+        rated_path = rate_run_task(settings, day, good_paths, requeued, run_id, opaque(recorder))
+        record = record_billing_task(settings, rated_path, run_id, batch_ids, dry_run, opaque(recorder))
+    finally:
+        if recorder is not None:
+            recorder.close()
     reconciled = None if dry_run else reconcile_task(settings, run_id)
     posting = None if dry_run else post_pending_task(settings)
     if not dry_run and settings.statements.nightly:

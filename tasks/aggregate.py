@@ -7,6 +7,7 @@ how lines are formed and wraps it as a task.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 
 import duckdb
@@ -103,12 +104,76 @@ def merge_records(records: list[BillingRecord], dry_run: bool) -> BillingRecord:
     )
 
 
+class ChunkRecorder:
+    """Records each chunk's rated rows as the rate step hands them over (tasks/rate.py `on_chunk`),
+    in one thread of its own: chunk i is recorded while chunk i+1 is rated. Each chunk is one
+    `record_billing` transaction without the batches, exactly as `record_chunks` records it from
+    the file; the unrated rows of every chunk and the batches follow in the record step's one last
+    transaction (`record_chunks(recorder=...)`). At most one chunk waits: handing over chunk i+1
+    first waits for chunk i's transaction (and raises its error)."""
+
+    def __init__(self, settings: Settings, run_id: int | None, dry_run: bool = False) -> None:
+        self.settings, self.run_id, self.dry_run = settings, run_id, dry_run
+        self.records: list[BillingRecord] = []
+        self.chunks: list[int] = []
+        self._pending: tuple[int, Future[BillingRecord]] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def begin(self) -> None:
+        """A new attempt of the rate step: what an earlier attempt recorded is final in the ledger
+        and is counted again as already billed, as `record_chunks` counts it on a retry."""
+        self.settle(quiet=True)
+        self.records, self.chunks = [], []
+
+    def __call__(self, chunk: int, rated: pl.DataFrame) -> None:
+        self.settle()
+        if rated.height == 0:
+            return  # nothing rated in it: its unrated rows, if any, go with the last transaction
+        # What the transaction reads of a rated row: the rate step's other columns (rate_number,
+        # the matched prefix, ...) are freed while the chunk waits for its transaction.
+        rated = rated.select(c for c in rated.columns if c in (*REQUIRED, "source"))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-chunk")
+        self._pending = (chunk, self._pool.submit(record_billing, self.settings, rated, self.run_id, [], self.dry_run))
+
+    def settle(self, quiet: bool = False) -> None:
+        """Wait for the chunk being recorded; its error is raised unless `quiet` (the attempt failed
+        anyway: the chunk is then not counted as recorded, and the record step records it)."""
+        if self._pending is None:
+            return
+        chunk, future = self._pending
+        self._pending = None
+        try:
+            record = future.result()
+        except BaseException:
+            if quiet:
+                return
+            raise
+        self.records.append(record)
+        self.chunks.append(chunk)
+
+    def close(self) -> None:
+        self.settle(quiet=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 def record_chunks(settings: Settings, rated_path: str, run_id: int | None, batch_ids: Iterable[int],
-                  dry_run: bool = False) -> tuple[BillingRecord, int]:
+                  dry_run: bool = False, recorder: ChunkRecorder | None = None) -> tuple[BillingRecord, int]:
     """`record_billing` of each chunk of the rated file in turn, the batches with the last one;
-    returns the merged record and the number of chunks."""
+    returns the merged record and the number of chunks. With a `recorder` that recorded chunks'
+    rated rows already, what is left (every unrated row, and the rows of any chunk it did not
+    record) is recorded in one last transaction with the batches."""
     wanted = {*REQUIRED, "source", "rate_number", "unrated_reason", RATED_WITH, *CDR_SCHEMA}
     chunks = rated_chunks(rated_path)
+    if recorder is not None and recorder.records:
+        present = pl.read_parquet_schema(rated_path)
+        rest = pl.scan_parquet(rated_path).filter(
+            (pl.col("outcome") == "unrated") | ~pl.col("chunk").is_in(recorder.chunks)
+        ).select([c for c in present if c in wanted]).collect()
+        last = record_billing(settings, rest, run_id, list(batch_ids), dry_run)
+        return merge_records([*recorder.records, last], dry_run), len(chunks)
     records = []
     for i, chunk in enumerate(chunks):
         last = i == len(chunks) - 1
@@ -121,12 +186,14 @@ def record_chunks(settings: Settings, rated_path: str, run_id: int | None, batch
 
 @task(name="aggregate-and-record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def record_billing_task(settings: Settings, rated_path: str, run_id: int | None, batch_ids: list[int],
-                        dry_run: bool = False) -> BillingRecord:
+                        dry_run: bool = False, recorder: ChunkRecorder | None = None) -> BillingRecord:
     """Charge lines + billed CDRs in one ledger transaction per chunk of the rated file (a chunk
     never splits a service, so never a charge line; tasks/rate.py); the batches' watermarks move
-    with the LAST chunk's transaction. A retry is safe: the chunks recorded are already final and
-    are filtered out (docs/nightly-scale.md says why a crash between chunks bills nothing twice)."""
-    record, chunks = record_chunks(settings, rated_path, run_id, batch_ids, dry_run)
+    with the LAST transaction. With a `recorder`, the chunks' rated rows were recorded while the
+    rate step ran and this step records the rest (`record_chunks`). A retry is safe: the chunks
+    recorded are already final and are filtered out (docs/nightly-scale.md says why a crash
+    between chunks bills nothing twice)."""
+    record, chunks = record_chunks(settings, rated_path, run_id, batch_ids, dry_run, recorder)
     get_run_logger().info(
         "%s charge line(s) %s in %s chunk(s); outcomes %s; %s already billed",
         len(record.lines), "previewed" if dry_run else "recorded", chunks, record.outcomes,

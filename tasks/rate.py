@@ -250,11 +250,17 @@ def _with_source_rows(unrated: pl.DataFrame, inputs: list[str]) -> pl.DataFrame:
         pl.coalesce("source_row", "_src").alias("source_row")).drop("_src")
 
 
+OnChunk = Callable[[int, pl.DataFrame], None]  # (chunk, its rated rows): called as soon as a chunk is rated
+
+
 def rate_run(settings: Settings, day: date, validated: list[str], requeued_path: str | None,
-             run_id: int | None = None) -> Path:
+             run_id: int | None = None, on_chunk: OnChunk | None = None) -> Path:
     """Rate what this run bills; writes `<data>/rated/run-<id>.parquet` and returns its path.
 
-    More than `chunk_rows()` input rows are rated chunk by chunk (see the module docstring)."""
+    More than `chunk_rows()` input rows are rated chunk by chunk (see the module docstring); each
+    chunk's rated rows (not its unrated ones, which get their `source_row` at the end) are handed
+    to `on_chunk` as soon as they are rated: the nightly records them while the next chunk is
+    rated (tasks/aggregate.py `ChunkRecorder`). A one-chunk night calls it never."""
     path = settings.data_path / "rated" / f"run-{run_id if run_id is not None else 'adhoc'}.parquet"
     tariffs = load_tariffs(settings)
     archive_tariffs(settings, tariffs)  # every version billed with can be named later (NAME@VERSION)
@@ -272,14 +278,15 @@ def rate_run(settings: Settings, day: date, validated: list[str], requeued_path:
     try:
         loaders = chunk_inputs(_inputs(settings, day, validated, requeued_path, rated_with), chunk_rows(), parts_dir)
         lake.write_atomic(path, lambda tmp: _rate_chunks_into(tmp, settings, tariffs, loaders, parts_dir, inputs,
-                                                              rated_with))
+                                                              rated_with, on_chunk))
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
     return path
 
 
 def _rate_chunks_into(tmp: Path, settings: Settings, tariffs, loaders: list[list[Callable[[], pl.DataFrame]]],
-                      parts_dir: Path, inputs: list[str], rated_with: str | None = None) -> None:
+                      parts_dir: Path, inputs: list[str], rated_with: str | None = None,
+                      on_chunk: OnChunk | None = None) -> None:
     """Rate chunk after chunk into one parquet file: each chunk's rated rows are appended to it as
     soon as they are rated (`lake.ParquetAppender`, written in the background while the next
     chunk is rated), then every chunk's unrated rows (normally ~1 %), whose audit copy
@@ -297,6 +304,8 @@ def _rate_chunks_into(tmp: Path, settings: Settings, tariffs, loaders: list[list
                 keep = {k: t for k, t in CDR_SCHEMA.items() if k not in rated.columns}
                 night.start({**rated.schema, CHUNK_COLUMN: pl.Int32(), **keep})
             night.append(rated.with_columns(pl.lit(c, pl.Int32).alias(CHUNK_COLUMN)))
+            if on_chunk is not None:
+                on_chunk(c, rated)
             # The unrated rows go through a file, not kept as a frame: a few thousand rows
             # filtered out of the chunk still point into its string buffers (polars string views).
             # Read whole, so without column statistics.
@@ -313,10 +322,22 @@ def _rate_chunks_into(tmp: Path, settings: Settings, tariffs, loaders: list[list
 
 @task(name="rate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
 def rate_run_task(settings: Settings, day: date, validated: list[str], requeued: Any | None,
-                  run_id: int | None = None) -> str:
+                  run_id: int | None = None, recorder: Any | None = None) -> str:
+    """`rate_run`; with a `recorder` (tasks/aggregate.py `ChunkRecorder`), each chunk's rated rows
+    are recorded in its thread while the next chunk is rated. An attempt starts it afresh and
+    leaves no chunk half-recorded behind it: its last record is waited for, even on a failure."""
     requeued_path = str(requeued.validated_path) if requeued is not None and requeued.validated_path else None
     release_free_memory()  # start from what the extraction threads left, not from their high-water mark
-    path = rate_run(settings, day, validated, requeued_path, run_id)
+    if recorder is None:
+        path = rate_run(settings, day, validated, requeued_path, run_id)
+    else:
+        recorder.begin()
+        try:
+            path = rate_run(settings, day, validated, requeued_path, run_id, on_chunk=recorder)
+        except BaseException:
+            recorder.settle(quiet=True)  # the rating's error is the one to report
+            raise
+        recorder.settle()
     rows, backlog = pl.scan_parquet(path).select(pl.len(), (pl.col("source") == "unrated").sum()).collect().row(0)
     get_run_logger().info("rated %s CDR(s) -> %s; %s of them from the unrated backlog (the waiting calls whose "
                           "config, tariffs or services changed since their last attempt)", rows, path, backlog)

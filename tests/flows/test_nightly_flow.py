@@ -83,6 +83,51 @@ def test_nightly_bills_once_and_a_rerun_posts_nothing(env):
     _assert_whmcs_matches_ledger(env)
 
 
+def test_a_night_rated_in_chunks_is_recorded_chunk_by_chunk_while_rated_and_bills_once(env, monkeypatch):
+    """A night of several rating chunks (tasks/rate.py): each chunk's rated rows are recorded in the
+    recorder's thread while the rate step goes on (tasks/aggregate.py `ChunkRecorder`), the rest
+    with the batches in the record step; the preview of a dry run and the real run agree, every
+    charge is posted once and a rerun posts nothing."""
+    import threading
+
+    import tasks.aggregate as aggregate
+
+    monkeypatch.setenv("AUTOBILL_RATE_CHUNK_ROWS", "25")
+    real, seen = aggregate.record_billing, []
+
+    def spy(settings, rated, run_id, batch_ids, dry_run):
+        seen.append((threading.current_thread().name, bool(batch_ids), dry_run))
+        return real(settings, rated, run_id, batch_ids, dry_run)
+
+    monkeypatch.setattr(aggregate, "record_billing", spy)
+    env.drop(D1)
+    preview = env.run(D1, dry_run=True)
+    assert preview["charges_posted"] == 0 and env.charges() == []
+    first = env.run(D1)
+    assert first["_state"] == "COMPLETED", first
+    assert first["balanced"] and first["unrated"] > 0 and first["charges_posted"] == first["charges_created"] > 0
+    assert sorted(Decimal(p["amount"]) for p in preview["preview"]) == sorted(c.amount for c in env.charges())
+    rated = pl.read_parquet(max((env.settings.data_path / "rated").glob("run-*.parquet"), key=lambda p: p.stat().st_mtime))
+    chunks = rated.filter(pl.col("outcome") != "unrated")["chunk"].n_unique()
+    assert chunks >= 2
+    # Per run: one transaction per chunk with rated rows in the recorder's thread, without the
+    # batches; then one in the record step (the flow's task thread) with them.
+    real_run = seen[len(seen) // 2:]
+    assert [s for s in real_run if s[0].startswith("record-chunk")] == [(real_run[0][0], False, False)] * chunks
+    assert [s[1:] for s in real_run if not s[0].startswith("record-chunk")] == [(True, False)]
+    assert [s[2] for s in seen[:len(seen) // 2]] == [True] * (chunks + 1)
+    _assert_whmcs_matches_ledger(env)
+    from autobill.ledger.models import UnratedCDR
+
+    with session_scope(env.settings.ledger) as s:  # the unrated rows kept whole, with their source row
+        rows = [json.loads(u.row) for u in s.scalars(select(UnratedCDR))]
+    assert len(rows) == first["unrated"] and all(r["source_row"] for r in rows)
+    items = len(env.sandbox.billable_items())
+    again = env.run(D1)
+    assert again["charges_posted"] == 0 and again["charges_created"] == 0 and again["extracted"] == 0
+    assert len(env.sandbox.billable_items()) == items
+
+
 def test_dry_run_previews_and_posts_nothing(env):
     env.drop(D1)
     preview = env.run(D1, dry_run=True)

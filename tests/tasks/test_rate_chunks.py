@@ -3,6 +3,8 @@ frame, whatever the chunk size; a crash between chunks bills nothing twice and l
 
 from __future__ import annotations
 
+import logging
+import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 import tasks.aggregate as aggregate
+import tasks.rate as rate
 from autobill import lake
 from autobill.cdr import CDR_SCHEMA, conform
 from autobill.config import load_settings
@@ -52,7 +55,13 @@ def _world(tmp: Path, seed: int = 5):
 
 
 def _night(tmp: Path, calls: pl.DataFrame, chunk: int | None, monkeypatch) -> tuple:
-    """One night: lake batches (one per server, with a ledger batch), rate, record in chunks."""
+    """One night: lake batches (one per server, with a ledger batch), rated."""
+    s, paths, batch_ids = _batches(tmp, calls, chunk, monkeypatch)
+    return s, rate_run(s, DAY, paths, None, 1), batch_ids
+
+
+def _batches(tmp: Path, calls: pl.DataFrame, chunk: int | None, monkeypatch) -> tuple:
+    """One night's lake batches (one per server, with a ledger batch), not rated yet."""
     _, s = _world(tmp)
     if chunk is None:
         monkeypatch.delenv(CHUNK_ENV, raising=False)
@@ -67,8 +76,7 @@ def _night(tmp: Path, calls: pl.DataFrame, chunk: int | None, monkeypatch) -> tu
         close_batch(s, bid, part.height, written, UNTIL, None, [], [])
         paths += written
         batch_ids.append(bid)
-    rated = rate_run(s, DAY, paths, None, 1)
-    return s, rated, batch_ids
+    return s, paths, batch_ids
 
 
 def _ledger(s) -> tuple:
@@ -146,6 +154,97 @@ def test_a_crash_between_chunks_bills_nothing_twice_and_the_rerun_finishes(tmp_p
     assert _ledger(s) == reference  # every charge once, every CDR once, watermarks moved now
     assert record.already_final == len(billed)  # the chunks recorded before the crash, counted once
     assert chunks > 3
+
+
+def _rate_step(s, paths, recorder, monkeypatch) -> str:
+    """The rate task's body (tasks/rate.py `rate_run_task`) with its recorder, outside a flow run."""
+    monkeypatch.setattr(rate, "get_run_logger", lambda: logging.getLogger("test"))
+    return rate.rate_run_task.fn(s, DAY, paths, None, 1, recorder)
+
+
+def test_chunks_recorded_while_the_next_is_rated_bill_exactly_what_one_frame_bills(tmp_path, monkeypatch):
+    """The nightly's pipeline: the rate step hands each chunk's rated rows to a `ChunkRecorder`,
+    which records them in its own thread while the next chunk is rated; the record step then
+    records every unrated row with the batches. The ledger ends exactly as one frame leaves it."""
+    calls = _calls()
+    ref_s, ref_path, ref_batches = _night(tmp_path / "one", calls, None, monkeypatch)
+    ref_record, _ = record_chunks(ref_s, str(ref_path), 1, ref_batches)
+    reference = _ledger(ref_s)
+
+    s, paths, batches = _batches(tmp_path / "piped", calls, 97, monkeypatch)
+    real, threads, marks_seen = aggregate.record_billing, [], []
+
+    def spy(settings, rated, run_id, batch_ids, dry_run):
+        threads.append(threading.current_thread().name)
+        assert batch_ids == []  # the chunks' transactions never move a watermark
+        marks_seen.append(_ledger(s)[3])
+        return real(settings, rated, run_id, batch_ids, dry_run)
+
+    monkeypatch.setattr(aggregate, "record_billing", spy)
+    recorder = aggregate.ChunkRecorder(s, 1)
+    try:
+        path = _rate_step(s, paths, recorder, monkeypatch)
+    finally:
+        recorder.close()
+    rated_chunks = sorted(pl.read_parquet(path).filter(pl.col("outcome") != "unrated")[CHUNK_COLUMN].unique())
+    assert len(rated_chunks) > 2 and recorder.chunks == rated_chunks  # each chunk recorded once, in order
+    assert set(threads) == {"record-chunk_0"} and marks_seen == [[]] * len(rated_chunks)
+    charges, billed, unrated, marks = _ledger(s)
+    assert charges == reference[0] and billed == reference[1]  # every chunk's billing is in
+    assert unrated == [] and marks == []  # the unrated rows and the batches wait for the record step
+    monkeypatch.setattr(aggregate, "record_billing", real)
+    record, n = record_chunks(s, str(path), 1, batches, recorder=recorder)
+    assert n == pl.read_parquet(path)[CHUNK_COLUMN].n_unique()
+    assert _ledger(s) == reference
+    assert record.outcomes == ref_record.outcomes and record.already_final == 0
+    assert sorted(ln.idempotency_key for ln in record.lines) == sorted(ln.idempotency_key for ln in ref_record.lines)
+    assert record.amount_by_currency == ref_record.amount_by_currency
+
+
+@pytest.mark.parametrize("fails", ["rating", "recording"])
+def test_a_pipelined_rate_step_that_fails_midway_bills_nothing_twice_and_its_retry_finishes(tmp_path, monkeypatch,
+                                                                                          fails):
+    """The rate step fails while chunk 2 is rated, or chunk 1's transaction fails in the recorder's
+    thread: the step fails with that error, after the recording in flight ended; what was
+    recorded is final and no watermark moved. The task's retry records everything once."""
+    calls = _calls(seed=3)
+    ref_s, ref_path, ref_batches = _night(tmp_path / "one", calls, None, monkeypatch)
+    record_chunks(ref_s, str(ref_path), 1, ref_batches)
+    reference = _ledger(ref_s)
+
+    s, paths, batches = _batches(tmp_path / "piped", calls, 97, monkeypatch)
+    real_rate, real_record, calls_made = rate._rate_frame, aggregate.record_billing, []
+
+    def rate_failing(*args, **kwargs):
+        calls_made.append("rate")
+        if fails == "rating" and calls_made.count("rate") == 3:
+            raise RuntimeError("killed while rating chunk 2")
+        return real_rate(*args, **kwargs)
+
+    def record_failing(*args, **kwargs):
+        calls_made.append("record")
+        if fails == "recording" and calls_made.count("record") == 2:
+            raise RuntimeError("the ledger failed in chunk 1")
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(rate, "_rate_frame", rate_failing)
+    monkeypatch.setattr(aggregate, "record_billing", record_failing)
+    recorder = aggregate.ChunkRecorder(s, 1)
+    try:
+        with pytest.raises(RuntimeError, match="killed while rating" if fails == "rating" else "ledger failed"):
+            _rate_step(s, paths, recorder, monkeypatch)
+        charges, billed, unrated, marks = _ledger(s)
+        assert charges and set(charges) < set(reference[0]) and set(billed) < set(reference[1])
+        assert marks == [] and unrated == []
+        assert recorder.chunks == ([0, 1] if fails == "rating" else [0])
+        monkeypatch.setattr(rate, "_rate_frame", real_rate)
+        monkeypatch.setattr(aggregate, "record_billing", real_record)
+        path = _rate_step(s, paths, recorder, monkeypatch)  # the task's retry
+        record, _ = record_chunks(s, str(path), 1, batches, recorder=recorder)
+    finally:
+        recorder.close()
+    assert _ledger(s) == reference  # every charge once, every CDR once, watermarks moved now
+    assert record.already_final == len(billed)  # recorded by the failed attempt, counted once
 
 
 SERVERS = ["pbx1", "pbx2", "f-3", "f-4", "v-5"]
