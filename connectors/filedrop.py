@@ -74,7 +74,9 @@ REQUIRED_COLUMNS = ("call_id", "start", "billsec", "dst", "direction", "tenant")
 OPTIONAL_COLUMNS = ("src", "extension", "account", "answer", "end", "hangup_cause")
 IN_PROGRESS_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
-FAST_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%:z"
+# The usual spelling, `2026-11-18T00:00:08-05:00`: a local time and an offset of at most 23:59.
+USUAL_ISO = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-](?:[01]\d|2[0-3]):[0-5]\d$"
+LOCAL_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
 class BadFile(Exception):
@@ -113,11 +115,18 @@ def parse_iso(expr: pl.Expr) -> pl.Expr:
 
 
 def parse_iso_series(values: pl.Series) -> pl.Series:
-    """`parse_iso` of a column, faster on the usual spelling: text already in the one shape
-    `2026-11-18T00:00:08-05:00` is parsed with that format directly (6x cheaper than the
-    rewrites); only the rows it does not parse go through `parse_iso`."""
+    """`parse_iso` of a column, faster on the usual spelling: text in the one shape
+    `2026-11-18T00:00:08-05:00` is read from its fixed places - the local time (a format without an
+    offset, which polars parses about 3x faster than one with `%:z`) minus the offset - and only
+    the rows that read does not parse go through `parse_iso`."""
     text = values.cast(pl.String).str.strip_chars()
-    fast = text.str.to_datetime(FAST_ISO_FORMAT, time_unit="us", time_zone="UTC", strict=False)
+    t = pl.col("t")
+    sign = pl.when(t.str.slice(19, 1) == "-").then(-1).otherwise(1)
+    offset = (t.str.slice(20, 2).cast(pl.Int64) * 60 + t.str.slice(23, 2).cast(pl.Int64)) * sign
+    local = t.str.slice(0, 19).str.to_datetime(LOCAL_ISO_FORMAT, time_unit="us", strict=False)
+    fast = pl.DataFrame({"t": text}).select(
+        pl.when(t.str.contains(USUAL_ISO)).then(local - pl.duration(minutes=offset)).dt.replace_time_zone("UTC")
+    ).to_series()
     retry = fast.is_null() & text.is_not_null()
     if retry.any():
         at = retry.arg_true()

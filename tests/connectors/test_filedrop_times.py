@@ -5,6 +5,8 @@ few rows that have one) must give what `with_problem` over every row gives."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,7 +22,13 @@ offset = st.sampled_from(["", "Z", "z", "+00:00", "-05:00", "+0530", "-0800", "+
 separator = st.sampled_from(["T", " ", "t", "  ", "X"])
 space = st.sampled_from(["", " ", "\t"])
 iso_like = st.tuples(space, date_part, separator, time_part, fraction, offset, space).map("".join)
-texts = st.lists(st.one_of(iso_like, st.none(), st.text(max_size=30)), min_size=1, max_size=40)
+# The usual spelling with a real date and time (rare among `iso_like`'s random digits), any
+# offset of two-digit hours and minutes (from -00:00 to +99:99), sometimes a leap second.
+usual = st.tuples(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)), st.sampled_from("+-"),
+    st.integers(0, 99), st.integers(0, 99), st.sampled_from(["", "", "", ":60"]),
+).map(lambda p: f"{p[0]:%Y-%m-%dT%H:%M}{p[4] or f':{p[0]:%S}'}{p[1]}{p[2]:02d}:{p[3]:02d}")
+texts = st.lists(st.one_of(usual, iso_like, st.none(), st.text(max_size=30)), min_size=1, max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
