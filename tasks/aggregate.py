@@ -82,12 +82,13 @@ def rated_chunks(rated_path: str) -> list[int | None]:
     return sorted(pl.scan_parquet(rated_path).select(pl.col("chunk").unique()).collect()["chunk"].to_list()) or [None]
 
 
-def read_chunk(rated_path: str, chunk: int | None, wanted: Iterable[str]) -> pl.DataFrame:
+def read_rated(rated_path: str, where: pl.Expr | None, wanted: Iterable[str]) -> pl.DataFrame:
+    """The `wanted` columns the rated file has, of the rows `where` selects (all when None)."""
     present = pl.read_parquet_schema(rated_path)
     wanted = set(wanted)
     scan = pl.scan_parquet(rated_path)
-    if chunk is not None:
-        scan = scan.filter(pl.col("chunk") == chunk)  # row-group statistics skip the other chunks
+    if where is not None:
+        scan = scan.filter(where)
     return scan.select([c for c in present if c in wanted]).collect()
 
 
@@ -168,16 +169,15 @@ def record_chunks(settings: Settings, rated_path: str, run_id: int | None, batch
     wanted = {*REQUIRED, "source", "rate_number", "unrated_reason", RATED_WITH, *CDR_SCHEMA}
     chunks = rated_chunks(rated_path)
     if recorder is not None and recorder.records:
-        present = pl.read_parquet_schema(rated_path)
-        rest = pl.scan_parquet(rated_path).filter(
-            (pl.col("outcome") == "unrated") | ~pl.col("chunk").is_in(recorder.chunks)
-        ).select([c for c in present if c in wanted]).collect()
+        rest = read_rated(rated_path, (pl.col("outcome") == "unrated") | ~pl.col("chunk").is_in(recorder.chunks),
+                          wanted)
         last = record_billing(settings, rest, run_id, list(batch_ids), dry_run)
         return merge_records([*recorder.records, last], dry_run), len(chunks)
     records = []
     for i, chunk in enumerate(chunks):
         last = i == len(chunks) - 1
-        rated = read_chunk(rated_path, chunk, wanted)
+        # by chunk: row-group statistics skip the other chunks
+        rated = read_rated(rated_path, None if chunk is None else pl.col("chunk") == chunk, wanted)
         record = record_billing(settings, rated, run_id, list(batch_ids) if last else [], dry_run)
         del rated
         records.append(record)
