@@ -137,10 +137,9 @@ def test_cli_config_check_ok_lists_what_it_found():
 
 def test_every_command_has_help():
     from typer.main import get_command
+    from typer.testing import CliRunner
 
     from cli import app
-
-    from typer.testing import CliRunner
 
     root = get_command(app)
     assert "Usage" in _cli("--help").stdout  # the installed entry point, once
