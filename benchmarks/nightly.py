@@ -400,7 +400,7 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _record_s(result: dict) -> float:
+def _rate_record_s(result: dict) -> float:
     """The rate and record steps' spans: a night of several chunks records each chunk's rated rows
     inside the rate step (tasks/aggregate.py `ChunkRecorder`), so the record step alone no longer
     holds the recording."""
@@ -409,7 +409,7 @@ def _record_s(result: dict) -> float:
 
 def report_night(night: int, result: dict) -> None:
     summary = result.get("summary") or {}
-    print(f"  night {night + 1:>3}: {result['wall']:7.2f} s  rate + record {_record_s(result):5.2f} s  "
+    print(f"  night {night + 1:>3}: {result['wall']:7.2f} s  rate + record {_rate_record_s(result):5.2f} s  "
           f"peak RSS {result['peak_rss_mb']:5.0f} MB  {result['state']}  extracted {summary.get('extracted', 0):,}  "
           f"billed {summary.get('billed', 0):,}  already billed {summary.get('already_billed', 0):,}  "
           f"duplicates {summary.get('duplicates', 0):,}  charges posted {summary.get('charges_posted', 0):,}  "
@@ -421,7 +421,7 @@ def report_night(night: int, result: dict) -> None:
 def report_growth(info: dict, results: list[dict], final: dict) -> int:
     """Night N against night 1 (issue #15, target 3), and the exactly-once check; the exit code."""
     walls = [r["wall"] for r in results]
-    records = [_record_s(r) for r in results]
+    records = [_rate_record_s(r) for r in results]
     n = len(walls)
     first3, last3 = sum(walls[:3]) / min(3, n), sum(walls[-3:]) / min(3, n)
     print(f"\ngrowth over {n} nights ({info['late']:,} late and {info['resent']:,} re-sent calls delivered):")
